@@ -1,0 +1,229 @@
+"""llama2.c's tokenizer.bin and its byte-pair encoder, with run.c's exact behaviour.
+
+File layout: int32 max_token_length, then for each piece: float32 score, int32 byte length,
+the bytes. The file does not record how many pieces it holds; the model's vocab_size says.
+
+Pieces are kept as raw bytes. Where run.c treats a piece as a C string (lookups, merges,
+printing) only the bytes before a NUL count, and so it is here.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from functools import cached_property
+
+import numpy as np
+
+from bootllama.errors import BootllamaError
+
+BOS = 1
+EOS = 2
+_C_SPACE = frozenset(b" \t\n\v\f\r")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+# run.c starts the merge search at best_score = -1e10 (a float)
+_NO_SCORE = float(np.float32(-1e10))
+
+
+def _cstr(piece: bytes) -> bytes:
+    nul = piece.find(b"\0")
+    return piece if nul < 0 else piece[:nul]
+
+
+def _c_printable(byte: int) -> bool:
+    """isprint(c) || isspace(c) in the C locale."""
+    return 0x20 <= byte <= 0x7E or byte in _C_SPACE
+
+
+def scan_byte_piece(piece: bytes) -> int | None:
+    """What ``sscanf(piece, "<0x%02hhX>", &b)`` stores in b when it returns 1, else None.
+
+    As in glibc: whitespace after the literal "<0x" is skipped, the two-character field may
+    hold a sign or a "0x" prefix, and the closing ">" is never checked.
+    """
+    if not piece.startswith(b"<0x"):
+        return None
+    s = _cstr(piece)[3:]
+    i = 0
+    while i < len(s) and s[i] in _C_SPACE:
+        i += 1
+    width = 2
+    negative = False
+    if i < len(s) and s[i] in b"+-":
+        negative = s[i] == ord("-")
+        i += 1
+        width -= 1
+    digits = b""
+    if width and i < len(s) and s[i] == ord("0"):
+        digits = b"0"
+        i += 1
+        width -= 1
+        if width and i < len(s) and s[i] in b"xX":
+            i += 1
+            width -= 1
+    while width and i < len(s) and s[i] in _HEX:
+        digits += s[i : i + 1]
+        i += 1
+        width -= 1
+    if not digits:
+        return None
+    value = int(digits, 16)
+    return (-value if negative else value) & 0xFF
+
+
+class Tokenizer:
+    """The vocabulary (pieces and scores) of a llama2.c tokenizer."""
+
+    def __init__(self, pieces: Sequence[bytes], scores: Sequence[float], max_token_length: int) -> None:
+        if len(pieces) != len(scores):
+            raise BootllamaError("tokenizer needs one score per piece")
+        self.pieces: list[bytes] = [bytes(p) for p in pieces]
+        self.scores: list[float] = [float(np.float32(s)) for s in scores]
+        self.max_token_length = int(max_token_length)
+        self._c = [_cstr(p) for p in self.pieces]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.pieces)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], vocab_size: int) -> Tokenizer:
+        """Read the first ``vocab_size`` pieces of a tokenizer.bin; the whole file must parse."""
+        name = os.fspath(path)
+        with open(path, "rb") as f:
+            data = f.read()
+        if len(data) < 4:
+            raise BootllamaError(f"{name}: {len(data)} bytes is too short for a tokenizer file")
+        (max_len,) = struct.unpack_from("<i", data)
+        if max_len <= 0:
+            raise BootllamaError(f"{name}: corrupt tokenizer: max_token_length is {max_len}")
+        pieces: list[bytes] = []
+        scores: list[float] = []
+        off = 4
+        while off < len(data):
+            if off + 8 > len(data):
+                raise BootllamaError(f"{name}: truncated tokenizer: piece {len(pieces)} is cut short")
+            score, n = struct.unpack_from("<fi", data, off)
+            if n < 0 or n > max_len:
+                raise BootllamaError(
+                    f"{name}: corrupt tokenizer: piece {len(pieces)} has length {n} "
+                    f"(max_token_length is {max_len})"
+                )
+            if off + 8 + n > len(data):
+                raise BootllamaError(f"{name}: truncated tokenizer: piece {len(pieces)} is cut short")
+            pieces.append(data[off + 8 : off + 8 + n])
+            scores.append(score)
+            off += 8 + n
+        if len(pieces) < vocab_size:
+            raise BootllamaError(
+                f"{name}: tokenizer has {len(pieces)} pieces but the model's vocabulary has {vocab_size}"
+                " (mismatched tokenizer?)"
+            )
+        return cls(pieces[:vocab_size], scores[:vocab_size], max_len)
+
+    def to_bytes(self) -> bytes:
+        """The tokenizer.bin serialisation of this vocabulary."""
+        out = [struct.pack("<i", self.max_token_length)]
+        for piece, score in zip(self.pieces, self.scores, strict=True):
+            out.append(struct.pack("<fi", score, len(piece)) + piece)
+        return b"".join(out)
+
+    @cached_property
+    def _lookup(self) -> dict[bytes, int]:
+        """C-string -> id, as run.c's bsearch over the (stably) qsorted vocabulary finds it."""
+        order = sorted(range(len(self._c)), key=self._c.__getitem__)
+        table: dict[bytes, int] = {}
+        duplicated = set()
+        for i in order:
+            if self._c[i] in table:
+                duplicated.add(self._c[i])
+            else:
+                table[self._c[i]] = i
+        for key in duplicated:  # which of the equal entries bsearch lands on
+            lo, hi = 0, len(order)
+            while lo < hi:
+                mid = (lo + hi) // 2
+                probe = self._c[order[mid]]
+                if key < probe:
+                    hi = mid
+                elif key > probe:
+                    lo = mid + 1
+                else:
+                    table[key] = order[mid]
+                    break
+        return table
+
+    def encode(self, text: bytes | str, bos: bool = True, eos: bool = False) -> list[int]:
+        """Token ids for ``text`` exactly as run.c's encode() produces them."""
+        if isinstance(text, str):
+            try:
+                text = text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise BootllamaError(f"text is not encodable as UTF-8: {e.reason}") from None
+        text = _cstr(bytes(text))
+        lookup = self._lookup
+        tokens: list[int] = [BOS] if bos else []
+        if text:
+            if b" " not in lookup:
+                raise BootllamaError("tokenizer has no ' ' piece for the dummy prefix")
+            tokens.append(lookup[b" "])
+        start = 0
+        for i, byte in enumerate(text):
+            if byte & 0xC0 != 0x80:
+                start = i  # an ASCII or leading byte starts a new code point
+            nxt = text[i + 1] if i + 1 < len(text) else 0
+            if nxt & 0xC0 == 0x80 and i + 1 - start < 4:
+                continue
+            chunk = text[start : i + 1]
+            start = i + 1
+            found = lookup.get(chunk)
+            if found is not None:
+                tokens.append(found)
+            else:  # byte fallback: ids 3..258 are <0x00>..<0xFF>
+                tokens.extend(b + 3 for b in chunk)
+        bad = [t for t in tokens if t >= self.vocab_size]
+        if bad:
+            raise BootllamaError(
+                f"text needs byte-fallback token {bad[0]} but the vocabulary has only {self.vocab_size} pieces"
+            )
+        pieces, scores = self._c, self.scores
+        while True:
+            best_score, best_id, best_idx = _NO_SCORE, -1, -1
+            for i in range(len(tokens) - 1):
+                merged = lookup.get(pieces[tokens[i]] + pieces[tokens[i + 1]])
+                if merged is not None and scores[merged] > best_score:
+                    best_score, best_id, best_idx = scores[merged], merged, i
+            if best_idx < 0:
+                break
+            tokens[best_idx] = best_id
+            del tokens[best_idx + 1]
+        if eos:
+            tokens.append(EOS)
+        return tokens
+
+    def _check_id(self, token: int) -> None:
+        if not 0 <= token < self.vocab_size:
+            raise BootllamaError(f"token id {token} is outside the vocabulary of {self.vocab_size}")
+
+    def decode(self, prev: int, token: int) -> bytes:
+        """The C string run.c's decode() returns for ``token`` following ``prev``.
+
+        After BOS a leading space is dropped; a piece like ``<0x0A>`` is that raw byte
+        (``<0x00>`` gives the empty string, as a C string would).
+        """
+        self._check_id(token)
+        piece = self._c[token]
+        if prev == BOS and piece[:1] == b" ":
+            piece = piece[1:]
+        byte = scan_byte_piece(piece)
+        if byte is not None:
+            return bytes([byte]) if byte else b""
+        return piece
+
+    def printable(self, prev: int, token: int) -> bytes:
+        """What run.c's safe_printf prints for this token: a lone unprintable byte prints nothing."""
+        piece = self.decode(prev, token)
+        if len(piece) == 1 and not _c_printable(piece[0]):
+            return b""
+        return piece
