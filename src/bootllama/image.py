@@ -1,0 +1,281 @@
+"""The boot disk: the engine's sector(s), a one-sector manifest, the checkpoint and the tokenizer.
+
+Disk layout (512-byte sectors)::
+
+    LBA 0            the boot sector (the engine; more sectors while it is over 512 bytes)
+    LBA D            the manifest: 384 bytes of zeros, then 128 bytes of fields
+    LBA D+1          the legacy checkpoint, byte for byte, zero-padded to a sector
+    ...              tokenizer.bin, byte for byte, zero-padded to a sector
+    ...              the prompt's token ids (int32, after the BOS, 0-terminated)
+    ...              zero padding: the loader reads whole chunks, Bochs wants whole cylinders
+
+The sector loads LBA D.. to physical address 1 MiB, so every file lands at a known address;
+the manifest holds those addresses (byte offsets, never arithmetic), the run settings, and
+where the KV cache and the logits go in the memory above the data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from bootllama.checkpoint import Config, atomic_write, legacy_layout, read_legacy_config
+from bootllama.errors import BootllamaError
+from bootllama.tokenizer import Tokenizer
+
+SECTOR = 512
+CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
+DATA = 0x100000  # where the data area (the manifest) lands
+CYLINDER = 16 * 63  # sectors per cylinder of the geometry Bochs is given
+FIELDS = 128  # the manifest's fields: its last 128 bytes
+# activation buffers in the sector's 64 KiB window (floats)
+MAX_DIM = 1024
+MAX_HIDDEN = 1024
+MAX_SEQ = 1024
+# the memory the image may ask of a PC (QEMU on this machine): 3 GiB below the PCI hole
+MAX_MEMORY = 3 << 30
+
+_CURSORS = ("rms_att_weight", "wq", "wk", "wv", "wo", "rms_ffn_weight", "w1", "w3", "w2",
+            "rms_final_weight", "wcls")
+
+
+def asm_source() -> Path:
+    res = resources.files("bootllama").joinpath("asm", "sector.asm")
+    if not isinstance(res, Path) or not res.is_file():
+        raise BootllamaError("sector.asm is missing from the bootllama installation")
+    return res
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The assembled engine: its bytes and its routine sizes from the NASM listing."""
+
+    code: bytes
+    sizes: list[tuple[str, int]]
+    defines: tuple[str, ...]
+
+    @property
+    def sectors(self) -> int:
+        return len(self.code) // SECTOR
+
+    @property
+    def used(self) -> int:
+        """Bytes of code and data, the 0x55AA signature included, padding excluded."""
+        return sum(size for _, size in self.sizes)
+
+
+def nasm() -> str:
+    exe = shutil.which("nasm")
+    if exe is None:
+        raise BootllamaError("nasm not found: install it (Debian: apt-get install nasm), "
+                             "or run scripts/setup.sh")
+    return exe
+
+
+def assemble(defines: tuple[str, ...] = ()) -> Engine:
+    """Assemble sector.asm with NASM; return the bytes and the per-routine size table."""
+    src = asm_source()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, "sector.bin")
+        lst = Path(tmp, "sector.lst")
+        cmd = [nasm(), "-f", "bin", "-o", str(out), "-l", str(lst)]
+        cmd += [f"-D{d}" for d in defines] + [str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BootllamaError(f"nasm failed: {proc.stderr.strip().splitlines()[0]}")
+        code = out.read_bytes()
+        sizes = size_table(lst.read_text(), len(code))
+    if len(code) % SECTOR or code[510:512] != b"\x55\xaa":
+        raise BootllamaError("assembled engine is not a boot sector (no 0x55AA at byte 510)")
+    return Engine(code, sizes, defines)
+
+
+_LABEL = re.compile(r"\s*\d+\s+([A-Za-z_]\w*):")
+_CODE = re.compile(r"\s*\d+\s+([0-9A-F]{8})\s+([0-9A-F]+|\[|\()")
+
+
+def size_table(listing: str, total: int) -> list[tuple[str, int]]:
+    """Bytes per top-level label, from a NASM listing (local .labels fold into their parent).
+
+    Trailing zero padding (``times``/``align``) is excluded: the table counts what the engine
+    uses.  The signature counts as its own row.
+    """
+    starts: list[tuple[int, str]] = []
+    pending: list[str] = []
+    pads: list[tuple[int, int]] = []
+    for line in listing.splitlines():
+        m = _LABEL.match(line)
+        if m:
+            pending.append(m.group(1))
+            continue
+        m = _CODE.match(line)
+        if not m:
+            continue
+        addr = int(m.group(1), 16)
+        for name in pending:
+            starts.append((addr, name))
+        pending = []
+        if "times" in line or re.search(r"\balign\b", line):
+            pads.append((addr, -1))
+        if "0xaa55" in line:
+            starts.append((addr, "signature"))
+    starts.sort()
+    rows: list[tuple[str, int]] = []
+    pad_addrs = sorted(a for a, _ in pads)
+    for i, (addr, name) in enumerate(starts):
+        end = starts[i + 1][0] if i + 1 < len(starts) else total
+        # stop a routine at the first padding directive inside it
+        for p in pad_addrs:
+            if addr <= p < end:
+                end = p
+                break
+        if name == "signature":
+            end = addr + 2
+        if end > addr:
+            rows.append((name, end - addr))
+    return rows
+
+
+def format_size_table(engine: Engine) -> str:
+    lines = [f"{'routine':<12} {'bytes':>5}"]
+    lines += [f"{name:<12} {size:>5}" for name, size in engine.sizes]
+    lines.append(f"{'total':<12} {engine.used:>5}   ({engine.sectors} sector"
+                 f"{'s' if engine.sectors != 1 else ''} on disk)")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where everything goes: disk sectors and physical addresses."""
+
+    config: Config
+    data_lba: int
+    checkpoint_addr: int
+    tokenizer_addr: int
+    prompt_addr: int
+    logits_addr: int
+    kv_addr: int
+    memory_end: int
+    last_lba: int
+    disk_sectors: int
+
+    @property
+    def chunks(self) -> int:
+        """How many BIOS reads (and progress dots) the loader makes."""
+        return (self.last_lba - self.data_lba) // CHUNK + 1
+
+    @property
+    def memory_mib(self) -> int:
+        """Memory to give the PC: everything below memory_end, rounded up, plus headroom."""
+        return max(32, math.ceil(self.memory_end / (1 << 20)) + 2)
+
+
+def _pad(n: int, to: int = SECTOR) -> int:
+    return -(-n // to) * to
+
+
+def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_size: int,
+         n_prompt: int) -> Layout:
+    for name, value, limit in (("dim", config.dim, MAX_DIM), ("hidden_dim", config.hidden_dim, MAX_HIDDEN),
+                               ("seq_len", config.seq_len, MAX_SEQ)):
+        if value > limit:
+            raise BootllamaError(f"{name}={value} is larger than the engine's buffers allow ({limit})")
+    if config.hidden_dim < config.dim:
+        raise BootllamaError("hidden_dim smaller than dim is not supported by the engine's buffers")
+    data_lba = engine_sectors
+    ckpt = DATA + SECTOR
+    tok = ckpt + _pad(checkpoint_size)
+    prompt = tok + _pad(tokenizer_size)
+    data_end = prompt + _pad(4 * (n_prompt + 1))
+    logits = _pad(data_end, 4096)
+    kv = _pad(logits + 4 * config.vocab_size, 4096)
+    kv_bytes = config.seq_len * config.n_layers * 2 * config.kv_dim * 4
+    memory_end = kv + kv_bytes
+    if memory_end > MAX_MEMORY:
+        raise BootllamaError(
+            f"model needs {memory_end / 2**30:.2f} GiB of memory with its KV cache; "
+            f"the engine can be given at most {MAX_MEMORY / 2**30:.0f} GiB")
+    last_lba = data_lba + (data_end - DATA) // SECTOR - 1
+    read_end = data_lba + ((last_lba - data_lba) // CHUNK + 1) * CHUNK
+    disk = _pad(read_end, CYLINDER)
+    return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk)
+
+
+def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: float,
+             seed: int) -> bytes:
+    """The manifest sector (fields at its end, right before the checkpoint header)."""
+    c = layout.config
+    lay = legacy_layout(c)
+    base = layout.checkpoint_addr
+    addrs = [base + lay[name][0] for name in _CURSORS]
+    fr = base + lay["freq_cis_real"][0]
+    fi = base + lay["freq_cis_imag"][0]
+    fields = struct.pack("<12I", *addrs, layout.kv_addr)
+    fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], fr, fi - fr,
+                          layout.tokenizer_addr + 4, layout.logits_addr, layout.prompt_addr,
+                          steps, temperature, seed & (2**64 - 1), layout.last_lba)
+    assert len(fields) <= FIELDS - 8  # KVMUL and KVDIM4 are the sector's own
+    return bytes(SECTOR - FIELDS) + fields + bytes(FIELDS - len(fields))
+
+
+@dataclass(frozen=True)
+class Image:
+    path: Path
+    layout: Layout
+    engine: Engine
+    prompt_ids: list[int]
+    steps: int
+
+
+def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.PathLike[str],
+                out: str | os.PathLike[str], prompt: str | bytes | None = None, steps: int = 0,
+                temperature: float = 0.0, seed: int = 0,
+                engine: Engine | None = None) -> Image:
+    """Lay out a bootable raw disk image (written atomically)."""
+    config = read_legacy_config(checkpoint)
+    tok = Tokenizer.load(tokenizer_path, config.vocab_size)
+    check_byte_pieces(tok)
+    ids = tok.encode(prompt or b"", bos=True, eos=False)
+    if steps <= 0 or steps > config.seq_len:
+        steps = config.seq_len
+    if len(ids) > config.seq_len:
+        raise BootllamaError(f"prompt is {len(ids)} tokens; the context holds {config.seq_len}")
+    engine = engine or assemble()
+    ckpt_size = os.path.getsize(checkpoint)
+    tok_size = os.path.getsize(tokenizer_path)
+    layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1)
+    with atomic_write(out) as f:
+        f.write(engine.code)
+        f.write(manifest(layout, ids, steps, temperature, seed))
+        _copy_padded(checkpoint, f)
+        _copy_padded(tokenizer_path, f)
+        prompt_bytes = struct.pack(f"<{len(ids)}i", *ids[1:], 0)
+        f.write(prompt_bytes + bytes(_pad(len(prompt_bytes)) - len(prompt_bytes)))
+        f.truncate(layout.disk_sectors * SECTOR)
+    return Image(Path(out), layout, engine, ids, steps)
+
+
+def _copy_padded(path: str | os.PathLike[str], f) -> None:  # type: ignore[no-untyped-def]
+    n = 0
+    with open(path, "rb") as src:
+        while block := src.read(1 << 20):
+            f.write(block)
+            n += len(block)
+    f.write(bytes(_pad(n) - n))
+
+
+def check_byte_pieces(tok: Tokenizer) -> None:
+    """The engine prints ids 3..258 as the raw bytes 0..255, as run.c does for their pieces."""
+    for i in range(256):
+        want = f"<0x{i:02X}>".encode()
+        if tok.vocab_size <= 3 + i or tok.pieces[3 + i] != want:
+            raise BootllamaError("tokenizer does not have the byte pieces <0x00>..<0xFF> at ids 3..258, "
+                                 "which the engine relies on")

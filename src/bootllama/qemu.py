@@ -1,0 +1,136 @@
+"""Boot an image in QEMU, headless, and stream what the sector writes to COM1.
+
+The sector's serial protocol: one '.' per chunk read while loading (the harness knows how
+many from the layout), then exactly the bytes run.c would print, then QEMU exits through the
+isa-debug-exit device (status 1 = finished, 67 = the sector printed '!' for a disk error).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bootllama.errors import BootllamaError
+
+EXIT_DONE = 1  # (0 << 1) | 1
+EXIT_DISK = 67  # ('!' << 1) | 1
+
+
+def qemu_binary() -> str:
+    for name in ("qemu-system-i386", "qemu-system-x86_64"):
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    raise BootllamaError("QEMU not found: install it (Debian: apt-get install qemu-system-x86), "
+                         "or run scripts/setup.sh")
+
+
+def hardware_kvm() -> bool:
+    """True only with a real VT-x/AMD-V KVM (kvm_intel or kvm_amd loaded)."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    return any(Path("/sys/module", m).exists() for m in ("kvm_intel", "kvm_amd"))
+
+
+def choose_accel(requested: str | None) -> str:
+    if requested in (None, "auto"):
+        return "kvm" if hardware_kvm() else "tcg"
+    if requested not in ("kvm", "tcg"):
+        raise BootllamaError(f"unknown accelerator {requested!r}: use kvm, tcg or auto")
+    return requested
+
+
+@dataclass
+class RunResult:
+    text: bytes
+    accel: str
+    load_seconds: float
+    gen_seconds: float
+    tokens: int
+    exit_status: int
+    dots: bytes = field(default=b"")
+
+    @property
+    def tok_per_s(self) -> float:
+        return self.tokens / self.gen_seconds if self.gen_seconds > 0 else 0.0
+
+
+def qemu_command(image: str | os.PathLike[str], memory_mib: int, accel: str,
+                 extra: list[str] | None = None) -> list[str]:
+    cmd = [qemu_binary(), "-accel", accel, "-m", str(memory_mib),
+           "-drive", f"file={os.fspath(image)},format=raw,if=ide,index=0,media=disk",
+           "-display", "none", "-serial", "stdio", "-monitor", "none",
+           "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-no-reboot"]
+    if accel == "tcg":
+        cmd += ["-cpu", "max"]
+    else:
+        cmd += ["-cpu", "host"]
+    return cmd + (extra or [])
+
+
+def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str = "tcg",
+         timeout: float = 600.0, on_bytes: Callable[[bytes], None] | None = None,
+         extra: list[str] | None = None) -> RunResult:
+    """Boot ``image``; return the story bytes and timings.
+
+    ``chunks`` is how many progress dots precede the story.  ``on_bytes`` gets story bytes as
+    they arrive.  Raises BootllamaError on a timeout, a disk error or an unexpected exit.
+    """
+    cmd = qemu_command(image, memory_mib, accel, extra)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    dots = bytearray()
+    text = bytearray()
+    t_loaded: float | None = None
+    t_last = t0
+    deadline = t0 + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BootllamaError(f"the sector did not finish within {timeout:.0f} s "
+                                     f"({len(text)} bytes of text so far)")
+            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+            if not ready:
+                continue
+            data = os.read(fd, 65536)
+            if not data:
+                break
+            now = time.monotonic()
+            while data and len(dots) < chunks:
+                take = min(chunks - len(dots), len(data))
+                dots += data[:take]
+                data = data[take:]
+                if len(dots) == chunks:
+                    t_loaded = now
+            if data:
+                if b"!" in dots:
+                    break
+                text += data
+                t_last = now
+                if on_bytes:
+                    on_bytes(data)
+        status = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+    if b"!" in dots or status == EXIT_DISK:
+        raise BootllamaError("the sector reported a disk read error ('!')")
+    if status != EXIT_DONE:
+        detail = f": {err.splitlines()[-1]}" if err else ""
+        raise BootllamaError(f"QEMU exited with status {status} before the sector finished{detail}")
+    if dots != b"." * chunks:
+        raise BootllamaError(f"unexpected loader output {bytes(dots)[:20]!r}")
+    loaded = t_loaded if t_loaded is not None else t0
+    return RunResult(bytes(text), accel, loaded - t0, max(t_last - loaded, 1e-9), 0, status, bytes(dots))
