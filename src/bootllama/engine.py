@@ -1,0 +1,78 @@
+"""``bootllama build`` and ``bootllama run``: the boot-sector engine's commands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from bootllama import image, qemu
+from bootllama.errors import BootllamaError
+
+
+def _check_settings(args: argparse.Namespace) -> None:
+    if args.temperature != 0.0:
+        raise BootllamaError("the engine samples greedily only for now (-t 0); "
+                             "use `bootllama generate` for temperature sampling")
+    if args.topp != 1.0:
+        raise BootllamaError("top-p runs in the reference only (`bootllama generate -p`); "
+                             "the engine takes -p 1.0")
+    if args.steps < 0:
+        args.steps = 0
+
+
+def _build(args: argparse.Namespace, out: str | os.PathLike[str]) -> image.Image:
+    from bootllama.cli import resolve_paths
+
+    _check_settings(args)
+    checkpoint, tokenizer = resolve_paths(args)
+    prompt = os.fsencode(args.prompt) if args.prompt is not None else None
+    return image.build_image(checkpoint, tokenizer, out, prompt=prompt, steps=args.steps,
+                             temperature=max(0.0, args.temperature), seed=args.seed)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    img = _build(args, args.output)
+    lay = img.layout
+    print(image.format_size_table(img.engine), file=sys.stderr)
+    print(f"wrote {args.output}: {lay.disk_sectors} sectors, {len(img.prompt_ids)} prompt tokens, "
+          f"{img.steps} steps, needs {lay.memory_mib} MiB of memory", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    accel = qemu.choose_accel(args.accel)
+    with tempfile.TemporaryDirectory(prefix="bootllama-") as tmp:
+        path = Path(args.image) if args.image else Path(tmp, "boot.img")
+        img = _build(args, path)
+        lay = img.layout
+
+        def stream(data: bytes) -> None:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+
+        result = qemu.boot(path, lay.memory_mib, lay.chunks, accel=accel, timeout=args.timeout,
+                           on_bytes=stream)
+    rate = f", {result.tokens} tokens, {result.tok_per_s:.1f} tok/s" if result.tokens else ""
+    print(f"load {result.load_seconds:.2f} s, generation {result.gen_seconds:.2f} s{rate} "
+          f"({accel.upper()}, {lay.memory_mib} MiB)", file=sys.stderr)
+    return 0
+
+
+def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from bootllama.cli import add_generate_arguments
+
+    build = subparsers.add_parser("build", help="write a bootable disk image (engine, manifest, model)")
+    add_generate_arguments(build)
+    build.add_argument("-o", dest="output", required=True, metavar="IMAGE", help="raw disk image to write")
+    build.set_defaults(func=cmd_build)
+
+    run = subparsers.add_parser("run", help="build the image and boot it in QEMU, streaming the story")
+    add_generate_arguments(run)
+    run.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"),
+                     help="QEMU accelerator: hardware KVM if kvm_intel/kvm_amd is loaded, else TCG")
+    run.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up (default 600)")
+    run.add_argument("--image", metavar="IMAGE", help="also keep the built image at this path")
+    run.set_defaults(func=cmd_run)
