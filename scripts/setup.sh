@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a Debian machine: system tools (only those missing), then .venv with
+# bootllama installed in editable mode with its dev extras. Safe to run again and again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+command -v nasm >/dev/null 2>&1 || missing+=(nasm)
+command -v qemu-system-i386 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+command -v bochs >/dev/null 2>&1 || missing+=(bochs)
+[ -f /usr/share/bochs/BIOS-bochs-latest ] || missing+=(bochsbios)
+[ -f /usr/share/vgabios/vgabios.bin ] || missing+=(vgabios)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        echo "setup: installing ${missing[*]}"
+        as_root apt-get update
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+    else
+        echo "setup: warning: no apt-get; install these yourself: ${missing[*]}" >&2
+    fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    python3 -m venv .venv
+fi
+
+# reinstall only when the package metadata changed since the last install
+stamp=.venv/.bootllama-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing bootllama[dev] into .venv"
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -e '.[dev]'
+    touch "$stamp"
+fi
