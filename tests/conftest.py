@@ -8,7 +8,6 @@ version2_export) so the readers are tested against files shaped like real ones.
 from __future__ import annotations
 
 import struct
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +87,6 @@ SMALL = Config(dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, vocab
 def small_model() -> Model:
     """A small random model (GQA, shared classifier) that pairs with tok512."""
     return random_model(SMALL, seed=1)
-
-
-@pytest.fixture(scope="session")
-def small_unshared_model() -> Model:
-    return random_model(replace(SMALL, shared_classifier=False), seed=2)
 
 
 @pytest.fixture(scope="session")

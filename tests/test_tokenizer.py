@@ -150,7 +150,7 @@ def test_bad_tokenizer_files(t512: Tokenizer, tmp_path: Path) -> None:
     data = t512.to_bytes()
     _load_bad(tmp_path, data, 32000, "has 512 pieces but the model's vocabulary has 32000")
     _load_bad(tmp_path, data[:-3], 512, "truncated")
-    _load_bad(tmp_path, data[:-3] + b"", 10, "truncated")  # a cut-off tail is corrupt however many are asked
+    _load_bad(tmp_path, data[:-3], 10, "truncated")  # a cut-off tail is corrupt however few pieces are asked for
     _load_bad(tmp_path, data[:2], 512, "too short")
     _load_bad(tmp_path, struct.pack("<i", 0) + data[4:], 512, "max_token_length is 0")
     bad_len = data[:4] + struct.pack("<fi", 0.0, -5) + data[12:]

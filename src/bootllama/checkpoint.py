@@ -91,7 +91,7 @@ class Config:
 def tensor_shapes(config: Config) -> dict[str, tuple[int, ...]]:
     """Every tensor of a model, in legacy (run.c) file order, with its shape."""
     c = config
-    shapes: dict[str, tuple[int, ...]] = {
+    return {
         "token_embedding_table": (c.vocab_size, c.dim),
         "rms_att_weight": (c.n_layers, c.dim),
         "wq": (c.n_layers, c.dim, c.dim),
@@ -107,7 +107,6 @@ def tensor_shapes(config: Config) -> dict[str, tuple[int, ...]]:
         "freq_cis_imag": (c.seq_len, c.head_size // 2),
         "wcls": (c.vocab_size, c.dim),
     }
-    return shapes
 
 
 @dataclass(eq=False)
@@ -195,14 +194,10 @@ def _versioned_size(config: Config, version: int, group_size: int) -> int:
     return VERSIONED_HEADER_SIZE + 4 * norms + sum(n + 4 * (n // group_size) for _, n in _q8_tensors(c))
 
 
-def _config_from_ints(ints: tuple[int, ...], shared: bool) -> Config:
-    return Config(*ints, shared_classifier=shared)
-
-
 def _legacy_header(head: bytes) -> Config:
     ints = struct.unpack("<7i", head[:LEGACY_HEADER_SIZE])
     vocab = ints[5]
-    return _config_from_ints((*ints[:5], abs(vocab), ints[6]), vocab > 0)
+    return Config(*ints[:5], abs(vocab), ints[6], shared_classifier=vocab > 0)
 
 
 def _file_size(path: StrPath) -> int:
@@ -296,7 +291,7 @@ def _load_legacy(path: StrPath) -> Model:
 
 def _load_versioned(path: StrPath, size: int, head: bytes) -> Model:
     name = os.fspath(path)
-    if len(head) < 41:
+    if size < VERSIONED_HEADER_SIZE:
         raise BootllamaError(f"{name}: file is {size} bytes, too short for an ak42 header")
     version = struct.unpack_from("<i", head, 4)[0]
     if version not in (1, 2):
@@ -305,7 +300,7 @@ def _load_versioned(path: StrPath, size: int, head: bytes) -> Model:
     flag = head[36]
     if flag not in (0, 1):
         raise BootllamaError(f"{name}: bad header: shared-classifier flag is {flag}, expected 0 or 1")
-    config = _validated(path, _config_from_ints(ints, bool(flag)), f"ak42 version {version}")
+    config = _validated(path, Config(*ints, shared_classifier=bool(flag)), f"ak42 version {version}")
     group_size = 0
     if version == 2:
         group_size = struct.unpack_from("<i", head, 37)[0]
@@ -316,8 +311,6 @@ def _load_versioned(path: StrPath, size: int, head: bytes) -> Model:
                 raise BootllamaError(
                     f"{name}: bad header: Q8_0 group size {group_size} does not divide {tname} ({n} values)"
                 )
-    if size < VERSIONED_HEADER_SIZE:
-        raise BootllamaError(f"{name}: file is {size} bytes, too short for an ak42 header")
     _check_size(path, size, _versioned_size(config, version, group_size), f"version {version}")
     cur = _Cursor(_read_all(path, size), VERSIONED_HEADER_SIZE)
     shapes = tensor_shapes(config)

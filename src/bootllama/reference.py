@@ -239,7 +239,7 @@ class MatVec:
 
 def matmul(w: np.ndarray, x: np.ndarray) -> np.ndarray:
     """One-off run.c matmul: W (d, n) @ x (n,) with sequential float32 sums."""
-    return seqsum(np.asarray(w, dtype=F) * np.asarray(x, dtype=F), axis=1)
+    return MatVec(np.asarray(w, dtype=F))(np.asarray(x, dtype=F))
 
 
 def rmsnorm(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
