@@ -23,7 +23,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -61,6 +61,7 @@ class Engine:
     code: bytes
     sizes: list[tuple[str, int]]
     defines: tuple[str, ...]
+    symbols: dict[str, int] = field(default_factory=dict)  # label -> address (org 0x7C00)
 
     @property
     def sectors(self) -> int:
@@ -92,14 +93,35 @@ def assemble(defines: tuple[str, ...] = ()) -> Engine:
         if proc.returncode != 0:
             raise BootllamaError(f"nasm failed: {proc.stderr.strip().splitlines()[0]}")
         code = out.read_bytes()
-        sizes = size_table(lst.read_text(), len(code))
+        listing = lst.read_text()
+        sizes = size_table(listing, len(code))
+        symbols = {name: ORG + off for off, name in label_offsets(listing)}
     if len(code) % SECTOR or code[510:512] != b"\x55\xaa":
         raise BootllamaError("assembled engine is not a boot sector (no 0x55AA at byte 510)")
-    return Engine(code, sizes, defines)
+    return Engine(code, sizes, defines, symbols)
 
 
 _LABEL = re.compile(r"\s*\d+\s+([A-Za-z_]\w*):")
 _CODE = re.compile(r"\s*\d+\s+([0-9A-F]{8})\s+([0-9A-F]+|\[|\()")
+
+
+ORG = 0x7C00
+
+
+def label_offsets(listing: str) -> list[tuple[int, str]]:
+    """(offset, name) of every top-level label in a NASM listing, in address order."""
+    found: list[tuple[int, str]] = []
+    pending: list[str] = []
+    for line in listing.splitlines():
+        m = _LABEL.match(line)
+        if m:
+            pending.append(m.group(1))
+            continue
+        m = _CODE.match(line)
+        if m and pending:
+            found += [(int(m.group(1), 16), name) for name in pending]
+            pending = []
+    return sorted(found)
 
 
 def size_table(listing: str, total: int) -> list[tuple[str, int]]:

@@ -1,0 +1,102 @@
+"""Run one routine of the assembled engine in-process with Unicorn, on memory we lay out.
+
+The engine is 16-bit code that uses 32-bit registers and addresses (unreal mode). Unicorn's
+real mode, like QEMU's TCG it is built from, does not enforce the 64 KiB segment limits, so
+the routines run as they do after the sector's `unreal` step. A test writes vectors into
+memory, sets the registers the routine takes, calls it by label and reads the results back,
+to compare with the NumPy reference bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from unicorn import UC_ARCH_X86, UC_MODE_16, Uc, UcError
+from unicorn.x86_const import (
+    UC_X86_REG_CR0,
+    UC_X86_REG_CR4,
+    UC_X86_REG_CS,
+    UC_X86_REG_DS,
+    UC_X86_REG_EAX,
+    UC_X86_REG_EBP,
+    UC_X86_REG_EBX,
+    UC_X86_REG_ECX,
+    UC_X86_REG_EDI,
+    UC_X86_REG_EDX,
+    UC_X86_REG_EFLAGS,
+    UC_X86_REG_ES,
+    UC_X86_REG_ESI,
+    UC_X86_REG_ESP,
+    UC_X86_REG_SS,
+)
+
+from bootllama.errors import BootllamaError
+from bootllama.image import ORG, Engine
+
+MEMORY = 4 << 20  # 4 MiB: low memory plus room above 1 MiB for weights
+STACK = 0x7000
+RETURN = 0x0500  # a `hlt` the called routine returns to
+
+REGS = {"eax": UC_X86_REG_EAX, "ebx": UC_X86_REG_EBX, "ecx": UC_X86_REG_ECX, "edx": UC_X86_REG_EDX,
+        "esi": UC_X86_REG_ESI, "edi": UC_X86_REG_EDI, "ebp": UC_X86_REG_EBP}
+
+
+@dataclass
+class Machine:
+    """A PC's memory with the engine at 0x7C00, ready to call its routines."""
+
+    engine: Engine
+    uc: Uc
+
+    @classmethod
+    def boot(cls, engine: Engine) -> Machine:
+        uc = Uc(UC_ARCH_X86, UC_MODE_16)
+        uc.mem_map(0, MEMORY)
+        uc.mem_write(ORG, engine.code)
+        uc.mem_write(RETURN, b"\xf4")
+        for seg in (UC_X86_REG_CS, UC_X86_REG_DS, UC_X86_REG_ES, UC_X86_REG_SS):
+            uc.reg_write(seg, 0)
+        uc.reg_write(UC_X86_REG_CR4, uc.reg_read(UC_X86_REG_CR4) | 0x200)  # OSFXSR: SSE on
+        uc.reg_write(UC_X86_REG_CR0, uc.reg_read(UC_X86_REG_CR0) & ~0x4)  # EM off: x87/SSE on
+        m = cls(engine, uc)
+        # the sector's x87 setting: fninit, then control word 0x007F (24-bit precision)
+        uc.mem_write(0x0700, (0x007F).to_bytes(2, "little"))
+        m.run_code(b"\xdb\xe3\xd9\x2e\x00\x07")
+        return m
+
+    def run_code(self, code: bytes) -> None:
+        """Execute a few instructions placed at a scratch address."""
+        at = 0x0600
+        self.uc.mem_write(at, code + b"\xf4")
+        self.uc.reg_write(UC_X86_REG_ESP, STACK)
+        self.uc.emu_start(at, at + len(code))
+
+    def write_f32(self, addr: int, values: np.ndarray) -> None:
+        self.uc.mem_write(addr, np.ascontiguousarray(values, dtype="<f4").tobytes())
+
+    def read_f32(self, addr: int, n: int) -> np.ndarray:
+        return np.frombuffer(bytes(self.uc.mem_read(addr, 4 * n)), dtype="<f4").copy()
+
+    def write(self, addr: int, data: bytes) -> None:
+        self.uc.mem_write(addr, data)
+
+    def read(self, addr: int, n: int) -> bytes:
+        return bytes(self.uc.mem_read(addr, n))
+
+    def call(self, label: str, max_instructions: int = 50_000_000, **regs: int) -> dict[str, int]:
+        """Call ``label`` with the given 32-bit registers; return the registers after its ret."""
+        if label not in self.engine.symbols:
+            raise BootllamaError(f"the engine has no routine {label!r}")
+        uc = self.uc
+        for name, value in regs.items():
+            uc.reg_write(REGS[name], value & 0xFFFFFFFF)
+        sp = STACK - 2
+        uc.mem_write(sp, RETURN.to_bytes(2, "little"))
+        uc.reg_write(UC_X86_REG_ESP, sp)
+        uc.reg_write(UC_X86_REG_EFLAGS, 0x2)
+        try:
+            uc.emu_start(self.engine.symbols[label], RETURN, count=max_instructions)
+        except UcError as e:
+            raise BootllamaError(f"{label} faulted in the emulator: {e}") from None
+        return {name: uc.reg_read(reg) for name, reg in REGS.items()}

@@ -1,0 +1,57 @@
+"""Engine routines run in-process (Unicorn) against the NumPy reference, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bootllama import image
+from bootllama.reference import expf_exact, matmul, softmax
+from bootllama.unicorn_harness import Machine
+
+F = np.float32
+W_AT, X_AT, OUT_AT, VEC_AT = 0x100000, 0x20000, 0x30000, 0x40000
+
+
+@pytest.fixture(scope="module")
+def machine() -> Machine:
+    return Machine.boot(image.assemble())
+
+
+@pytest.mark.parametrize(("rows", "n"), [(1, 1), (37, 64), (64, 172), (5, 288)])
+def test_mv_is_runc_matmul(machine: Machine, rows: int, n: int) -> None:
+    rng = np.random.default_rng(rows * 1000 + n)
+    w = (rng.standard_normal((rows, n)) * 3).astype(F)
+    x = rng.standard_normal(n).astype(F)
+    machine.write_f32(W_AT, w)
+    machine.write_f32(X_AT, x)
+    machine.call("mv", esi=W_AT, ebx=X_AT, edi=OUT_AT, ecx=n, eax=4, edx=4 * n, ebp=rows)
+    assert np.array_equal(machine.read_f32(OUT_AT, rows), matmul(w, x))
+
+
+def test_mv_strided_is_attention_weighted_sum(machine: Machine) -> None:
+    # values pass: out[i] = sum_t att[t] * v[t][i], t in order, v rows `stride` floats apart
+    rng = np.random.default_rng(7)
+    t, hs, stride = 9, 8, 40
+    v = rng.standard_normal((t, stride)).astype(F)
+    att = rng.random(t).astype(F)
+    machine.write_f32(W_AT, v)
+    machine.write_f32(X_AT, att)
+    machine.call("mv", esi=W_AT, ebx=X_AT, edi=OUT_AT, ecx=t, eax=4 * stride, edx=4, ebp=hs)
+    want = np.zeros(hs, dtype=F)
+    for k in range(t):  # run.c's order: xb[i] += a * v[i], position by position
+        want = want + att[k] * v[k, :hs]
+    assert np.array_equal(machine.read_f32(OUT_AT, hs), want)
+
+
+@pytest.mark.parametrize("n", [1, 2, 17, 512])
+def test_softmax_matches_exact_reference(machine: Machine, n: int) -> None:
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 6).astype(F)
+    d = np.sqrt(F(8))
+    machine.write_f32(X_AT, x)
+    machine.write_f32(VEC_AT, np.array([d], dtype=F))
+    machine.run_code(b"\x67\xd9\x05" + VEC_AT.to_bytes(4, "little"))  # fld dword [dword VEC_AT]
+    machine.call("softmax", esi=X_AT, ecx=n)
+    want = softmax(x / d, exp=expf_exact)
+    assert np.array_equal(machine.read_f32(X_AT, n), want)
