@@ -81,13 +81,13 @@ def nasm() -> str:
     return exe
 
 
-def assemble(defines: tuple[str, ...] = ()) -> Engine:
-    """Assemble sector.asm with NASM; return the bytes and the per-routine size table."""
-    src = asm_source()
+def assemble(defines: tuple[str, ...] = (), source: Path | None = None) -> Engine:
+    """Assemble sector.asm (or ``source``) with NASM; return the bytes and the size table."""
+    src = source or asm_source()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "sector.bin")
         lst = Path(tmp, "sector.lst")
-        cmd = [nasm(), "-f", "bin", "-o", str(out), "-l", str(lst)]
+        cmd = [nasm(), "-f", "bin", "-o", str(out), "-l", str(lst), f"-I{src.parent}{os.sep}"]
         cmd += [f"-D{d}" for d in defines] + [str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -101,7 +101,8 @@ def assemble(defines: tuple[str, ...] = ()) -> Engine:
     return Engine(code, sizes, defines, symbols)
 
 
-_LABEL = re.compile(r"\s*\d+\s+([A-Za-z_]\w*):")
+# listing lines: line number, [address, bytes], [<n> for included files], source
+_LABEL = re.compile(r"\s*\d+\s+(?:<\d+>\s+)?([A-Za-z_]\w*):")
 _CODE = re.compile(r"\s*\d+\s+([0-9A-F]{8})\s+([0-9A-F]+|\[|\()")
 
 
