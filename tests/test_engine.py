@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_file
 
 from bootllama import image, probe, qemu
 from bootllama.checkpoint import Config, legacy_layout, load_checkpoint, packaged_path, random_model, write_legacy
@@ -15,7 +16,6 @@ from bootllama.errors import BootllamaError
 from bootllama.reference import Reference, generate
 from bootllama.tokenizer import Tokenizer
 
-ORACLE = Path(__file__).resolve().parents[2] / "shared" / "oracles" / "stories260K_greedy.txt"
 CKPT = packaged_path("stories260K.bin")
 TOK = packaged_path("tok512.bin")
 
@@ -71,7 +71,7 @@ def test_image_holds_files_unchanged(tmp_path: Path, engine: image.Engine) -> No
 
 def test_default_story_matches_oracle(tmp_path: Path, engine: image.Engine) -> None:
     img = image.build_image(CKPT, TOK, tmp_path / "a.img", engine=engine)
-    assert boot(img) == ORACLE.read_bytes()
+    assert boot(img) == shared_file("oracles/stories260K_greedy.txt").read_bytes()
 
 
 @pytest.mark.parametrize(("prompt", "steps"), [
@@ -92,9 +92,7 @@ def test_intermediates_bit_identical() -> None:
 
 
 def test_15m_shape_matches_reference(tmp_path: Path, engine: image.Engine) -> None:
-    big_tok = Path(__file__).resolve().parents[2] / "shared" / "models" / "tokenizer.bin"
-    if not big_tok.exists():
-        pytest.skip("the 32k Llama-2 tokenizer is not in ../shared/models")
+    big_tok = shared_file("models/tokenizer.bin")
     cfg = Config(dim=288, hidden_dim=768, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000, seq_len=256)
     m = random_model(cfg, seed=15)
     path = tmp_path / "m15.bin"
