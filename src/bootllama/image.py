@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bootllama.checkpoint import Config, atomic_write, legacy_layout, read_legacy_config
 from bootllama.errors import BootllamaError
-from bootllama.tokenizer import Tokenizer
+from bootllama.tokenizer import Tokenizer, scan_byte_piece
 
 SECTOR = 512
 CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
@@ -296,9 +296,14 @@ def _copy_padded(path: str | os.PathLike[str], f) -> None:  # type: ignore[no-un
 
 
 def check_byte_pieces(tok: Tokenizer) -> None:
-    """The engine prints ids 3..258 as the raw bytes 0..255, as run.c does for their pieces."""
+    """The engine prints ids 3..258 as the raw bytes 0..255, which is what run.c's decode does
+    exactly when those ids hold <0x00>..<0xFF> and no other piece reads as a byte to sscanf."""
     for i in range(256):
         want = f"<0x{i:02X}>".encode()
         if tok.vocab_size <= 3 + i or tok.pieces[3 + i] != want:
             raise BootllamaError("tokenizer does not have the byte pieces <0x00>..<0xFF> at ids 3..258, "
                                  "which the engine relies on")
+    for i, piece in enumerate(tok.pieces[: tok.vocab_size]):
+        if not 3 <= i < 259 and scan_byte_piece(piece) is not None:
+            raise BootllamaError(f"tokenizer piece {i} {piece!r} would print as a raw byte in run.c; "
+                                 "the engine only treats ids 3..258 so")
