@@ -1,0 +1,250 @@
+"""Boot an image in Bochs, a second PC independent of QEMU, and read what COM1 receives.
+
+Bochs interprets every instruction itself (no TCG, no KVM) and brings its own BIOS
+(Debian's bochsbios: the Bochs ROM BIOS, not SeaBIOS), VGA BIOS, disk controller and
+16550 UART, so a story that comes out the same here is not an artefact of QEMU.
+
+Debian's Bochs 2.7 has no ``nogui`` display and is built with the internal debugger, so:
+
+* the display is ``rfb`` with ``timeout=0`` (do not wait for a VNC client).  Bochs 2.7 has no
+  option for the RFB port: it tries 5900, 5901, ... 5949 and listens on the first free one,
+  so runs at the same time do not clash (up to 50 of them); it listens on all interfaces,
+  without a password, for as long as the run lasts;
+* the debugger would stop at the first instruction and prompt on stdin; it is given a
+  command file holding ``continue`` and stdin is /dev/null (should it ever prompt again, it
+  reads end-of-file and quits).
+
+Bochs has no isa-debug-exit device, so the run never ends by itself.  The sector's exit,
+``out 0xf4, al`` (0 when the story is over, '!' after a disk error), goes to Bochs's
+"unmapped" I/O device, whose debug messages are switched on so the log says
+``unmapped: 8-bit write to 00f4 = 00``; the sector then halts with interrupts off (logged as
+``HLT instruction with IF=0``, which also counts as the end).  The harness stops Bochs then,
+or as soon as ``max_bytes`` story bytes have arrived, or at the timeout.
+
+The UART: the sector writes to port 0x3F8 without setting the line control register, and
+Bochs's UART (unlike QEMU's) honours the word length, which resets to 5 data bits: every
+byte would arrive masked to its low 5 bits.  Bochs's BIOS does not set the UART up either,
+so by default the harness adds a one-sector option ROM that sets COM1 to 8N1 during POST, as
+a BIOS set-up screen's "serial port: 8N1" would.  ``init_serial=False`` boots without it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bootllama.errors import BootllamaError
+from bootllama.image import CYLINDER, SECTOR, Layout
+
+BIOS = Path("/usr/share/bochs/BIOS-bochs-latest")
+VGABIOS = Path("/usr/share/vgabios/vgabios.bin")
+CPU_MODEL = "core2_penryn_t9600"  # Bochs 2.7's Core 2 Duo: SSE to SSE4.1, x87
+HEADS = 16
+SPT = 63
+OPTROM_ADDR = 0xD0000
+HALT_LINE = b"HLT instruction with IF=0"
+EXIT_LINE = re.compile(rb"unmapped: 8-bit write to 00f4 = ([0-9a-f]{2})")
+EXIT_DONE = 0
+EXIT_DISK = ord("!")
+INSTALL_HINT = "install bochs bochsbios vgabios (scripts/setup.sh)"
+
+
+def bochs_binary() -> str:
+    """The Bochs executable (Debian's /usr/bin/bochs wrapper, else bochs-bin)."""
+    for name in ("bochs", "bochs-bin"):
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    raise BootllamaError(f"bochs not found: {INSTALL_HINT}")
+
+
+def uart_rom() -> bytes:
+    """A 512-byte option ROM whose init routine sets COM1's line control to 8N1 (DLAB off).
+
+    The BIOS calls offset 3 of each ROM it finds during POST: ``mov dx, 0x3fb; mov al, 3;
+    out dx, al; retf``.  The last byte makes the bytes sum to 0, as the BIOS checks.
+    """
+    rom = bytearray(SECTOR)
+    rom[0:3] = b"\x55\xaa\x01"  # signature, length in 512-byte blocks
+    code = b"\xba\xfb\x03\xb0\x03\xee\xcb"
+    rom[3 : 3 + len(code)] = code
+    rom[-1] = -sum(rom) & 0xFF
+    return bytes(rom)
+
+
+def bochsrc(disk: str, layout: Layout, com1: str, log: str, optrom: str | None = None) -> str:
+    """The configuration: headless, fast, fatal on panics, the disk with its CHS geometry."""
+    cylinders = layout.disk_sectors // CYLINDER
+    lines = [
+        'display_library: rfb, options="timeout=0"',
+        f"romimage: file={BIOS}",
+        f"vgaromimage: file={VGABIOS}",
+        f"cpu: model={CPU_MODEL}",
+        f"megs: {layout.memory_mib}",
+        f"ata0-master: type=disk, path={disk}, mode=flat, cylinders={cylinders}, heads={HEADS}, spt={SPT}",
+        "boot: disk",
+        f"com1: enabled=1, mode=file, dev={com1}",
+        f"log: {log}",
+        "panic: action=fatal",
+        "error: action=report",
+        "info: action=report",
+        "debug: action=ignore, unmapped=report",  # logs the sector's exit port write
+        "sound: driver=dummy",
+        "speaker: enabled=0",
+        "mouse: enabled=0",
+        "clock: sync=none",
+    ]
+    if optrom:
+        lines.append(f"optromimage1: file={optrom}, address={OPTROM_ADDR:#x}")
+    return "\n".join(lines) + "\n"
+
+
+def _check_inputs(image_path: Path, layout: Layout, max_bytes: int, timeout: float) -> None:
+    if max_bytes < 1:
+        raise BootllamaError(f"max_bytes must be at least 1, not {max_bytes}")
+    if not timeout > 0:
+        raise BootllamaError(f"timeout must be positive, not {timeout}")
+    if not image_path.is_file():
+        raise BootllamaError(f"image {image_path} does not exist")
+    if layout.disk_sectors <= 0 or layout.disk_sectors % CYLINDER:
+        raise BootllamaError(f"the layout's {layout.disk_sectors} sectors are not whole "
+                             f"{HEADS}x{SPT} cylinders, which Bochs needs")
+    size = image_path.stat().st_size
+    if size != layout.disk_sectors * SECTOR:
+        raise BootllamaError(f"image {image_path} is {size} bytes but its layout says "
+                             f"{layout.disk_sectors * SECTOR}: rebuild it")
+    for rom, package in ((BIOS, "bochsbios"), (VGABIOS, "vgabios")):
+        if not rom.is_file():
+            raise BootllamaError(f"{rom} is missing ({package}): {INSTALL_HINT}")
+
+
+def _log_tail(log: Path, n: int = 3) -> str:
+    """The last ``n`` meaningful lines of the Bochs log, joined into one line."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return "no Bochs log"
+    lines = [" ".join(line.split()) for line in text.splitlines()]
+    lines = [line for line in lines if line and "| " not in line]  # skip register dumps
+    return " | ".join(lines[-n:]) if lines else "empty Bochs log"
+
+
+def _exit_status(log: Path, pos: int) -> tuple[int | None, int]:
+    """The sector's exit status if the log, from byte ``pos`` on, shows it; the new position.
+
+    The status is the byte written to port 0xF4, or EXIT_DONE for a halt without one.
+    """
+    try:
+        with open(log, "rb") as f:
+            f.seek(pos)
+            data = f.read()
+    except OSError:
+        return None, pos
+    data = data[: data.rfind(b"\n") + 1]  # whole lines only
+    m = EXIT_LINE.search(data)
+    if m:
+        return int(m.group(1), 16), pos + len(data)
+    return (EXIT_DONE if HALT_LINE in data else None), pos + len(data)
+
+
+def boot_bochs(image_path: str | os.PathLike[str], layout: Layout, max_bytes: int, timeout: float,
+               init_serial: bool = True) -> bytes:
+    """Boot ``image_path`` in Bochs; return the first story bytes COM1 receives.
+
+    The ``layout.chunks`` progress dots are skipped.  Returns once ``max_bytes`` story bytes
+    have arrived (exactly that many), or fewer if the sector halts first (the story is
+    over: the bytes end with its final newline).  Raises BootllamaError on a timeout, a disk
+    error, or Bochs exiting, with the last lines of the Bochs log.
+    """
+    image_path = Path(image_path)
+    _check_inputs(image_path, layout, max_bytes, timeout)
+    exe = bochs_binary()
+    with tempfile.TemporaryDirectory(prefix="bootllama-bochs-") as tmp:
+        work = Path(tmp)
+        # Bochs locks an image by creating <path>.lock beside it and leaves it behind when
+        # killed: boot a link in the temp dir (which also keeps odd characters out of bochsrc)
+        disk = work / "disk.img"
+        disk.symlink_to(image_path.resolve())
+        com1 = work / "com1.out"
+        log = work / "bochs.log"
+        optrom: Path | None = None
+        if init_serial:
+            optrom = work / "uart.rom"
+            optrom.write_bytes(uart_rom())
+        rc = work / "bochsrc"
+        rc.write_text(bochsrc(str(disk), layout, str(com1), str(log), str(optrom) if optrom else None))
+        commands = work / "debugger.rc"
+        commands.write_text("continue\n")
+        with open(work / "stdout.txt", "wb") as out:
+            proc = subprocess.Popen([exe, "-q", "-f", str(rc), "-rc", str(commands)], cwd=work,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            return _collect(proc, com1, log, layout.chunks, max_bytes, timeout)
+        finally:
+            _stop(proc)
+
+
+def _collect(proc: subprocess.Popen[bytes], com1: Path, log: Path, chunks: int, max_bytes: int,
+             timeout: float) -> bytes:
+    deadline = time.monotonic() + timeout
+    log_pos = 0
+    status: int | None = None
+    settled = 0.0  # when the output last grew after the exit
+    seen = -1
+    while True:
+        try:
+            data = com1.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        dots, text = data[:chunks], data[chunks:]
+        if b"!" in dots:
+            raise BootllamaError(f"the sector reported a disk read error ('!') in Bochs: {_log_tail(log)}")
+        if len(dots) == chunks and dots != b"." * chunks:
+            hint = ""
+            if all(b == ord(".") & 0x1F for b in dots):
+                hint = ": every byte lost its top 3 bits, COM1 is at 5 data bits (its line control was never set)"
+            raise BootllamaError(f"unexpected loader output {dots[:20]!r} in Bochs (wanted {chunks} dots){hint}")
+        if len(text) >= max_bytes and status is None:
+            return text[:max_bytes]
+        now = time.monotonic()
+        if status is None:
+            status, log_pos = _exit_status(log, log_pos)
+        if status is not None:
+            # the UART sends its last byte a moment after the exit: wait for the output to settle
+            if len(data) != seen:
+                seen, settled = len(data), now
+            elif now - settled > 0.25:
+                if status == EXIT_DISK:
+                    raise BootllamaError("the sector reported a disk read error ('!') in Bochs after "
+                                         f"{len(text)} story bytes: {_log_tail(log)}")
+                if status != EXIT_DONE:
+                    raise BootllamaError(f"the sector exited with status {status:#04x} in Bochs: {_log_tail(log)}")
+                if len(dots) < chunks:
+                    raise BootllamaError(f"the sector stopped after {len(dots)} of {chunks} progress dots "
+                                         f"in Bochs: {_log_tail(log)}")
+                return text[:max_bytes]
+        elif proc.poll() is not None:
+            raise BootllamaError(f"Bochs exited with status {proc.returncode} after {len(text)} story "
+                                 f"bytes: {_log_tail(log)}")
+        if status is None and now > deadline:  # a run that has exited may settle
+            got = f"{len(text)} of {max_bytes} story bytes" if len(dots) == chunks else \
+                f"{len(dots)} of {chunks} progress dots"
+            raise BootllamaError(f"Bochs timed out after {timeout:g} s with {got}: {_log_tail(log)}")
+        time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """End this Bochs (only it: it runs in its own session), politely first."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
