@@ -7,6 +7,8 @@ Disk layout (512-byte sectors)::
     LBA D+1          the legacy checkpoint, byte for byte, zero-padded to a sector
     ...              tokenizer.bin, byte for byte, zero-padded to a sector
     ...              the prompt's token ids (int32, after the BOS, 0-terminated)
+    ...              the address table: per layer, the addresses of its weight slices (and of
+                     its k in the KV cache) in the order the engine uses them
     ...              zero padding: the loader reads whole chunks, Bochs wants whole cylinders
 
 The sector loads LBA D.. to physical address 1 MiB, so every file lands at a known address;
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from bootllama.checkpoint import Config, atomic_write, legacy_layout, read_legacy_config
+from bootllama.checkpoint import Config, atomic_write, legacy_layout, read_legacy_config, tensor_shapes
 from bootllama.errors import BootllamaError
 from bootllama.tokenizer import Tokenizer, scan_byte_piece
 
@@ -189,6 +191,7 @@ class Layout:
     memory_end: int
     last_lba: int
     disk_sectors: int
+    table_addr: int = 0  # the engine's per-layer address table (see table())
 
     @property
     def chunks(self) -> int:
@@ -217,7 +220,8 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     ckpt = DATA + SECTOR
     tok = ckpt + _pad(checkpoint_size)
     prompt = tok + _pad(tokenizer_size)
-    data_end = prompt + _pad(4 * (n_prompt + 1))
+    table = prompt + _pad(4 * (n_prompt + 1))
+    data_end = table + _pad(4 * (len(_LAYER_TABLE) * config.n_layers + len(_FINAL_TABLE)))
     logits = _pad(data_end, 4096)
     kv = _pad(logits + 4 * config.vocab_size, 4096)
     kv_bytes = config.seq_len * config.n_layers * 2 * config.kv_dim * 4
@@ -229,7 +233,31 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     last_lba = data_lba + (data_end - DATA) // SECTOR - 1
     read_end = data_lba + ((last_lba - data_lba) // CHUNK + 1) * CHUNK
     disk = _pad(read_end, CYLINDER)
-    return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk)
+    return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk, table)
+
+
+# The address table the engine walks through one forward pass: per layer, the addresses of
+# that layer's slices in the order the engine uses them ("k" is that layer's k in the KV
+# cache at position 0), then the final rmsnorm weights and the classifier.
+_LAYER_TABLE = ("rms_att_weight", "wq", "wk", "wv", "k", "wo", "rms_ffn_weight", "w1", "w3", "w2")
+_FINAL_TABLE = ("rms_final_weight", "wcls")
+
+
+def table(layout: Layout) -> bytes:
+    """The per-layer address table (byte addresses only, uint32)."""
+    c = layout.config
+    lay = legacy_layout(c)
+    shapes = tensor_shapes(c)
+    base = layout.checkpoint_addr
+    addrs = []
+    for layer in range(c.n_layers):
+        for name in _LAYER_TABLE:
+            if name == "k":  # [pos][layer][k|v][kv_dim]
+                addrs.append(layout.kv_addr + layer * 2 * c.kv_dim * 4)
+            else:
+                addrs.append(base + lay[name][0] + layer * 4 * math.prod(shapes[name][1:]))
+    addrs += [base + lay[name][0] for name in _FINAL_TABLE]
+    return struct.pack(f"<{len(addrs)}I", *addrs)
 
 
 def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: float,
@@ -244,8 +272,10 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
     fields = struct.pack("<12I", *addrs, layout.kv_addr)
     fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], fr, fi - fr,
                           layout.tokenizer_addr + 4, layout.logits_addr, layout.prompt_addr,
-                          steps, temperature, seed & (2**64 - 1), layout.last_lba)
-    assert len(fields) <= FIELDS - 8  # KVMUL and KVDIM4 are the sector's own
+                          steps, temperature, seed & (2**64 - 1),
+                          DATA + layout.chunks * CHUNK * SECTOR)  # where the loader stops
+    fields += struct.pack("<I", layout.table_addr)
+    assert len(fields) <= FIELDS
     return bytes(SECTOR - FIELDS) + fields + bytes(FIELDS - len(fields))
 
 
@@ -282,6 +312,8 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         _copy_padded(tokenizer_path, f)
         prompt_bytes = struct.pack(f"<{len(ids)}i", *ids[1:], 0)
         f.write(prompt_bytes + bytes(_pad(len(prompt_bytes)) - len(prompt_bytes)))
+        table_bytes = table(layout)
+        f.write(table_bytes + bytes(_pad(len(table_bytes)) - len(table_bytes)))
         f.truncate(layout.disk_sectors * SECTOR)
     return Image(Path(out), layout, engine, ids, steps)
 
