@@ -38,14 +38,15 @@
 bits 16
 org 0x7c00
 
-VARS    equ 0x0600
+PRE     equ 0x7E00              ; the boot read: tail sectors, manifest, header
+VARS    equ PRE + TAIL*512 + 512 ; the header, read in place
 XBUF    equ 0x9000              ; x, the residual stream
 XBBUF   equ XBUF + 0x1000       ; xb (rmsnorm finds x 4 KiB below its output)
 HBBUF   equ 0xB000              ; hb
 HB2BUF  equ HBBUF + 0x1000      ; hb2 (swiglu finds it 4 KiB above hb)
 QBUF    equ 0xD000              ; q, then the attention output in its place
 ATTBUF  equ 0xE000              ; attention scores of one head
-BOUNCE  equ 0x9000              ; (0x8000 while the engine has tail sectors there)
+BOUNCE  equ PRE + 0x1000        ; the DAP's segment + 0x100 (one inc)
 CHUNK   equ 64                  ; sectors per int 13h read (32 KiB)
 DATA    equ 0x100000            ; the manifest lands here
 CKPT    equ DATA + 512          ; the checkpoint header
@@ -71,16 +72,16 @@ NL      equ 8
 NH      equ 12
 NKV     equ 16
 VOC     equ 20
-; work variables
-HS      equ 28      ; head_size (word)
-KVDIM   equ 30      ; kv_dim (word)
-HS4     equ 32      ; head_size * 4 (dword)
-KVDIM4  equ 36      ; kv_dim * 4 (dword)
-TSTR    equ 40      ; bytes between positions in the cache (dword)
-POS     equ 44      ; word
-TOKEN   equ 46      ; word
-TP      equ 48      ; next entry of the address table (dword)
-TMP     equ 52
+; work variables: the manifest's unused last 32 bytes, zeros from the disk
+HS      equ -32     ; head_size (word)
+KVDIM   equ -30     ; kv_dim (word)
+HS4     equ -28     ; head_size * 4 (dword)
+KVDIM4  equ -24     ; kv_dim * 4 (dword)
+TSTR    equ -20     ; bytes between positions in the cache (dword)
+POS     equ -16     ; word
+TOKEN   equ -14     ; word
+TP      equ -12     ; next entry of the address table (dword)
+TMP     equ -8
 
 start:
     xor ax, ax
@@ -89,17 +90,22 @@ start:
     mov ss, ax
     mov sp, 0x7000
     mov bp, VARS
-    push dword 0                ; DAP for the engine's own tail sectors
-    push dword 1
-    push ax
-    push word tail
-    push word TAIL
-    push word 16
+    push dword 0                ; DAP on the stack: LBA high
+    push dword 1                ; LBA: the tail sectors, the manifest, ...
+    push word PRE >> 4          ; buffer segment
+    push ax                     ; buffer offset 0
+    push word CHUNK             ; sector count
+    push word 16                ; DAP size
     mov si, sp
-    mov ah, 0x42
-    int 0x13
+    mov ah, 0x42                ; extended read; DL is still the boot drive
+    int 0x13                    ; tail code, manifest and header to PRE
     jc fail
     jmp init
+
+fail:
+    mov al, '!'
+    call putc
+    jmp exit                    ; status 67
 
 %ifndef NOPAD
     times 510-($-$$) db 0
@@ -113,29 +119,25 @@ init:
     mov eax, cr4
     or ax, 0x200                ; CR4.OSFXSR: allow SSE
     mov cr4, eax
-    lgdt [gdt]
+    lgdt [gdtr]
+    inc byte [si+7]             ; the same DAP: buffer segment 0x7E0 -> BOUNCE
+    add byte [si+8], TAIL       ; LBA: the manifest again, now for DATA
     mov edi, DATA
 
 ; ---- load the data area to DATA, CHUNK sectors at a time -----------------
 load:
-    mov si, dap
-    mov ah, 0x42                ; extended read; DL is still the boot drive
+    mov si, sp
+    mov ah, 0x42
     int 0x13
     jc fail                     ; also taken if the BIOS lacks extended reads
+    add dword [si+8], CHUNK
     mov al, '.'
     call putc                   ; progress, and back to unreal mode
     mov esi, BOUNCE
     mov ecx, CHUNK*128          ; also makes ECX's high word 0 for good
     a32 rep movsd
-    add dword [dap+8], CHUNK
-    cmp edi, [dword DATA+512+M_END]
+    cmp edi, [bp+M_END]
     jb load
-
-    ; variables: the manifest's last 128 bytes and the 28-byte header
-    mov esi, CKPT-128
-    mov edi, VARS-128           ; EDI's high word 0 from here on
-    mov cl, 128+28              ; ECX is 0 after the rep movsd
-    a32 rep movsb
     fninit
     fldcw [cw]                  ; x87 rounds to float32 precision
 
@@ -144,21 +146,21 @@ load:
     cwd
     div word [bp+NH]
     mov [bp+HS], ax             ; head_size = dim / n_heads
-    cwde
-    shl eax, 2
-    mov [bp+HS4], eax
-    mul dword [bp+NKV]
-    mov [bp+KVDIM4], eax        ; kv_dim * 4 = head_size * 4 * n_kv_heads
+    shl ax, 2
+    mov [bp+HS4], ax            ; (its high word is one of the zeros)
+    mul word [bp+NKV]
+    mov [bp+KVDIM4], ax         ; kv_dim * 4 = head_size * 4 * n_kv_heads
     shr ax, 2
     mov [bp+KVDIM], ax
-    shl eax, 3                  ; one position's k|v of one layer
-    mul dword [bp+NL]
-    mov [bp+TSTR], eax          ; a position's k|v of all layers
+    shl ax, 3                   ; one position's k|v of one layer
+    mul word [bp+NL]
+    mov [bp+TSTR], ax           ; a position's k|v of all layers
+    mov [bp+TSTR+2], dx
     cmp word [bp+VOC+2], 0
     je .v
     neg word [bp+VOC]           ; |vocab| (negative = separate classifier)
 .v:
-    mov dword [bp+POS], 0x10000 ; pos 0, token 1: run.c starts from BOS
+    inc byte [bp+TOKEN]         ; pos 0, token 1: run.c starts from BOS
 
 ; ---- generate: run.c's loop -----------------------------------------------
 gen:
@@ -198,11 +200,6 @@ exit:
 %endif
 .h: hlt
     jmp .h
-
-fail:
-    mov al, '!'
-    call putc
-    jmp exit                    ; status 67
 
 ; ---- print the piece of TOKEN after prev (cx), as run.c's safe_printf -----
 print:
@@ -471,25 +468,25 @@ rope:
     mov edx, [bp+M_FI]
 .head:
     push cx
-    mov ebx, [bp+M_FR]
+    mov edi, [bp+M_FR]          ; (edi, not ebx: ebx keeps a low address)
     mov cx, [bp+HS]
     shr cx, 1
 .pair:
     a32 fld dword [esi]         ; v0
     a32 fld dword [esi+4]       ; v1 v0
     fld st1                     ; v0 v1 v0
-    a32 fmul dword [ebx]        ; v0*fcr
+    a32 fmul dword [edi]        ; v0*fcr
     fld st1
-    a32 fmul dword [ebx+edx]    ; v1*fci
+    a32 fmul dword [edi+edx]    ; v1*fci
     fsubp                       ; v0*fcr - v1*fci
     a32 fstp dword [esi]
-    a32 fmul dword [ebx]        ; v1*fcr v0
+    a32 fmul dword [edi]        ; v1*fcr v0
     fxch
-    a32 fmul dword [ebx+edx]    ; v0*fci v1*fcr
+    a32 fmul dword [edi+edx]    ; v0*fci v1*fcr
     faddp                       ; v0*fci + v1*fcr
     a32 fstp dword [esi+4]
     add esi, byte 8
-    add ebx, byte 4
+    add edi, byte 4
     loop .pair
     pop cx
     loop .head
@@ -498,7 +495,7 @@ rope:
 ; ---- attention: q_h = sum_t softmax(q_h . k_t / sqrtf(hs))_t v_t, then wo --
 attention:
     call nextw                  ; esi = k of kv head 0 at t = 0
-    mov ebx, ATTBUF             ; (rope left a high address in ebx)
+    mov bx, ATTBUF              ; (ebx's high word is 0: xb from mvw)
     mov edi, QBUF
     mov cx, [bp+NKV]
 .kvh:
@@ -587,15 +584,9 @@ divmax:
 
 cw:     dw 0x007f, 0x037f       ; x87 control: float32 precision; full
 eps:    dd 1e-5
-gdt:    dw gdt_end - gdt - 1    ; GDTR in the unused null descriptor
-        dd gdt
-        dw 0
+gdtr:   dw 15                   ; GDTR; with the 2 bytes before it, the
+        dd gdtr - 2             ; (never used) null descriptor
         db 0xff, 0xff, 0, 0, 0, 0x92, 0xcf, 0   ; 0x08: flat 4 GiB data
-gdt_end:
-dap:    db 16, 0                ; extended read packet
-        dw CHUNK
-        dw 0, BOUNCE >> 4
-        dd 1 + TAIL, 0          ; LBA: the data area follows the engine
 
     align 512, db 0
 engine_end:
