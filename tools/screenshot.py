@@ -1,0 +1,162 @@
+"""Boot the default image in QEMU and save what the PC's screen shows when the story ends.
+
+The engine is assembled with ``-DHALT`` so it stops (``hlt``) after the story instead of
+leaving QEMU through isa-debug-exit; the screen (VGA text mode, where the sector prints
+through the BIOS teletype as well as to COM1) then stays up. The script waits until COM1 has
+carried the whole story, which it knows in advance from the NumPy reference, asks QEMU's
+QMP monitor for a ``screendump`` (PPM), and writes it as a PNG (default docs/screenshot.png).
+
+    python tools/screenshot.py [-o docs/screenshot.png] [-i PROMPT] [-n STEPS] [--scale 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image as PILImage
+
+from bootllama import image, qemu
+from bootllama.checkpoint import load_checkpoint, packaged_path
+from bootllama.errors import BootllamaError
+from bootllama.reference import Reference, generate
+from bootllama.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class QMP:
+    """A minimal QMP client over a unix socket: one command at a time, events skipped."""
+
+    def __init__(self, path: Path, timeout: float = 30.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock.connect(os.fspath(path))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BootllamaError("could not reach QEMU's QMP socket") from None
+                time.sleep(0.05)
+        self.buf = b""
+        self._message()  # the greeting
+        self.execute("qmp_capabilities")
+
+    def _message(self) -> dict[str, object]:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise BootllamaError("QEMU closed the QMP socket")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def execute(self, command: str, **arguments: object) -> object:
+        msg: dict[str, object] = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = self._message()
+            if "error" in reply:
+                raise BootllamaError(f"QMP {command}: {reply['error']}")
+            if "return" in reply:
+                return reply["return"]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def expected_story(checkpoint: Path, tokenizer: Path, prompt: str | None, steps: int) -> bytes:
+    model = load_checkpoint(checkpoint)
+    tok = Tokenizer.load(tokenizer, model.config.vocab_size)
+    return generate(Reference(model), tok, prompt, steps=steps)
+
+
+def screenshot(out: Path, prompt: str | None = None, steps: int = 0, scale: int = 1,
+               timeout: float = 300.0) -> bytes:
+    """Boot, wait for the story, dump the screen to ``out`` (PNG); return the story bytes."""
+    checkpoint, tokenizer = packaged_path("stories260K.bin"), packaged_path("tok512.bin")
+    want = expected_story(checkpoint, tokenizer, prompt, steps)
+    engine = image.assemble(("HALT",))
+    with tempfile.TemporaryDirectory(prefix="bootllama-shot-") as tmpdir:
+        tmp = Path(tmpdir)
+        img = image.build_image(checkpoint, tokenizer, tmp / "boot.img", prompt=prompt, steps=steps, engine=engine)
+        lay = img.layout
+        sock = tmp / "qmp.sock"
+        cmd = qemu.qemu_command(img.path, lay.memory_mib, "tcg")
+        cmd[cmd.index("-monitor") + 1] = "none"
+        cmd += ["-qmp", f"unix:{sock},server=on,wait=off"]
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            fd = proc.stdout.fileno()
+            serial = b""
+            deadline = time.monotonic() + timeout
+            # COM1 carries one '.' per chunk loaded, then the story; HALT keeps QEMU up after it
+            while serial[lay.chunks:] != want:
+                if time.monotonic() > deadline:
+                    raise BootllamaError(f"no complete story within {timeout:.0f} s "
+                                         f"({len(serial) - lay.chunks} of {len(want)} bytes)")
+                if b"!" in serial[:lay.chunks]:
+                    raise BootllamaError("the sector reported a disk read error ('!')")
+                if len(serial) - lay.chunks > len(want):
+                    raise BootllamaError("the engine printed more than the reference's story")
+                ready, _, _ = select.select([fd], [], [], 1.0)
+                if ready:
+                    data = os.read(fd, 65536)
+                    if not data:
+                        raise BootllamaError("QEMU exited before the story ended")
+                    serial += data
+            time.sleep(0.5)  # the BIOS teletype follows each COM1 byte; let the last ones land
+            qmp = QMP(sock)
+            ppm = tmp / "screen.ppm"
+            qmp.execute("stop")
+            qmp.execute("screendump", filename=os.fspath(ppm))
+            qmp.close()
+            for _ in range(100):
+                if ppm.exists() and ppm.stat().st_size > 0:
+                    break
+                time.sleep(0.05)
+            with PILImage.open(ppm) as shot:
+                shot.load()
+                rgb = shot.convert("RGB")
+        finally:
+            proc.kill()
+            proc.wait()
+    if scale > 1:
+        rgb = rgb.resize((rgb.width * scale, rgb.height * scale), PILImage.Resampling.NEAREST)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rgb.save(out, format="PNG", optimize=True)
+    return want
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-o", dest="output", type=Path, default=ROOT / "docs" / "screenshot.png")
+    parser.add_argument("-i", dest="prompt", default=None, help="prompt (default: none, the default story)")
+    parser.add_argument("-n", dest="steps", type=int, default=0, help="steps, 0 = seq_len (default 0)")
+    parser.add_argument("--scale", type=int, default=1, help="enlarge the picture by this factor (nearest)")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    try:
+        story = screenshot(args.output, args.prompt, args.steps, max(1, args.scale), args.timeout)
+    except BootllamaError as e:
+        print(f"screenshot: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.output} ({len(story)} bytes of story on screen)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
