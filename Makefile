@@ -1,22 +1,22 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench pictures
 
 setup:
 	@bash scripts/setup.sh
 
-# Boot the engine (`bootllama run`); until that command exists, show the reference instead.
+# Boot the engine on the packaged stories260K model in QEMU and stream the story.
 demo: setup
-	@if $(BIN)/bootllama run --help >/dev/null 2>&1; then \
-		$(BIN)/bootllama run; \
-	else \
-		echo "(bootllama run is not there yet: showing the reference's story)"; \
-		$(BIN)/bootllama generate; \
-	fi
+	$(BIN)/bootllama run
 
 test: setup
-	$(BIN)/ruff check src tests bench && $(BIN)/python -m pytest -q
+	$(BIN)/ruff check src tests bench tools && $(BIN)/python -m pytest -q
 
 bench: setup
 	$(BIN)/python bench/bench_reference.py
+	$(BIN)/python bench/bench_engine.py
+
+# docs/size_map.png and docs/screenshot.png
+pictures: setup
+	@bash tools/pictures.sh
