@@ -79,9 +79,9 @@ HS4     equ -28     ; head_size * 4 (dword)
 KVDIM4  equ -24     ; kv_dim * 4 (dword)
 TSTR    equ -20     ; bytes between positions in the cache (dword)
 POS     equ -16     ; word
-TOKEN   equ -14     ; word
 TP      equ -12     ; next entry of the address table (dword)
 TMP     equ -8
+TOKEN   equ -4      ; word, read as a dword (its high word stays 0)
 
 start:
     xor ax, ax
@@ -90,8 +90,10 @@ start:
     mov ss, ax
     mov sp, 0x7000
     mov bp, VARS
-    push dword 0                ; DAP on the stack: LBA high
-    push dword 1                ; LBA: the tail sectors, the manifest, ...
+    push ax                     ; DAP on the stack: LBA high
+    push ax
+    push ax
+    push byte 1                 ; LBA: the tail sectors, the manifest, ...
     push word PRE >> 4          ; buffer segment
     push ax                     ; buffer offset 0
     push word CHUNK             ; sector count
@@ -100,18 +102,7 @@ start:
     mov ah, 0x42                ; extended read; DL is still the boot drive
     int 0x13                    ; tail code, manifest and header to PRE
     jc fail
-    jmp init
 
-fail:
-    mov al, '!'
-    call putc
-    jmp exit                    ; status 67
-
-%ifndef NOPAD
-    times 510-($-$$) db 0
-%endif
-    dw 0xaa55
-tail:
 
 init:
     mov ax, 3
@@ -120,6 +111,7 @@ init:
     or ax, 0x200                ; CR4.OSFXSR: allow SSE
     mov cr4, eax
     lgdt [gdtr]
+    xor ecx, ecx                ; ECX's high word is 0 from here on
     inc byte [si+7]             ; the same DAP: buffer segment 0x7E0 -> BOUNCE
     add byte [si+8], TAIL       ; LBA: the manifest again, now for DATA
     mov edi, DATA
@@ -129,17 +121,22 @@ load:
     mov si, sp
     mov ah, 0x42
     int 0x13
-    jc fail                     ; also taken if the BIOS lacks extended reads
+    jnc copy                    ; (carry: error, or no extended reads)
+fail:
+    mov al, '!'
+    call putc
+    jmp exit                    ; status 67
+copy:
     add dword [si+8], CHUNK
     mov al, '.'
     call putc                   ; progress, and back to unreal mode
     mov esi, BOUNCE
-    mov ecx, CHUNK*128          ; also makes ECX's high word 0 for good
+    mov ch, CHUNK*128 >> 8      ; ecx = CHUNK*128 (it is 0 here)
     a32 rep movsd
     cmp edi, [bp+M_END]
     jb load
     fninit
-    fldcw [cw]                  ; x87 rounds to float32 precision
+    fldcw [cw24]                ; x87 rounds to float32 precision
 
     ; derived dimensions
     mov ax, [bp+DIM]
@@ -187,9 +184,8 @@ gen:
     inc cx
     xchg cx, [bp+TOKEN]         ; cx = prev, TOKEN = next
     call print
-    mov ax, [bp+POS]
-    cmp ax, [bp+M_STEPS]
-    jb gen
+    dec word [bp+M_STEPS]       ; run.c's steps (at least 1) forward passes
+    jnz gen
 done:
     mov al, 10
     call putc
@@ -223,23 +219,23 @@ print:
     dec cx
 .nostrip:
     mov ax, [bp+TOKEN]
-    sub ax, 3                   ; <0x00>..<0xFF> are ids 3..258
-    cmp ax, 256
-    jb .one                     ; al: the raw byte
+    sub ax, 3                   ; <0x00>..<0xFF> are ids 3..258:
+    test ah, ah                 ; ah = 0 exactly for them (ids below 3 borrow)
+    jz .one                     ; al: the raw byte
     cmp cx, 1
     jne .all
-    a32 mov al, [esi]
+    a32 lodsb                   ; a one-byte piece
 .one:                           ; one byte: only if isprint or isspace
-    cmp al, 127
-    jae .ret
-    cmp al, ' '
-    jae .put
-    cmp al, 9
-    jb .ret
-    cmp al, 14
-    jae .ret
-.put:
-    jmp putc
+    push ax
+    sub al, 9
+    cmp al, 5                   ; \t \n \v \f \r: CF
+    jb .ok
+    sub al, 32-9
+    cmp al, 127-32              ; ' '..'~': CF
+.ok:
+    pop ax                      ; (flags kept)
+    jb putc                     ; print it (putc returns for us)
+    ret
 .all:
     jcxz .ret
 .emit:
@@ -281,11 +277,136 @@ putc:
     popad
     ret
 
+; ---- attention: q_h = sum_t softmax(q_h . k_t / sqrtf(hs))_t v_t, then wo --
+attention:
+    call nextw                  ; esi = k of kv head 0 at t = 0
+    mov bx, ATTBUF              ; (ebx's high word is 0: xb from mvw)
+    mov edi, QBUF
+    mov cx, [bp+NKV]
+.kvh:
+    push cx
+    mov ax, [bp+NH]
+    cwd
+    div word [bp+NKV]
+    xchg cx, ax                 ; kv_mul query heads share a kv head
+.head:
+    pushad                      ; esi = k_h, edi = q_h, ebx = att
+    xchg ebx, edi               ; vec = q_h, out = att
+    mov cx, [bp+HS]
+    push dword 4
+    pop eax                     ; column stride 4
+    mov edx, [bp+TSTR]          ; row stride: the next position
+    mov bp, [bp+POS]
+    inc bp                      ; rows = pos + 1
+    pushad
+    call mv                     ; att[t] = q_h . k_t
+    call softmax_att
+    popad
+    xchg cx, bp                 ; n = pos+1, rows = head_size
+    xchg eax, edx               ; column stride = position stride
+    xchg edi, ebx               ; vec = att, out = q_h
+    add esi, [VARS+KVDIM4]      ; v of the same kv head
+    call mv                     ; q_h[i] = sum_t att[t] v_t[i]
+    popad
+    add di, [bp+HS4]
+    loop .head
+    add esi, [bp+HS4]           ; the next kv head
+    pop cx
+    loop .kvh
+    mov bx, QBUF                ; vec = the attention output
+    mov di, XBUF                ; x += wo @ it
+    mov ax, [bp+DIM]
+    jmp mvwb
+
+; ---- exp: st0 = [edi] = e^st0, rounded to float32 --------------------------
+exp:
+    fldcw [cw64]                ; full precision inside
+    fldl2e
+    fmulp
+    fld st0
+    frndint
+    fsub st1, st0
+    fxch
+    f2xm1
+    fld1
+    faddp
+    fscale
+    fstp st1
+    a32 fstp dword [edi]        ; round to float32 as expf returns it
+    fldcw [cw24]
+    a32 fld dword [edi]
+    ret
+
+%ifndef NOPAD
+    times 510-($-$$) db 0
+%endif
+    dw 0xaa55                   ; the tail sectors follow
+; ---- rmsnorm: xb = w * (ss * x), w the next table address -----------------
+rmsnorm:
+    mov si, XBUF
+    mov cx, [bp+DIM]
+    push cx
+    fldz
+.ss:
+    fld dword [si]
+    fmul st0
+    faddp                       ; ss += x*x
+    lodsd
+    loop .ss
+    fidiv dword [bp+DIM]
+    fadd dword [eps]
+    fsqrt
+    fld1
+    fdivrp                      ; ss = 1 / sqrtf(ss/n + 1e-5)
+    call nextw
+    mov di, XBBUF
+    pop cx
+.o:
+    fld dword [di-0x1000]       ; x[i] (x is 4 KiB below xb)
+    fmul st1
+    a32 fmul dword [esi]
+    fstp dword [di]
+    a32 lodsd
+    scasd
+    loop .o
+    fstp st0
+    ret
+
+; ---- rope: rotate cx heads at esi by freq_cis row pos ----------------------
+rope:
+    mov edx, [bp+M_FI]
+.head:
+    push cx
+    mov edi, [bp+M_FR]          ; (edi, not ebx: ebx keeps a low address)
+    mov cx, [bp+HS]
+    shr cx, 1
+.pair:
+    a32 fld dword [esi]         ; v0
+    a32 fld dword [esi+4]       ; v1 v0
+    fld st1                     ; v0 v1 v0
+    a32 fmul dword [edi]        ; v0*fcr
+    fld st1
+    a32 fmul dword [edi+edx]    ; v1*fci
+    fsubp                       ; v0*fcr - v1*fci
+    a32 fstp dword [esi]
+    a32 fmul dword [edi]        ; v1*fcr v0
+    fxch
+    a32 fmul dword [edi+edx]    ; v0*fci v1*fcr
+    faddp                       ; v0*fci + v1*fcr
+    a32 fstp dword [esi+4]
+    add esi, byte 8
+    add edi, byte 4
+    loop .pair
+    pop cx
+    loop .head
+    ret
+
+
 ; ---- forward(TOKEN, POS) -> logits ----------------------------------------
 forward:
     mov eax, [bp+M_TAB]
     mov [bp+TP], eax            ; layer 0's addresses
-    movzx eax, word [bp+TOKEN]
+    mov eax, [bp+TOKEN]
     mul dword [bp+DIM]
     shl eax, 2
     add eax, [bp+M_EMB]
@@ -383,40 +504,10 @@ mv:
 .store:
     a32 movss [edi], xmm0
     add esi, edx
-    add edi, byte 4
+    a32 scasd                   ; edi += 4 (ES is flat; DF is 0)
     dec bp
     jnz mv
     mov bp, VARS
-    ret
-
-; ---- rmsnorm: xb = w * (ss * x), w the next table address -----------------
-rmsnorm:
-    mov si, XBUF
-    mov cx, [bp+DIM]
-    fldz
-.ss:
-    fld dword [si]
-    fmul st0
-    faddp                       ; ss += x*x
-    lodsd
-    loop .ss
-    fidiv dword [bp+DIM]
-    fadd dword [eps]
-    fsqrt
-    fld1
-    fdivrp                      ; ss = 1 / sqrtf(ss/n + 1e-5)
-    call nextw
-    mov di, XBBUF
-    mov cx, [bp+DIM]
-.o:
-    fld dword [di-0x1000]       ; x[i] (x is 4 KiB below xb)
-    fmul st1
-    a32 fmul dword [esi]
-    fstp dword [di]
-    a32 lodsd
-    scasd
-    loop .o
-    fstp st0
     ret
 
 ; ---- swiglu: xb = hb * (1 / (1 + expf(-hb))) * hb2, then x += w2 @ xb -----
@@ -424,114 +515,25 @@ swiglu:
     mov si, HBBUF
     mov di, XBBUF
     mov cx, [bp+HID]
+    push cx
 .s:
     fld dword [si]
     fld st0
     fchs
-    call exp
+    call exp                    ; e val
     fld1
-    faddp
-    fld1
-    fdivrp
+    fadd st1, st0               ; 1 1+e val
+    fdivrp                      ; 1/(1+e) val
     fmulp
     fmul dword [si+0x1000]      ; hb2 is 4 KiB above hb
     fstp dword [di]
     lodsd
     scasd
     loop .s
+    pop cx                      ; n = hidden_dim; ebx is still xb from w3
     mov di, XBUF
     mov ax, [bp+DIM]            ; rows
-    mov cx, [bp+HID]            ; n; ebx is still xb from w3
     jmp mvwn
-
-; ---- exp: st0 = [edi] = e^st0, rounded to float32 --------------------------
-exp:
-    fldcw [cw+2]                ; full precision inside
-    fldl2e
-    fmulp
-    fld st0
-    frndint
-    fsub st1, st0
-    fxch
-    f2xm1
-    fld1
-    faddp
-    fscale
-    fstp st1
-    a32 fstp dword [edi]        ; round to float32 as expf returns it
-    fldcw [cw]
-    a32 fld dword [edi]
-    ret
-
-; ---- rope: rotate cx heads at esi by freq_cis row pos ----------------------
-rope:
-    mov edx, [bp+M_FI]
-.head:
-    push cx
-    mov edi, [bp+M_FR]          ; (edi, not ebx: ebx keeps a low address)
-    mov cx, [bp+HS]
-    shr cx, 1
-.pair:
-    a32 fld dword [esi]         ; v0
-    a32 fld dword [esi+4]       ; v1 v0
-    fld st1                     ; v0 v1 v0
-    a32 fmul dword [edi]        ; v0*fcr
-    fld st1
-    a32 fmul dword [edi+edx]    ; v1*fci
-    fsubp                       ; v0*fcr - v1*fci
-    a32 fstp dword [esi]
-    a32 fmul dword [edi]        ; v1*fcr v0
-    fxch
-    a32 fmul dword [edi+edx]    ; v0*fci v1*fcr
-    faddp                       ; v0*fci + v1*fcr
-    a32 fstp dword [esi+4]
-    add esi, byte 8
-    add edi, byte 4
-    loop .pair
-    pop cx
-    loop .head
-    ret
-
-; ---- attention: q_h = sum_t softmax(q_h . k_t / sqrtf(hs))_t v_t, then wo --
-attention:
-    call nextw                  ; esi = k of kv head 0 at t = 0
-    mov bx, ATTBUF              ; (ebx's high word is 0: xb from mvw)
-    mov edi, QBUF
-    mov cx, [bp+NKV]
-.kvh:
-    push cx
-    mov ax, [bp+NH]
-    cwd
-    div word [bp+NKV]
-    xchg cx, ax                 ; kv_mul query heads share a kv head
-.head:
-    pushad                      ; esi = k_h, edi = q_h, ebx = att
-    xchg ebx, edi               ; vec = q_h, out = att
-    mov cx, [bp+HS]
-    push dword 4
-    pop eax                     ; column stride 4
-    mov edx, [bp+TSTR]          ; row stride: the next position
-    mov bp, [bp+POS]
-    inc bp                      ; rows = pos + 1
-    pushad
-    call mv                     ; att[t] = q_h . k_t
-    call softmax_att
-    popad
-    xchg cx, bp                 ; n = pos+1, rows = head_size
-    xchg eax, edx               ; column stride = position stride
-    xchg edi, ebx               ; vec = att, out = q_h
-    add esi, [VARS+KVDIM4]      ; v of the same kv head
-    call mv                     ; q_h[i] = sum_t att[t] v_t[i]
-    popad
-    add di, [bp+HS4]
-    loop .head
-    add esi, [bp+HS4]           ; the next kv head
-    pop cx
-    loop .kvh
-    mov bx, QBUF                ; vec = the attention output
-    mov di, XBUF                ; x += wo @ it
-    mov ax, [bp+DIM]
-    jmp mvwb
 
 ; ---- softmax(esi[0..ecx) / st0) in place, as run.c; x87 stack left empty ---
 softmax_att:
@@ -576,18 +578,23 @@ divmax:
     mov dx, cx
 .n:
     fstp st0
-    add esi, byte 4
+    a32 lodsd                   ; esi += 4 (eax is free)
     loop .l
     pop cx
     pop esi
     ret
 
-cw:     dw 0x007f, 0x037f       ; x87 control: float32 precision; full
 eps:    dd 1e-5
-gdtr:   dw 15                   ; GDTR; with the 2 bytes before it, the
-        dd gdtr - 2             ; (never used) null descriptor
-        db 0xff, 0xff, 0, 0, 0, 0x92, 0xcf, 0   ; 0x08: flat 4 GiB data
+; GDTR; with the 2 bytes before it, the (never used) null descriptor.  Its
+; limit 0x037F (any limit >= 15 does) is also the x87 control word for full
+; precision (exceptions masked, round to nearest, 64-bit significand).
+gdtr:
+cw64:   dw 0x037f
+        dd gdtr - 2
+flat:   db 0xff                 ; 0x08: flat 4 GiB data.  Bytes 1..2 are
+cw24:   db 0xff, 0              ; 0x00FF, the x87 control word for float32
+        db 0, 0, 0x92, 0xcf, 0  ; precision (bit 7 is reserved and ignored)
 
     align 512, db 0
 engine_end:
-TAIL    equ (engine_end - tail) / 512
+TAIL    equ (engine_end - $$) / 512 - 1   ; sectors after this one
