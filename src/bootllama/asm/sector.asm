@@ -113,7 +113,8 @@ init:
     lgdt [gdtr]
     xor ecx, ecx                ; ECX's high word is 0 from here on
     inc byte [si+7]             ; the same DAP: buffer segment 0x7E0 -> BOUNCE
-    add byte [si+8], TAIL       ; LBA: the manifest again, now for DATA
+    inc byte [si+8]             ; LBA 1 + TAIL (TAIL is 1): the manifest
+                                ; again, now for DATA
     mov edi, DATA
 
 ; ---- load the data area to DATA, CHUNK sectors at a time -----------------
@@ -124,8 +125,7 @@ load:
     jnc copy                    ; (carry: error, or no extended reads)
 fail:
     mov al, '!'
-    call putc
-    jmp exit                    ; status 67
+    jmp finish                  ; status 67
 copy:
     add dword [si+8], CHUNK
     mov al, '.'
@@ -187,10 +187,10 @@ gen:
     dec word [bp+M_STEPS]       ; run.c's steps (at least 1) forward passes
     jnz gen
 done:
-    mov al, 10
+    mov al, 10                  ; run.c's final newline
+finish:
     call putc
-    mov al, 0
-exit:
+    and al, 0x21                ; '\n' -> 0 (status 1), '!' stays (status 67)
 %ifndef HALT
     out 0xf4, al                ; isa-debug-exit: QEMU quits with status 2*al+1
 %endif
@@ -394,8 +394,8 @@ rope:
     a32 fmul dword [edi+edx]    ; v0*fci v1*fcr
     faddp                       ; v0*fci + v1*fcr
     a32 fstp dword [esi+4]
-    add esi, byte 8
-    add edi, byte 4
+    a32 cmpsd                   ; esi += 4, edi += 4 (flags only)
+    a32 lodsd                   ; esi += 4
     loop .pair
     pop cx
     loop .head
@@ -406,11 +406,10 @@ rope:
 forward:
     mov eax, [bp+M_TAB]
     mov [bp+TP], eax            ; layer 0's addresses
-    mov eax, [bp+TOKEN]
-    mul dword [bp+DIM]
-    shl eax, 2
-    add eax, [bp+M_EMB]
-    xchg esi, eax
+    mov esi, [bp+TOKEN]
+    imul esi, [bp+DIM]
+    shl esi, 2
+    add esi, [bp+M_EMB]
     mov edi, XBUF
     mov cx, [bp+DIM]
     a32 rep movsd               ; x = embedding row
