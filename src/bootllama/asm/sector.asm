@@ -341,37 +341,6 @@ exp:
     times 510-($-$$) db 0
 %endif
     dw 0xaa55                   ; the tail sectors follow
-; ---- rmsnorm: xb = w * (ss * x), w the next table address -----------------
-rmsnorm:
-    mov si, XBUF
-    mov cx, [bp+DIM]
-    push cx
-    fldz
-.ss:
-    fld dword [si]
-    fmul st0
-    faddp                       ; ss += x*x
-    lodsd
-    loop .ss
-    fidiv dword [bp+DIM]
-    fadd dword [eps]
-    fsqrt
-    fld1
-    fdivrp                      ; ss = 1 / sqrtf(ss/n + 1e-5)
-    call nextw
-    mov di, XBBUF
-    pop cx
-.o:
-    fld dword [di-0x1000]       ; x[i] (x is 4 KiB below xb)
-    fmul st1
-    a32 fmul dword [esi]
-    fstp dword [di]
-    a32 lodsd
-    scasd
-    loop .o
-    fstp st0
-    ret
-
 ; ---- rope: rotate cx heads at esi by freq_cis row pos ----------------------
 rope:
     mov edx, [bp+M_FI]
@@ -416,9 +385,8 @@ forward:
     mov cx, [bp+NL]
 .layer:
     push cx
-    call rmsnorm                ; xb = rmsnorm(x, rms_att[l])
     mov di, QBUF
-    call mvw                    ; q = wq @ xb
+    call rmsnorm                ; xb = rmsnorm(x, rms_att[l]); q = wq @ xb
     db DIM
     mov edi, [bp+M_ENT]
     push edi                    ; this layer's k|v at pos
@@ -434,9 +402,8 @@ forward:
     mov cx, [bp+NKV]
     call rope                   ; rotate k
     call attention              ; x += wo @ attention(q)
-    call rmsnorm                ; xb = rmsnorm(x, rms_ffn[l])
     mov di, HBBUF
-    call mvw                    ; hb = w1 @ xb
+    call rmsnorm                ; xb = rmsnorm(x, rms_ffn[l]); hb = w1 @ xb
     db HID
     mov di, HB2BUF
     call mvw                    ; hb2 = w3 @ xb
@@ -444,9 +411,8 @@ forward:
     call swiglu                 ; x += w2 @ (silu(hb) * hb2)
     pop cx
     loop .layer
-    call rmsnorm                ; xb = rmsnorm(x, rms_final)
     mov edi, [bp+M_LOG]
-    call mvw                    ; logits = wcls @ xb
+    call rmsnorm                ; xb = rmsnorm(x, rms_final); logits = wcls @ xb
     db VOC
     ret
 
@@ -457,6 +423,39 @@ nextw:
     mov [bp+TP], esi
     xchg esi, eax
     ret
+
+; ---- rmsnorm: xb = w * (ss * x), w the next table address; then mvw ------
+; Called like mvw (edi = out, the rows byte after the call): it falls into
+; mvw for the matrix that reads xb.
+rmsnorm:
+    mov si, XBUF
+    mov cx, [bp+DIM]
+    push cx
+    fldz
+.ss:
+    fld dword [si]
+    fmul st0
+    faddp                       ; ss += x*x
+    lodsd
+    loop .ss
+    fidiv dword [bp+DIM]
+    fadd dword [eps]
+    fsqrt
+    fld1
+    fdivrp                      ; ss = 1 / sqrtf(ss/n + 1e-5)
+    call nextw
+    mov bx, XBBUF               ; (di is the caller's output pointer)
+    pop cx
+.o:
+    fld dword [bx-0x1000]       ; x[i] (x is 4 KiB below xb)
+    fmul st1
+    a32 fmul dword [esi]
+    fstp dword [bx]
+    a32 lodsd
+    add bx, byte 4
+    loop .o
+    fstp st0
+                                ; fall into mvw
 
 ; ---- mvw: edi = W @ vec, W the next table address --------------------------
 ; mvw: rows = the VARS word named by the byte after the call, vec = xb,
