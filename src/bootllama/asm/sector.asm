@@ -78,7 +78,7 @@ KVDIM   equ -30     ; kv_dim (word)
 HS4     equ -28     ; head_size * 4 (dword)
 KVDIM4  equ -24     ; kv_dim * 4 (dword)
 TSTR    equ -20     ; bytes between positions in the cache (dword)
-POS     equ -16     ; word
+POS     equ -16     ; pos + 1 (word)
 TP      equ -12     ; next entry of the address table (dword)
 TMP     equ -8
 TOKEN   equ -4      ; word, read as a dword (its high word stays 0)
@@ -161,16 +161,17 @@ copy:
 
 ; ---- generate: run.c's loop -----------------------------------------------
 gen:
+    inc word [bp+POS]           ; pos + 1: the positions in the cache
     call forward
     mov eax, [bp+HS4]
     shr eax, 1
     add [bp+M_FR], eax          ; the next position's rope row
-    inc word [bp+POS]
     mov esi, [bp+M_LOG]
     mov cx, [bp+VOC]
     fld1
     call divmax                 ; logits / 1 (unchanged); dx = VOC - argmax
-    emms                        ; empty the x87 stack
+                                ; (it leaves 2 x87 entries: the next softmax's
+                                ; emms drops them; at most 6 are ever in use)
     sub cx, dx                  ; greedy: the first maximum
     mov esi, [bp+M_PROMPT]
     a32 lodsd                   ; the prompt's next id, 0 once it is used up
@@ -296,8 +297,7 @@ attention:
     push dword 4
     pop eax                     ; column stride 4
     mov edx, [bp+TSTR]          ; row stride: the next position
-    mov bp, [bp+POS]
-    inc bp                      ; rows = pos + 1
+    mov bp, [bp+POS]            ; rows = pos + 1
     pushad
     call mv                     ; att[t] = q_h . k_t
     call softmax_att
@@ -536,8 +536,7 @@ swiglu:
 ; ---- softmax(esi[0..ecx) / st0) in place, as run.c; x87 stack left empty ---
 softmax_att:
     mov esi, ATTBUF
-    mov cx, [bp+POS]
-    inc cx
+    mov cx, [bp+POS]            ; pos + 1
     fild word [bp+HS]
     fsqrt                       ; sqrtf(head_size)
 softmax:
