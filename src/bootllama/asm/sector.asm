@@ -42,7 +42,7 @@ PRE     equ 0x7E00              ; the boot read: tail sectors, manifest, header
 VARS    equ PRE + TAIL*512 + 512 ; the header, read in place
 XBUF    equ 0x9000              ; x, the residual stream
 XBBUF   equ XBUF + 0x1000       ; xb (rmsnorm finds x 4 KiB below its output)
-HBBUF   equ 0xB000              ; hb
+HBBUF   equ XBBUF + 0x1000      ; hb (swiglu finds xb 4 KiB below it)
 HB2BUF  equ HBBUF + 0x1000      ; hb2 (swiglu finds it 4 KiB above hb)
 QBUF    equ 0xD000              ; q, then the attention output in its place
 ATTBUF  equ 0xE000              ; attention scores of one head
@@ -130,7 +130,8 @@ copy:
     add dword [si+8], CHUNK
     mov al, '.'
     call putc                   ; progress, and back to unreal mode
-    mov esi, BOUNCE
+    lea esi, [BOUNCE]           ; (lea: a 16-bit address zero-extended, 1 byte
+                                ; shorter than mov esi, imm32)
     mov ch, CHUNK*128 >> 8      ; ecx = CHUNK*128 (it is 0 here)
     a32 rep movsd
     cmp edi, [bp+M_END]
@@ -282,7 +283,7 @@ putc:
 attention:
     call nextw                  ; esi = k of kv head 0 at t = 0
     mov bx, ATTBUF              ; (ebx's high word is 0: xb from mvw)
-    mov edi, QBUF
+    lea edi, [QBUF]
     mov cx, [bp+NKV]
 .kvh:
     push cx
@@ -379,7 +380,7 @@ forward:
     imul esi, [bp+DIM]
     shl esi, 2
     add esi, [bp+M_EMB]
-    mov edi, XBUF
+    lea edi, [XBUF]
     mov cx, [bp+DIM]
     a32 rep movsd               ; x = embedding row
     mov cx, [bp+NL]
@@ -395,7 +396,7 @@ forward:
     call mvw                    ; v = wv @ xb
     db KVDIM
     mov [bp+M_ENT], edi         ; the next layer's (or position's) k|v
-    mov esi, QBUF
+    lea esi, [QBUF]
     mov cx, [bp+NH]
     call rope                   ; rotate q
     pop esi
@@ -467,7 +468,8 @@ mvw:
     cbw
     xchg ax, si
     mov ax, [bp+si]             ; rows
-    mov ebx, XBBUF
+    mov ebx, XBBUF              ; (mv compares with this imm32)
+xbend   equ $ - 4               ; the dword 0x0000A000 = XBUF + 4 KiB
 mvwb:
     mov cx, [bp+DIM]
 mvwn:
@@ -496,7 +498,7 @@ mv:
     add ebx, byte 4
     loop .col
     popad
-    cmp edi, XBUF + 0x1000
+    cmp edi, [xbend]            ; below XBUF + 4 KiB: x
     jae .store
     a32 addss xmm0, [edi]       ; residual
 .store:
@@ -510,9 +512,8 @@ mv:
 
 ; ---- swiglu: xb = hb * (1 / (1 + expf(-hb))) * hb2, then x += w2 @ xb -----
 swiglu:
-    mov si, HBBUF
-    mov di, XBBUF
-    mov cx, [bp+HID]
+    mov si, HBBUF               ; xb is 4 KiB below hb, hb2 4 KiB above;
+    mov cx, [bp+HID]            ; exp's scratch [edi] is past hb2's end
     push cx
 .s:
     fld dword [si]
@@ -523,10 +524,9 @@ swiglu:
     fadd st1, st0               ; 1 1+e val
     fdivrp                      ; 1/(1+e) val
     fmulp
-    fmul dword [si+0x1000]      ; hb2 is 4 KiB above hb
-    fstp dword [di]
+    fmul dword [si+0x1000]      ; hb2
+    fstp dword [si-0x1000]      ; xb
     lodsd
-    scasd
     loop .s
     pop cx                      ; n = hidden_dim; ebx is still xb from w3
     mov di, XBUF
@@ -535,7 +535,7 @@ swiglu:
 
 ; ---- softmax(esi[0..ecx) / st0) in place, as run.c; x87 stack left empty ---
 softmax_att:
-    mov esi, ATTBUF
+    lea esi, [ATTBUF]
     mov cx, [bp+POS]            ; pos + 1
     fild word [bp+HS]
     fsqrt                       ; sqrtf(head_size)
