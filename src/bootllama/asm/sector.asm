@@ -315,9 +315,8 @@ attention:
     pop cx
     loop .kvh
     mov bx, QBUF                ; vec = the attention output
-    mov di, XBUF                ; x += wo @ it
-    mov ax, [bp+DIM]
-    jmp mvwb
+    mov cx, [bp+DIM]            ; n = dim
+    jmp tox                     ; x += wo @ it
 
 ; ---- exp: st0 = [edi] = e^st0, rounded to float32 --------------------------
 exp:
@@ -529,8 +528,9 @@ swiglu:
     lodsd
     loop .s
     pop cx                      ; n = hidden_dim; ebx is still xb from w3
+tox:                            ; x += W @ vec (ebx), n = cx, rows = dim
     mov di, XBUF
-    mov ax, [bp+DIM]            ; rows
+    mov ax, [bp+DIM]
     jmp mvwn
 
 ; ---- softmax(esi[0..ecx) / st0) in place, as run.c; x87 stack left empty ---
