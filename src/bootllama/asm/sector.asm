@@ -268,10 +268,8 @@ putc:
     mov eax, cr0
     inc ax                      ; PE on (it is off: real mode)
     mov cr0, eax
-    push word 8
-    pop ds
-    push word 8
-    pop es                      ; flat 4 GiB data descriptor
+    mov ds, dx                  ; dx = 0x3F8 (COM1) is also the selector
+    mov es, dx                  ; of the flat 4 GiB data descriptor
     dec ax
     mov cr0, eax                ; PE off; the 4 GiB limits stay cached
     pop es                      ; ... back, so the BIOS can save and
@@ -388,19 +386,18 @@ forward:
     mov di, QBUF
     call rmsnorm                ; xb = rmsnorm(x, rms_att[l]); q = wq @ xb
     db DIM
-    mov edi, [bp+M_ENT]
-    push edi                    ; this layer's k|v at pos
+    mov edi, [bp+M_ENT]         ; this layer's k|v at pos
     call mvw                    ; k = wk @ xb
     db KVDIM
     call mvw                    ; v = wv @ xb
     db KVDIM
-    mov [bp+M_ENT], edi         ; the next layer's (or position's) k|v
+    xchg edi, [bp+M_ENT]        ; edi = k; M_ENT = the next layer's k|v
+    mov esi, edi
+    mov cx, [bp+NKV]
+    call rope                   ; rotate k
     lea esi, [QBUF]
     mov cx, [bp+NH]
     call rope                   ; rotate q
-    pop esi
-    mov cx, [bp+NKV]
-    call rope                   ; rotate k
     call attention              ; x += wo @ attention(q)
     mov di, HBBUF
     call rmsnorm                ; xb = rmsnorm(x, rms_ffn[l]); hb = w1 @ xb
@@ -582,13 +579,15 @@ divmax:
     ret
 
 eps:    dd 1e-5
-; GDTR; with the 2 bytes before it, the (never used) null descriptor.  Its
-; limit 0x037F (any limit >= 15 does) is also the x87 control word for full
-; precision (exceptions masked, round to nearest, 64-bit significand).
+; GDTR: the flat data descriptor is entry 127 (selector 0x3F8, the COM1
+; port putc has in dx); entries 0..126 are whatever lies below it and are
+; never loaded.  The limit 0x13FF (>= 0x3FF) is also the x87 control word for
+; full precision (exceptions masked, round to nearest, 64-bit significand;
+; bit 12, infinity control, is ignored since the 387).
 gdtr:
-cw64:   dw 0x037f
-        dd gdtr - 2
-flat:   db 0xff                 ; 0x08: flat 4 GiB data.  Bytes 1..2 are
+cw64:   dw 0x13ff
+        dd flat - 0x3f8
+flat:   db 0xff                 ; selector 0x3F8: flat 4 GiB data.  Bytes 1..2:
 cw24:   db 0xff, 0              ; 0x00FF, the x87 control word for float32
         db 0, 0, 0x92, 0xcf, 0  ; precision (bit 7 is reserved and ignored)
 
