@@ -553,27 +553,29 @@ softmax:
     emms                        ; drop max, sum, max, d
     ret
 
-; ---- divmax: x[i] /= st0 for the cx floats at esi (kept), in place --------
-; returns st0 = the maximum (the first one), st1 = the divisor,
-; dx = cx - its index
+; ---- divmax: x[i] /= st0 (> 0) for the cx floats at esi (kept), in place -
+; returns st0 = the maximum of the quotients, st1 = the divisor, dx = cx -
+; the index of the first maximum.  The maximum is tracked on the dividends
+; and divided once at the end: rounding x/d is monotonic in x for d > 0, so
+; that is the largest rounded quotient, run.c's max.  Only argmax reads the
+; index, and there d = 1, where x/d == x.
 divmax:
     push esi
     push cx
-    a32 fld dword [esi]
-    fdiv st1                    ; max starts at x[0]/d
+    a32 fld dword [esi]         ; max = x[0]
     mov dx, cx
 .l:
     a32 fld dword [esi]
-    fdiv st2
-    a32 fst dword [esi]
     fcomi st0, st1
     jbe .n                      ; not greater (or NaN): keep the first max
     fst st1
     mov dx, cx
 .n:
-    fstp st0
+    fdiv st2
+    a32 fstp dword [esi]        ; x /= d
     a32 lodsd                   ; esi += 4 (eax is free)
     loop .l
+    fdiv st0, st1               ; max / d
     pop cx
     pop esi
     ret
