@@ -1,16 +1,20 @@
-; bootllama: a Llama-2 forward pass in one 512-byte boot sector.
+; bootllama: a Llama-2 forward pass in a boot sector (now the boot sector
+; and one more: 2 x 512 bytes, the 0x55AA signature at byte 510).
 ;
-; The BIOS loads this sector at 0x7C00 and jumps to it in 16-bit real mode.
-; The sector reads the data area of the disk (a one-sector manifest, the
-; unmodified llama2.c legacy checkpoint, the unmodified tokenizer.bin, the
-; prompt ids, a table of per-layer addresses) to 1 MiB and above, then runs
-; llama2.c's generate loop: forward(token, pos), greedy argmax, print the
-; piece through the BIOS and COM1.
+; The BIOS loads sector 0 at 0x7C00 and jumps to it in 16-bit real mode.
+; Sector 0 reads 64 sectors from LBA 1 to 0x7E00: the engine's tail sector,
+; the manifest and the start of the checkpoint, so the manifest's fields and
+; the checkpoint header are used in place (BP = VARS).  Then it loads the
+; data area (the manifest, the unmodified llama2.c legacy checkpoint, the
+; unmodified tokenizer.bin, the prompt ids, a table of per-layer addresses)
+; to 1 MiB and above and runs llama2.c's generate loop: forward(token, pos),
+; greedy argmax (or the forced prompt token), print the piece through the
+; BIOS teletype and COM1.
 ;
 ; Mode: "unreal" 16-bit real mode.  DS and ES keep 4 GiB limits from a brief
 ; trip into protected mode, so 32-bit addresses reach the checkpoint while
 ; BIOS calls (int 10h, int 13h) still work.  A BIOS call may reload segment
-; limits, so putc (which follows every BIOS call) ends by redoing unreal.
+; limits, so putc, which follows every BIOS call, ends by redoing unreal.
 ; Arithmetic: SSE scalar (movss/mulss/addss) for every dot product, which
 ; rounds exactly like run.c's gcc -O3 float code; the x87, with precision
 ; control set to 24 bits, for the element-wise float32 steps (each fadd/fmul/
@@ -18,22 +22,25 @@
 ; precision, then rounded to float32 through memory).
 ;
 ; Memory map (physical)
-;   0x00580          BP-128: the manifest's 128 bytes of fields, then at BP =
-;   0x00600          VARS the 28-byte checkpoint header, then work variables
 ;   0x07000          top of the stack (grows down, off the code's page)
-;   0x07C00          this sector (and its tail sectors while it has any)
-;   0x08000-0x0FFFF  disk bounce buffer while loading; then activations:
-;                    X 0x9000 (dim <= 1024 floats), XB 0xA000 (= X + 4 KiB;
-;                    dim or hidden floats), HB 0xB000, HB2 0xC000 (= HB +
-;                    4 KiB), Q 0xD000, ATT 0xE000 (seq_len <= 1024)
-;   0x100000         manifest sector, then the checkpoint at 0x100200, the
+;   0x07C00          sector 0, then at 0x7E00 the tail sector
+;   0x08000          the manifest sector, read in place: its last 128 bytes
+;                    are the fields at [bp-128..-1] (the last 32, zeros on
+;                    the disk, hold the work variables)
+;   0x08200          VARS = BP: the checkpoint header [bp+0..27]
+;   0x08E00-0x10DFF  disk bounce buffer while loading; then activations:
+;                    X 0x9000 (dim <= 1024 floats), XB 0xA000, HB 0xB000,
+;                    HB2 0xC000 (4 KiB apart: routines reach one from
+;                    another by a displacement), Q 0xD000, ATT 0xE000
+;                    (seq_len <= 1024)
+;   0x100000         the manifest sector, the checkpoint at 0x100200, the
 ;                    tokenizer, the prompt ids, the address table; the KV
 ;                    cache and the logits where the manifest says
 ;
 ; KV cache: [pos][layer][k | v][kv_dim] floats.
-; Registers: BP = VARS for the whole run (mv borrows it and gives it back);
-; the high words of ECX and EDI stay 0 between routines, so 16-bit loads of
-; CX and DI give whole 32-bit counts and addresses.
+; Registers: BP = VARS for the whole run (mv borrows it and gives it back).
+; ECX's high word is 0 from the loader on, so 16-bit loads of CX give whole
+; 32-bit counts; DI/BX loads rely on a 0 high word where a comment says so.
 
 bits 16
 org 0x7c00
@@ -49,7 +56,6 @@ ATTBUF  equ 0xE000              ; attention scores of one head
 BOUNCE  equ PRE + 0x1000        ; the DAP's segment + 0x100 (one inc)
 CHUNK   equ 64                  ; sectors per int 13h read (32 KiB)
 DATA    equ 0x100000            ; the manifest lands here
-CKPT    equ DATA + 512          ; the checkpoint header
 
 ; manifest fields: the last 128 bytes of the manifest sector, [bp-128..-1]
 M_ENT   equ -84     ; k|v of (pos 0, layer 0); then the running write pointer
@@ -60,8 +66,8 @@ M_TOK   equ -68     ; first token record of tokenizer.bin (file + 4)
 M_LOG   equ -64     ; logits buffer
 M_PROMPT equ -60    ; prompt ids (dwords, after the BOS), 0-terminated
 M_STEPS equ -56     ; run.c's steps
-M_TEMP  equ -52     ; temperature (float32)
-M_SEED  equ -48     ; rng state (qword)
+M_TEMP  equ -52     ; temperature (float32)   (for sampling builds)
+M_SEED  equ -48     ; rng state (qword)       (for sampling builds)
 M_END   equ -40     ; where the loader stops (DATA + chunks * 32 KiB)
 M_TAB   equ -36     ; per layer: rms_att wq wk wv k-of-layer wo rms_ffn w1 w3
                     ; w2 addresses; then rms_final, wcls
@@ -80,7 +86,7 @@ KVDIM4  equ -24     ; kv_dim * 4 (dword)
 TSTR    equ -20     ; bytes between positions in the cache (dword)
 POS     equ -16     ; pos + 1 (word)
 TP      equ -12     ; next entry of the address table (dword)
-TMP     equ -8
+TMP     equ -8      ; scratch (for sampling builds)
 TOKEN   equ -4      ; word, read as a dword (its high word stays 0)
 
 start:
