@@ -230,8 +230,7 @@ print:
     sub ax, 3                   ; <0x00>..<0xFF> are ids 3..258:
     test ah, ah                 ; ah = 0 exactly for them (ids below 3 borrow)
     jz .one                     ; al: the raw byte
-    cmp cx, 1
-    jne .all
+    loop .all                   ; cx = len - 1: zero exactly for one byte
     a32 lodsb                   ; a one-byte piece
 .one:                           ; one byte: only if isprint or isspace
     push ax
@@ -245,6 +244,7 @@ print:
     jb putc                     ; print it (putc returns for us)
     ret
 .all:
+    inc cx                      ; len again (0 wrapped to 0xFFFF and back)
     jcxz .ret
 .emit:
     a32 lodsb
@@ -260,13 +260,13 @@ putc:
     mov dx, 0x3f8
     out dx, al
     xor bx, bx                  ; page 0
+    mov ah, 0x0e                ; teletype (the BIOS keeps ax, bx, dx)
     cmp al, 10
     jne .tty
-    mov ax, 0x0e0d
+    mov al, 13                  ; CR before LF on the screen
     int 0x10
     mov al, 10
 .tty:
-    mov ah, 0x0e
     int 0x10
     cli
     push ds                     ; the real-mode selectors (0) ...
