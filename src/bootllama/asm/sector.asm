@@ -286,8 +286,7 @@ putc:
 ; ---- attention: q_h = sum_t softmax(q_h . k_t / sqrtf(hs))_t v_t, then wo --
 attention:
     call nextw                  ; esi = k of kv head 0 at t = 0
-    mov bx, ATTBUF              ; (ebx's high word is 0: xb from mvw)
-    lea edi, [QBUF]
+    lea edi, [QBUF]             ; (ebx's high word is 0: xb from mvw)
     mov cx, [bp+NKV]
 .kvh:
     push cx
@@ -296,8 +295,9 @@ attention:
     div word [bp+NKV]
     xchg cx, ax                 ; kv_mul query heads share a kv head
 .head:
-    pushad                      ; esi = k_h, edi = q_h, ebx = att
-    xchg ebx, edi               ; vec = q_h, out = att
+    pushad                      ; esi = k_h, edi = q_h
+    mov bx, di                  ; vec = q_h
+    mov di, ATTBUF              ; out = att
     mov cx, [bp+HS]
     push dword 4
     pop eax                     ; column stride 4
