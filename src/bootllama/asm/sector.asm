@@ -283,98 +283,6 @@ putc:
     popad
     ret
 
-; ---- attention: q_h = sum_t softmax(q_h . k_t / sqrtf(hs))_t v_t, then wo --
-attention:
-    call nextw                  ; esi = k of kv head 0 at t = 0
-    lea edi, [QBUF]             ; (ebx's high word is 0: xb from mvw)
-    mov cx, [bp+NKV]
-.kvh:
-    push cx
-    mov ax, [bp+NH]
-    cwd
-    div word [bp+NKV]
-    xchg cx, ax                 ; kv_mul query heads share a kv head
-.head:
-    pushad                      ; esi = k_h, edi = q_h
-    mov bx, di                  ; vec = q_h
-    mov di, ATTBUF              ; out = att
-    mov cx, [bp+HS]
-    push dword 4
-    pop eax                     ; column stride 4
-    mov edx, [bp+TSTR]          ; row stride: the next position
-    mov bp, [bp+POS]            ; rows = pos + 1
-    pushad
-    call mv                     ; att[t] = q_h . k_t
-    call softmax_att
-    popad
-    xchg cx, bp                 ; n = pos+1, rows = head_size
-    xchg eax, edx               ; column stride = position stride
-    xchg edi, ebx               ; vec = att, out = q_h
-    add esi, [VARS+KVDIM4]      ; v of the same kv head
-    call mv                     ; q_h[i] = sum_t att[t] v_t[i]
-    popad
-    add di, [bp+HS4]
-    loop .head
-    add esi, [bp+HS4]           ; the next kv head
-    pop cx
-    loop .kvh
-    mov bx, QBUF                ; vec = the attention output
-    mov cx, [bp+DIM]            ; n = dim
-    jmp tox                     ; x += wo @ it
-
-; ---- exp: st0 = [edi] = e^st0, rounded to float32 --------------------------
-exp:
-    fldcw [cw64]                ; full precision inside
-    fldl2e
-    fmulp
-    fld st0
-    frndint
-    fsub st1, st0
-    fxch
-    f2xm1
-    fld1
-    faddp
-    fscale
-    fstp st1
-    a32 fstp dword [edi]        ; round to float32 as expf returns it
-    fldcw [cw24]
-    a32 fld dword [edi]
-    ret
-
-%ifndef NOPAD
-    times 510-($-$$) db 0
-%endif
-    dw 0xaa55                   ; the tail sectors follow
-; ---- rope: rotate cx heads at esi by freq_cis row pos ----------------------
-rope:
-    mov edx, [bp+M_FI]
-.head:
-    push cx
-    mov edi, [bp+M_FR]          ; (edi, not ebx: ebx keeps a low address)
-    mov cx, [bp+HS]
-    shr cx, 1
-.pair:
-    a32 fld dword [esi]         ; v0
-    a32 fld dword [esi+4]       ; v1 v0
-    fld st1                     ; v0 v1 v0
-    a32 fmul dword [edi]        ; v0*fcr
-    fld st1
-    a32 fmul dword [edi+edx]    ; v1*fci
-    fsubp                       ; v0*fcr - v1*fci
-    a32 fstp dword [esi]
-    a32 fmul dword [edi]        ; v1*fcr v0
-    fxch
-    a32 fmul dword [edi+edx]    ; v0*fci v1*fcr
-    faddp                       ; v0*fci + v1*fcr
-    a32 fstp dword [esi+4]
-    a32 cmpsd                   ; esi += 4, edi += 4 (flags only)
-    a32 lodsd                   ; esi += 4
-    loop .pair
-    pop cx
-    loop .head
-    ret
-
-
 ; ---- forward(TOKEN, POS) -> logits ----------------------------------------
 forward:
     mov eax, [bp+M_TAB]
@@ -418,6 +326,59 @@ forward:
     call rmsnorm                ; xb = rmsnorm(x, rms_final); logits = wcls @ xb
     db VOC
     ret
+
+%ifndef NOPAD
+    times 510-($-$$) db 0
+%endif
+    dw 0xaa55                   ; the tail sectors follow
+; ---- exp: st0 = [edi] = e^st0, rounded to float32 --------------------------
+exp:
+    fldcw [cw64]                ; full precision inside
+    fldl2e
+    fmulp
+    fld st0
+    frndint
+    fsub st1, st0
+    fxch
+    f2xm1
+    fld1
+    faddp
+    fscale
+    fstp st1
+    a32 fstp dword [edi]        ; round to float32 as expf returns it
+    fldcw [cw24]
+    a32 fld dword [edi]
+    ret
+
+; ---- rope: rotate cx heads at esi by freq_cis row pos ----------------------
+rope:
+    mov edx, [bp+M_FI]
+.head:
+    push cx
+    mov edi, [bp+M_FR]          ; (edi, not ebx: ebx keeps a low address)
+    mov cx, [bp+HS]
+    shr cx, 1
+.pair:
+    a32 fld dword [esi]         ; v0
+    a32 fld dword [esi+4]       ; v1 v0
+    fld st1                     ; v0 v1 v0
+    a32 fmul dword [edi]        ; v0*fcr
+    fld st1
+    a32 fmul dword [edi+edx]    ; v1*fci
+    fsubp                       ; v0*fcr - v1*fci
+    a32 fstp dword [esi]
+    a32 fmul dword [edi]        ; v1*fcr v0
+    fxch
+    a32 fmul dword [edi+edx]    ; v0*fci v1*fcr
+    faddp                       ; v0*fci + v1*fcr
+    a32 fstp dword [esi+4]
+    a32 cmpsd                   ; esi += 4, edi += 4 (flags only)
+    a32 lodsd                   ; esi += 4
+    loop .pair
+    pop cx
+    loop .head
+    ret
+
 
 ; ---- nextw: esi = the next address of the table ---------------------------
 nextw:
@@ -535,6 +496,45 @@ tox:                            ; x += W @ vec (ebx), n = cx, rows = dim
     mov di, XBUF
     mov ax, [bp+DIM]
     jmp mvwn
+
+; ---- attention: q_h = sum_t softmax(q_h . k_t / sqrtf(hs))_t v_t, then wo --
+attention:
+    call nextw                  ; esi = k of kv head 0 at t = 0
+    lea edi, [QBUF]             ; (ebx's high word is 0: xb from mvw)
+    mov cx, [bp+NKV]
+.kvh:
+    push cx
+    mov ax, [bp+NH]
+    cwd
+    div word [bp+NKV]
+    xchg cx, ax                 ; kv_mul query heads share a kv head
+.head:
+    pushad                      ; esi = k_h, edi = q_h
+    mov bx, di                  ; vec = q_h
+    mov di, ATTBUF              ; out = att
+    mov cx, [bp+HS]
+    push dword 4
+    pop eax                     ; column stride 4
+    mov edx, [bp+TSTR]          ; row stride: the next position
+    mov bp, [bp+POS]            ; rows = pos + 1
+    pushad
+    call mv                     ; att[t] = q_h . k_t
+    call softmax_att
+    popad
+    xchg cx, bp                 ; n = pos+1, rows = head_size
+    xchg eax, edx               ; column stride = position stride
+    xchg edi, ebx               ; vec = att, out = q_h
+    add esi, [VARS+KVDIM4]      ; v of the same kv head
+    call mv                     ; q_h[i] = sum_t att[t] v_t[i]
+    popad
+    add di, [bp+HS4]
+    loop .head
+    add esi, [bp+HS4]           ; the next kv head
+    pop cx
+    loop .kvh
+    mov bx, QBUF                ; vec = the attention output
+    mov cx, [bp+DIM]            ; n = dim
+    jmp tox                     ; x += wo @ it
 
 ; ---- softmax(esi[0..ecx) / st0) in place, as run.c; x87 stack left empty ---
 softmax_att:
