@@ -107,6 +107,8 @@ start:
     mov si, sp
     mov ah, 0x42                ; extended read; DL is still the boot drive
     int 0x13                    ; tail code, manifest and header to PRE
+                                ; (64 sectors: 0x7E00..0xFDFF; the rest is
+                                ; checkpoint data, loaded again to DATA)
     jc fail
 
 
@@ -297,7 +299,7 @@ forward:
     mov cx, [bp+NL]
 .layer:
     push cx
-    mov di, QBUF
+    mov di, QBUF                ; (edi is x's end: its high word is 0)
     call rmsnorm                ; xb = rmsnorm(x, rms_att[l]); q = wq @ xb
     db DIM
     mov edi, [bp+M_ENT]         ; this layer's k|v at pos
@@ -313,10 +315,10 @@ forward:
     mov cx, [bp+NH]
     call rope                   ; rotate q
     call attention              ; x += wo @ attention(q)
-    mov di, HBBUF
+    mov di, HBBUF               ; (edi is x's end again, from wo)
     call rmsnorm                ; xb = rmsnorm(x, rms_ffn[l]); hb = w1 @ xb
     db HID
-    mov di, HB2BUF
+    mov di, HB2BUF              ; (edi is hb's end)
     call mvw                    ; hb2 = w3 @ xb
     db HID
     call swiglu                 ; x += w2 @ (silu(hb) * hb2)
@@ -493,7 +495,7 @@ swiglu:
     loop .s
     pop cx                      ; n = hidden_dim; ebx is still xb from w3
 tox:                            ; x += W @ vec (ebx), n = cx, rows = dim
-    mov di, XBUF
+    mov di, XBUF                ; (edi is hb2's end or in q: high word 0)
     mov ax, [bp+DIM]
     jmp mvwn
 
@@ -537,6 +539,7 @@ attention:
     jmp tox                     ; x += wo @ it
 
 ; ---- softmax(esi[0..ecx) / st0) in place, as run.c; x87 stack left empty ---
+; softmax_att: the attention row att[0..pos] / sqrtf(head_size)
 softmax_att:
     lea esi, [ATTBUF]
     mov cx, [bp+POS]            ; pos + 1
