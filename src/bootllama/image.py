@@ -275,7 +275,7 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
                           steps, temperature, seed & (2**64 - 1),
                           DATA + layout.chunks * CHUNK * SECTOR)  # where the loader stops
     fields += struct.pack("<I", layout.table_addr)
-    assert len(fields) <= FIELDS
+    assert len(fields) <= FIELDS - 32  # the engine keeps its variables in the last 32 (zero) bytes
     return bytes(SECTOR - FIELDS) + fields + bytes(FIELDS - len(fields))
 
 
