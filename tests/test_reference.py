@@ -393,3 +393,14 @@ def test_other_math_modes_still_tell_a_story(stories260k: Path, tok512: Path, mo
     tok = Tokenizer.load(tok512, 512)
     out = generate(Reference(model, mode), tok, None, steps=30)
     assert out.startswith(b"Once upon a time")
+
+
+@pytest.mark.parametrize(("seq_len", "head_size"), [(512, 8), (1024, 64), (300, 48)])
+def test_rope_tables_match_libm_row_by_row(seq_len: int, head_size: int) -> None:
+    from bootllama.reference import rope_row, rope_tables
+
+    real, imag = rope_tables(seq_len, head_size)
+    for pos in range(seq_len):
+        fcr, fci = rope_row(pos, head_size)
+        assert np.array_equal(real[pos].view(np.uint32), fcr.view(np.uint32))
+        assert np.array_equal(imag[pos].view(np.uint32), fci.view(np.uint32))

@@ -37,6 +37,7 @@ MAGIC = 0x616B3432  # "ak42" as a little-endian uint32
 LEGACY_HEADER_SIZE = 28
 VERSIONED_HEADER_SIZE = 256
 F32 = np.dtype("<f4")
+MAX_ROPE_ENTRIES = 1 << 24  # RoPE factors computed for an ak42 file (Llama-2 7B: 4096 x 64)
 
 StrPath = str | os.PathLike[str]
 
@@ -273,6 +274,12 @@ def _model_from(config: Config, tensors: dict[str, np.ndarray]) -> Model:
     if "freq_cis_real" not in tensors:
         from bootllama.reference import rope_tables
 
+        # an ak42 file stores no RoPE tables, so its size does not bound seq_len: a corrupt
+        # header must not make us compute (and hold) billions of factors
+        entries = config.seq_len * (config.head_size // 2)
+        if entries > MAX_ROPE_ENTRIES:
+            raise BootllamaError(f"bad header: seq_len={config.seq_len} with head_size={config.head_size} "
+                                 f"needs {entries} RoPE factors, more than {MAX_ROPE_ENTRIES}")
         tensors["freq_cis_real"], tensors["freq_cis_imag"] = rope_tables(config.seq_len, config.head_size)
     return Model(config=config, **tensors)
 

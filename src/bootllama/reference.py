@@ -194,14 +194,37 @@ def rope_row(pos: int, head_size: int, mode: Literal["runc", "exact"] = "runc") 
     return _rope_row(int(pos), int(head_size), mode == "exact")
 
 
+# glibc's sinf/cosf are within 0.56 ulp: they can round away from the correctly rounded
+# result only when the true value lies within 0.06 ulp of a float32 rounding midpoint.
+_TRIG_GUARD = 0.1  # float32 ulps around a midpoint where libm itself is asked
+
+
+def _near_midpoint(y: np.ndarray, guard: float) -> np.ndarray:
+    mant, _ = np.frexp(y)
+    ulps = np.abs(mant) * 2.0**24
+    return np.abs(ulps - np.floor(ulps) - 0.5) < guard
+
+
 def rope_tables(
     seq_len: int, head_size: int, mode: Literal["runc", "exact"] = "runc"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """freq_cis_real/imag tables [seq_len, head_size//2] holding run.c's RoPE factors."""
-    rows = [rope_row(p, head_size, mode) for p in range(seq_len)]
-    real = np.array([r[0] for r in rows], dtype=F).reshape(seq_len, head_size // 2)
-    imag = np.array([r[1] for r in rows], dtype=F).reshape(seq_len, head_size // 2)
-    return real, imag
+    """freq_cis_real/imag tables [seq_len, head_size//2] holding run.c's RoPE factors.
+
+    Vectorised: the angles are run.c's float32 products; cos/sin are taken in float64 and
+    rounded once, and only the entries near a rounding midpoint (where glibc's result may
+    differ from the correctly rounded one) are asked of libm, so a long context stays fast.
+    """
+    exact = mode == "exact"
+    val = np.arange(seq_len, dtype=F)[:, None] * _rope_freqs(int(head_size), exact)[None, :]
+    tables = []
+    for fn64, fn32 in ((np.cos, libm_cosf), (np.sin, libm_sinf)):
+        y = fn64(val.astype(np.float64))
+        out = y.astype(F)
+        if not exact:
+            hard = _near_midpoint(y, _TRIG_GUARD)
+            out[hard] = [fn32(float(v)) for v in val[hard]]
+        tables.append(out.reshape(seq_len, head_size // 2))
+    return tables[0], tables[1]
 
 
 # ----------------------------------------------------------------------------------------
