@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 
 from bootllama import image
-from bootllama.reference import expf_exact, matmul, softmax
+from bootllama.reference import Sampler, expf_exact, matmul, softmax
 from bootllama.unicorn_harness import Machine
 
 F = np.float32
@@ -55,3 +57,29 @@ def test_softmax_matches_exact_reference(machine: Machine, n: int) -> None:
     machine.call("softmax", esi=X_AT, ecx=n)
     want = softmax(x / d, exp=expf_exact)
     assert np.array_equal(machine.read_f32(X_AT, n), want)
+
+
+@pytest.fixture(scope="module")
+def sampler_machine() -> Machine:
+    return Machine.boot(image.assemble(("SAMPLING",)))
+
+
+def test_sample_is_runc_sample_mult(sampler_machine: Machine) -> None:
+    # the engine's VARS layout (sector.asm): BP, logits at M_LOG (-64), |vocab| word at
+    # VOC (+20), temperature at M_TEMP (-52), the RNG state at M_SEED (-48)
+    m = sampler_machine
+    bp, logits_at, n = 0x8200, 0x200000, 512
+    for seed in (1, 42, 2**40 + 7):
+        for temperature in (0.5, 1.0, 1.3):
+            rng = np.random.default_rng(seed % 1000 + int(temperature * 10))
+            logits = (rng.standard_normal(n) * 3).astype(F)
+            m.write(bp - 64, struct.pack("<I", logits_at))
+            m.write(bp + 20, struct.pack("<I", n))
+            m.write(bp - 52, struct.pack("<f", temperature))
+            m.write(bp - 48, struct.pack("<Q", seed))
+            ref = Sampler(n, temperature=temperature, topp=1.0, seed=seed, exp="exact")
+            for _ in range(4):
+                m.write_f32(logits_at, logits)
+                regs = m.call("sample", ebp=bp, esi=logits_at, ecx=n)
+                assert regs["ecx"] & 0xFFFF == ref.sample(logits.copy())
+                assert struct.unpack("<Q", m.read(bp - 48, 8))[0] == ref.rng.state

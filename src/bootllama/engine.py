@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -13,24 +14,27 @@ from bootllama.errors import BootllamaError
 
 
 def _check_settings(args: argparse.Namespace) -> None:
-    if args.temperature != 0.0:
-        raise BootllamaError("the engine samples greedily only for now (-t 0); "
-                             "use `bootllama generate` for temperature sampling")
-    if args.topp != 1.0:
-        raise BootllamaError("top-p runs in the reference only (`bootllama generate -p`); "
-                             "the engine takes -p 1.0")
+    if not math.isfinite(args.temperature):
+        raise BootllamaError(f"temperature must be a finite number, got {args.temperature}")
+    args.temperature = max(0.0, args.temperature)  # run.c: a negative temperature is 0
+    if args.temperature > 0 and args.topp != 1.0:
+        raise BootllamaError("top-p sampling runs in the reference only (`bootllama generate -p`); "
+                             "the engine samples with -p 1.0 (run.c's sample_mult)")
     if args.steps < 0:
         args.steps = 0
 
 
 def _build(args: argparse.Namespace, out: str | os.PathLike[str]) -> image.Image:
-    from bootllama.cli import resolve_paths
+    from bootllama.cli import resolve_paths, resolve_seed
 
     _check_settings(args)
     checkpoint, tokenizer = resolve_paths(args)
     prompt = os.fsencode(args.prompt) if args.prompt is not None else None
+    seed, drawn = resolve_seed(args.seed)
+    if drawn and args.temperature > 0:  # as generate: the run can be repeated with -s
+        print(f"seed: {seed}", file=sys.stderr)
     return image.build_image(checkpoint, tokenizer, out, prompt=prompt, steps=args.steps,
-                             temperature=max(0.0, args.temperature), seed=args.seed)
+                             temperature=args.temperature, seed=seed)
 
 
 def cmd_build(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ CYLINDER = 16 * 63  # sectors per cylinder of the geometry Bochs is given
 FIELDS = 128  # the manifest's fields: its last 128 bytes
 # activation buffers in the sector's 64 KiB window (floats)
 MAX_DIM = 1024
-MAX_HIDDEN = 1024
+MAX_HIDDEN = 2048
 MAX_SEQ = 1024
 # the memory the image may ask of a PC (QEMU on this machine): 3 GiB below the PCI hole
 MAX_MEMORY = 3 << 30
@@ -301,7 +301,11 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         steps = config.seq_len
     if len(ids) > config.seq_len:
         raise BootllamaError(f"prompt is {len(ids)} tokens; the context holds {config.seq_len}")
-    engine = engine or assemble()
+    if engine is None:
+        # temperature sampling is an assembly-time option: the greedy engine stays smaller
+        engine = assemble(("SAMPLING",) if temperature > 0 else ())
+    if temperature > 0 and "sample" not in engine.symbols:
+        raise BootllamaError("this engine build samples greedily only; assemble it with -DSAMPLING")
     ckpt_size = os.path.getsize(checkpoint)
     tok_size = os.path.getsize(tokenizer_path)
     layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1)

@@ -10,6 +10,7 @@ NumPy reference's trace, by name, so a wrong routine shows up as the first name 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -24,7 +25,13 @@ from bootllama.checkpoint import load_checkpoint
 from bootllama.errors import BootllamaError
 from bootllama.reference import MathMode, Reference
 
-XBUF = 0x9000  # X in sector.asm's memory map: the residual stream
+
+def asm_constant(name: str) -> int:
+    """A numeric `NAME equ 0x...` of sector.asm (the memory map lives there, once)."""
+    m = re.search(rf"^{name}\s+equ\s+(0x[0-9A-Fa-f]+|\d+)\b", image.asm_source().read_text(), re.M)
+    if not m:
+        raise BootllamaError(f"sector.asm defines no numeric {name}")
+    return int(m.group(1), 0)
 
 
 @dataclass
@@ -109,7 +116,7 @@ def run_probe(checkpoint: str | os.PathLike[str], tokenizer: str | os.PathLike[s
             m.command("stop")
             n = steps * c.n_layers * 2 * c.kv_dim
             kv = np.frombuffer(m.read(lay.kv_addr, 4 * n, tmp), dtype="<f4")
-            x = np.frombuffer(m.read(XBUF, 4 * c.dim, tmp), dtype="<f4").copy()
+            x = np.frombuffer(m.read(asm_constant("XBUF"), 4 * c.dim, tmp), dtype="<f4").copy()
             logits = np.frombuffer(m.read(lay.logits_addr, 4 * c.vocab_size, tmp), dtype="<f4").copy()
         finally:
             proc.kill()

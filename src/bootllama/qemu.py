@@ -7,10 +7,12 @@ isa-debug-exit device (status 1 = finished, 67 = the sector printed '!' for a di
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,7 +54,7 @@ class RunResult:
     accel: str
     load_seconds: float
     gen_seconds: float
-    tokens: int
+    tokens: int  # forward passes, one per position (the engine's beats on port 0xE9)
     exit_status: int
     dots: bytes = field(default=b"")
 
@@ -82,7 +84,10 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
     ``chunks`` is how many progress dots precede the story.  ``on_bytes`` gets story bytes as
     they arrive.  Raises BootllamaError on a timeout, a disk error or an unexpected exit.
     """
-    cmd = qemu_command(image, memory_mib, accel, extra)
+    beats = tempfile.NamedTemporaryFile(prefix="bootllama-beats-", delete=False)  # noqa: SIM115
+    beats.close()
+    # the sector writes one byte to port 0xE9 per forward pass: QEMU's debug console
+    cmd = qemu_command(image, memory_mib, accel, [*(extra or []), "-debugcon", f"file:{beats.name}"])
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -124,6 +129,9 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        tokens = os.path.getsize(beats.name) if os.path.exists(beats.name) else 0
+        with contextlib.suppress(OSError):
+            os.unlink(beats.name)
     err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
     if b"!" in dots or status == EXIT_DISK:
         raise BootllamaError("the sector reported a disk read error ('!')")
@@ -133,4 +141,4 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
     if dots != b"." * chunks:
         raise BootllamaError(f"unexpected loader output {bytes(dots)[:20]!r}")
     loaded = t_loaded if t_loaded is not None else t0
-    return RunResult(bytes(text), accel, loaded - t0, max(t_last - loaded, 1e-9), 0, status, bytes(dots))
+    return RunResult(bytes(text), accel, loaded - t0, max(t_last - loaded, 1e-9), tokens, status, bytes(dots))

@@ -22,17 +22,21 @@
 ; precision, then rounded to float32 through memory).
 ;
 ; Memory map (physical)
+;   0x01000          Q: q, then the attention output (dim <= 1024 floats)
+;   0x02000          ATT: one head's attention scores (seq_len <= 1024)
 ;   0x07000          top of the stack (grows down, off the code's page)
-;   0x07C00          sector 0, then at 0x7E00 the tail sector
-;   0x08000          the manifest sector, read in place: its last 128 bytes
-;                    are the fields at [bp-128..-1] (the last 32, zeros on
-;                    the disk, hold the work variables)
+;   0x07C00          sector 0, then at 0x7E00 the tail sector(s) (TAIL of
+;                    them: 1 greedy, 2 with -DSAMPLING)
+;   0x08000          the manifest sector, read in place (one sector later
+;                    with two tail sectors): its last 128 bytes are the
+;                    fields at [bp-128..-1] (the last 32, zeros on the disk,
+;                    hold the work variables)
 ;   0x08200          VARS = BP: the checkpoint header [bp+0..27]
-;   0x08E00-0x10DFF  disk bounce buffer while loading; then activations:
-;                    X 0x9000 (dim <= 1024 floats), XB 0xA000, HB 0xB000,
-;                    HB2 0xC000 (4 KiB apart: routines reach one from
-;                    another by a displacement), Q 0xD000, ATT 0xE000
-;                    (seq_len <= 1024)
+;   0x08E00-0x10DFF  disk bounce buffer while loading; then activations,
+;                    reached from one another by displacements:
+;                    X 0x8600 (dim <= 1024), XB 0x9600 (4 KiB above x;
+;                    max(dim, hidden_dim) <= 2048), HB 0xB600 (8 KiB above
+;                    xb), HB2 0xD600 (8 KiB above hb; ends at 0xF600)
 ;   0x100000         the manifest sector, the checkpoint at 0x100200, the
 ;                    tokenizer, the prompt ids, the address table; the KV
 ;                    cache and the logits where the manifest says
@@ -47,12 +51,13 @@ org 0x7c00
 
 PRE     equ 0x7E00              ; the boot read: tail sectors, manifest, header
 VARS    equ PRE + TAIL*512 + 512 ; the header, read in place
-XBUF    equ 0x9000              ; x, the residual stream
+XBUF    equ 0x8600              ; x, the residual stream (dim <= 1024)
 XBBUF   equ XBUF + 0x1000       ; xb (rmsnorm finds x 4 KiB below its output)
-HBBUF   equ XBBUF + 0x1000      ; hb (swiglu finds xb 4 KiB below it)
-HB2BUF  equ HBBUF + 0x1000      ; hb2 (swiglu finds it 4 KiB above hb)
-QBUF    equ 0xD000              ; q, then the attention output in its place
-ATTBUF  equ 0xE000              ; attention scores of one head
+HBBUF   equ XBBUF + 0x2000      ; hb (swiglu finds xb 8 KiB below it)
+HB2BUF  equ HBBUF + 0x2000      ; hb2 (swiglu finds it 8 KiB above hb); ends
+                                ; at 0xF600: hidden_dim <= 2048
+QBUF    equ 0x1000              ; q, then the attention output in its place
+ATTBUF  equ 0x2000              ; attention scores of one head (seq <= 1024)
 BOUNCE  equ PRE + 0x1000        ; the DAP's segment + 0x100 (one inc)
 CHUNK   equ 64                  ; sectors per int 13h read (32 KiB)
 DATA    equ 0x100000            ; the manifest lands here
@@ -121,7 +126,11 @@ init:
     lgdt [gdtr]
     xor ecx, ecx                ; ECX's high word is 0 from here on
     inc byte [si+7]             ; the same DAP: buffer segment 0x7E0 -> BOUNCE
+%ifdef SAMPLING
+    add byte [si+8], TAIL       ; LBA 1 + TAIL: the manifest
+%else
     inc byte [si+8]             ; LBA 1 + TAIL (TAIL is 1): the manifest
+%endif
                                 ; again, now for DATA
     mov edi, DATA
 
@@ -146,6 +155,9 @@ copy:
     jb load
     fninit
     fldcw [cw24]                ; x87 rounds to float32 precision
+    mov dx, 0x3fb               ; COM1 line control (DL, the boot drive, is
+    mov al, 3                   ; no longer needed): 8 data bits, no parity,
+    out dx, al                  ; 1 stop bit; the BIOS may leave 5 bits
 
     ; derived dimensions
     mov ax, [bp+DIM]
@@ -170,11 +182,24 @@ copy:
 
 ; ---- generate: run.c's loop -----------------------------------------------
 gen:
+    out 0xe9, al                ; a beat per forward pass (QEMU's debugcon)
     inc word [bp+POS]           ; pos + 1: the positions in the cache
     call forward
     mov eax, [bp+HS4]
     shr eax, 1
     add [bp+M_FR], eax          ; the next position's rope row
+%ifdef SAMPLING
+    mov esi, [bp+M_PROMPT]
+    a32 lodsd                   ; the prompt's next id, 0 once it is used up
+    xchg ax, cx                 ; forced prompt token ...
+    jcxz .sample                ; ... or, past the prompt, a sampled one:
+    mov [bp+M_PROMPT], esi      ; run.c draws no coin for prompt positions
+    jmp .have
+.sample:
+    mov esi, [bp+M_LOG]
+    mov cx, [bp+VOC]
+    call sample
+%else
     mov esi, [bp+M_LOG]
     mov cx, [bp+VOC]
     fld1
@@ -188,6 +213,7 @@ gen:
     jz .have
     mov [bp+M_PROMPT], esi
     xchg ax, cx                 ; forced prompt token
+%endif
 .have:
     dec cx                      ; BOS (1) ends the story
     jz done
@@ -463,8 +489,10 @@ mv:
     add ebx, byte 4
     loop .col
     popad
-    cmp edi, [xbend]            ; below XBUF + 4 KiB: x
+    cmp edi, [xbend]            ; below XBUF + 4 KiB ...
     jae .store
+    cmp di, XBUF                ; ... and not below x (q, att; edi < 64 KiB
+    jb .store                   ; here): x
     a32 addss xmm0, [edi]       ; residual
 .store:
     a32 movss [edi], xmm0
@@ -489,8 +517,8 @@ swiglu:
     fadd st1, st0               ; 1 1+e val
     fdivrp                      ; 1/(1+e) val
     fmulp
-    fmul dword [si+0x1000]      ; hb2
-    fstp dword [si-0x1000]      ; xb
+    fmul dword [si+0x2000]      ; hb2
+    fstp dword [si-0x2000]      ; xb
     lodsd
     loop .s
     pop cx                      ; n = hidden_dim; ebx is still xb from w3
@@ -602,6 +630,9 @@ flat:   db 0xff                 ; selector 0x3F8: flat 4 GiB data.  Bytes 1..2:
 cw24:   db 0xff, 0              ; 0x00FF, the x87 control word for float32
         db 0, 0, 0x92, 0xcf, 0  ; precision (bit 7 is reserved and ignored)
 
+%ifdef SAMPLING
+%include "sample.inc"
+%endif
     align 512, db 0
 engine_end:
 TAIL    equ (engine_end - $$) / 512 - 1   ; sectors after this one
