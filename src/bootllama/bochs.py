@@ -21,11 +21,8 @@ Bochs has no isa-debug-exit device, so the run never ends by itself.  The sector
 ``HLT instruction with IF=0``, which also counts as the end).  The harness stops Bochs then,
 or as soon as ``max_bytes`` story bytes have arrived, or at the timeout.
 
-The UART: the sector writes to port 0x3F8 without setting the line control register, and
-Bochs's UART (unlike QEMU's) honours the word length, which resets to 5 data bits: every
-byte would arrive masked to its low 5 bits.  Bochs's BIOS does not set the UART up either,
-so by default the harness adds a one-sector option ROM that sets COM1 to 8N1 during POST, as
-a BIOS set-up screen's "serial port: 8N1" would.  ``init_serial=False`` boots without it.
+The UART: Bochs's (unlike QEMU's) honours the line control register, which resets to 5 data
+bits, and its BIOS leaves it so; the sector sets COM1 to 8N1 itself before its first byte.
 """
 
 from __future__ import annotations
@@ -46,7 +43,6 @@ VGABIOS = Path("/usr/share/vgabios/vgabios.bin")
 CPU_MODEL = "core2_penryn_t9600"  # Bochs 2.7's Core 2 Duo: SSE to SSE4.1, x87
 HEADS = 16
 SPT = 63
-OPTROM_ADDR = 0xD0000
 HALT_LINE = b"HLT instruction with IF=0"
 EXIT_LINE = re.compile(rb"unmapped: 8-bit write to 00f4 = ([0-9a-f]{2})")
 EXIT_DONE = 0
@@ -63,21 +59,7 @@ def bochs_binary() -> str:
     raise BootllamaError(f"bochs not found: {INSTALL_HINT}")
 
 
-def uart_rom() -> bytes:
-    """A 512-byte option ROM whose init routine sets COM1's line control to 8N1 (DLAB off).
-
-    The BIOS calls offset 3 of each ROM it finds during POST: ``mov dx, 0x3fb; mov al, 3;
-    out dx, al; retf``.  The last byte makes the bytes sum to 0, as the BIOS checks.
-    """
-    rom = bytearray(SECTOR)
-    rom[0:3] = b"\x55\xaa\x01"  # signature, length in 512-byte blocks
-    code = b"\xba\xfb\x03\xb0\x03\xee\xcb"
-    rom[3 : 3 + len(code)] = code
-    rom[-1] = -sum(rom) & 0xFF
-    return bytes(rom)
-
-
-def bochsrc(disk: str, layout: Layout, com1: str, log: str, optrom: str | None = None) -> str:
+def bochsrc(disk: str, layout: Layout, com1: str, log: str) -> str:
     """The configuration: headless, fast, fatal on panics, the disk with its CHS geometry."""
     cylinders = layout.disk_sectors // CYLINDER
     lines = [
@@ -99,8 +81,6 @@ def bochsrc(disk: str, layout: Layout, com1: str, log: str, optrom: str | None =
         "mouse: enabled=0",
         "clock: sync=none",
     ]
-    if optrom:
-        lines.append(f"optromimage1: file={optrom}, address={OPTROM_ADDR:#x}")
     return "\n".join(lines) + "\n"
 
 
@@ -152,8 +132,7 @@ def _exit_status(log: Path, pos: int) -> tuple[int | None, int]:
     return (EXIT_DONE if HALT_LINE in data else None), pos + len(data)
 
 
-def boot_bochs(image_path: str | os.PathLike[str], layout: Layout, max_bytes: int, timeout: float,
-               init_serial: bool = True) -> bytes:
+def boot_bochs(image_path: str | os.PathLike[str], layout: Layout, max_bytes: int, timeout: float) -> bytes:
     """Boot ``image_path`` in Bochs; return the first story bytes COM1 receives.
 
     The ``layout.chunks`` progress dots are skipped.  Returns once ``max_bytes`` story bytes
@@ -172,12 +151,8 @@ def boot_bochs(image_path: str | os.PathLike[str], layout: Layout, max_bytes: in
         disk.symlink_to(image_path.resolve())
         com1 = work / "com1.out"
         log = work / "bochs.log"
-        optrom: Path | None = None
-        if init_serial:
-            optrom = work / "uart.rom"
-            optrom.write_bytes(uart_rom())
         rc = work / "bochsrc"
-        rc.write_text(bochsrc(str(disk), layout, str(com1), str(log), str(optrom) if optrom else None))
+        rc.write_text(bochsrc(str(disk), layout, str(com1), str(log)))
         commands = work / "debugger.rc"
         commands.write_text("continue\n")
         with open(work / "stdout.txt", "wb") as out:

@@ -120,6 +120,11 @@ start:
 init:
     mov ax, 3
     int 0x10                    ; text mode 3: clears the screen
+    push dx                     ; (DL: the boot drive, for the reads below)
+    mov dx, 0x3fb               ; COM1 line control: 8 data bits, no parity,
+    mov al, 3                   ; 1 stop bit, before the first progress dot
+    out dx, al                  ; (a BIOS may leave the UART at 5 data bits)
+    pop dx
     mov eax, cr4
     or ax, 0x200                ; CR4.OSFXSR: allow SSE
     mov cr4, eax
@@ -155,9 +160,6 @@ copy:
     jb load
     fninit
     fldcw [cw24]                ; x87 rounds to float32 precision
-    mov dx, 0x3fb               ; COM1 line control (DL, the boot drive, is
-    mov al, 3                   ; no longer needed): 8 data bits, no parity,
-    out dx, al                  ; 1 stop bit; the BIOS may leave 5 bits
 
     ; derived dimensions
     mov ax, [bp+DIM]
