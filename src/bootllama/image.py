@@ -133,35 +133,23 @@ def size_table(listing: str, total: int) -> list[tuple[str, int]]:
     Trailing zero padding (``times``/``align``) is excluded: the table counts what the engine
     uses.  The signature counts as its own row.
     """
-    starts: list[tuple[int, str]] = []
-    pending: list[str] = []
-    pads: list[tuple[int, int]] = []
+    starts = label_offsets(listing)
+    pads: list[int] = []
     for line in listing.splitlines():
-        m = _LABEL.match(line)
-        if m:
-            pending.append(m.group(1))
-            continue
         m = _CODE.match(line)
         if not m:
             continue
         addr = int(m.group(1), 16)
-        for name in pending:
-            starts.append((addr, name))
-        pending = []
         if "times" in line or re.search(r"\balign\b", line):
-            pads.append((addr, -1))
+            pads.append(addr)
         if "0xaa55" in line:
             starts.append((addr, "signature"))
     starts.sort()
     rows: list[tuple[str, int]] = []
-    pad_addrs = sorted(a for a, _ in pads)
     for i, (addr, name) in enumerate(starts):
         end = starts[i + 1][0] if i + 1 < len(starts) else total
         # stop a routine at the first padding directive inside it
-        for p in pad_addrs:
-            if addr <= p < end:
-                end = p
-                break
+        end = min([p for p in pads if addr <= p < end] or [end])
         if name == "signature":
             end = addr + 2
         if end > addr:
