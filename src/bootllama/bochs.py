@@ -132,8 +132,13 @@ def _exit_status(log: Path, pos: int) -> tuple[int | None, int]:
     return (EXIT_DONE if HALT_LINE in data else None), pos + len(data)
 
 
-def boot_bochs(image_path: str | os.PathLike[str], layout: Layout, max_bytes: int, timeout: float) -> bytes:
+def boot_bochs(image_path: str | os.PathLike[str], layout: Layout, max_bytes: int, timeout: float,
+               timings: dict[str, float] | None = None) -> bytes:
     """Boot ``image_path`` in Bochs; return the first story bytes COM1 receives.
+
+    ``timings``, when given, receives ``load_seconds`` (start to the last progress dot) and
+    ``gen_seconds`` (last dot to the last story byte seen), measured by polling COM1's file
+    every 50 ms.
 
     The ``layout.chunks`` progress dots are skipped.  Returns once ``max_bytes`` story bytes
     have arrived (exactly that many), or fewer if the sector halts first (the story is
@@ -160,14 +165,17 @@ def boot_bochs(image_path: str | os.PathLike[str], layout: Layout, max_bytes: in
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         try:
-            return _collect(proc, com1, log, layout.chunks, max_bytes, timeout)
+            return _collect(proc, com1, log, layout.chunks, max_bytes, timeout, timings)
         finally:
             _stop(proc)
 
 
 def _collect(proc: subprocess.Popen[bytes], com1: Path, log: Path, chunks: int, max_bytes: int,
-             timeout: float) -> bytes:
-    deadline = time.monotonic() + timeout
+             timeout: float, timings: dict[str, float] | None = None) -> bytes:
+    start = time.monotonic()
+    deadline = start + timeout
+    t_loaded = t_last = start
+    grown = -1
     log_pos = 0
     status: int | None = None
     settled = 0.0  # when the output last grew after the exit
@@ -178,6 +186,13 @@ def _collect(proc: subprocess.Popen[bytes], com1: Path, log: Path, chunks: int, 
         except FileNotFoundError:
             data = b""
         dots, text = data[:chunks], data[chunks:]
+        if len(data) != grown:
+            grown, t_last = len(data), time.monotonic()
+            if len(dots) < chunks or not text:
+                t_loaded = t_last
+        if timings is not None:
+            timings["load_seconds"] = t_loaded - start
+            timings["gen_seconds"] = t_last - t_loaded
         if b"!" in dots:
             raise BootllamaError(f"the sector reported a disk read error ('!') in Bochs: {_log_tail(log)}")
         if len(dots) == chunks and dots != b"." * chunks:
