@@ -2,41 +2,25 @@
 
 Two models: the packaged stories260K with tok512, and a random model of stories15M's shape
 (dim 288, hidden 768, 6 layers, 6 heads, vocab 32000, seq_len 256) with Llama 2's 32k
-tokenizer from ../shared/models/tokenizer.bin. Usage: python bench/bench_reference.py [--runs N]
+tokenizer from ../shared/models/tokenizer.bin. The reference alone, quickly; bench_engine.py
+measures it side by side with the engine. Usage: python bench/bench_reference.py [--runs N]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
+import tempfile
 from pathlib import Path
 
-from bootllama.checkpoint import Config, Model, load_checkpoint, packaged_path, random_model
-from bootllama.reference import Reference, Sampler, clamp_steps, generate
-from bootllama.tokenizer import Tokenizer
+from bench_engine import SHARED_TOKENIZER, STORIES15M, measure_reference
 
-SHARED_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "models" / "tokenizer.bin"
-STORIES15M = Config(dim=288, hidden_dim=768, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000, seq_len=256)
+from bootllama.checkpoint import packaged_path, random_model, write_legacy
 
 
-def tokens_per_second(model: Model, tokenizer: Tokenizer, steps: int, runs: int) -> tuple[float, int]:
-    """Median tok/s over ``runs`` greedy generations of up to ``steps`` forward passes."""
-    reference = Reference(model)
-    rates, passes = [], 0
-    for _ in range(runs):
-        printed = 0
-
-        def count(_token: int) -> None:
-            nonlocal printed
-            printed += 1
-
-        start = time.perf_counter()
-        generate(reference, tokenizer, None, steps=steps, sampler=Sampler(model.config.vocab_size), on_token=count)
-        elapsed = time.perf_counter() - start
-        passes = min(printed + 1, clamp_steps(steps, model.config.seq_len))  # the BOS step counts too
-        rates.append(passes / elapsed)
-    return statistics.median(rates), passes
+def report(name: str, checkpoint: Path, tokenizer: Path, steps: int, runs: int) -> None:
+    rates, passes, _ = measure_reference(checkpoint, tokenizer, steps, runs)
+    print(f"{name:<20}: {statistics.median(rates):8.1f} tok/s  ({passes} tokens, median of {runs})")
 
 
 def main() -> None:
@@ -45,18 +29,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=128)
     args = parser.parse_args()
 
-    stories = load_checkpoint(packaged_path("stories260K.bin"))
-    tok512 = Tokenizer.load(packaged_path("tok512.bin"), stories.config.vocab_size)
-    rate, passes = tokens_per_second(stories, tok512, args.steps, args.runs)
-    print(f"stories260K         : {rate:8.1f} tok/s  ({passes} tokens, median of {args.runs})")
-
+    report("stories260K", packaged_path("stories260K.bin"), packaged_path("tok512.bin"), args.steps, args.runs)
     if not SHARED_TOKENIZER.is_file():
-        print(f"stories15M-shaped   : skipped, {SHARED_TOKENIZER} is missing")
+        print(f"{'stories15M-shaped':<20}: skipped, {SHARED_TOKENIZER} is missing")
         return
-    model = random_model(STORIES15M, seed=0)
-    tok32k = Tokenizer.load(SHARED_TOKENIZER, STORIES15M.vocab_size)
-    rate, passes = tokens_per_second(model, tok32k, args.steps, args.runs)
-    print(f"stories15M-shaped   : {rate:8.1f} tok/s  ({passes} tokens, median of {args.runs})")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "m15.bin")
+        write_legacy(random_model(STORIES15M, seed=0), path)
+        report("stories15M-shaped", path, SHARED_TOKENIZER, args.steps, args.runs)
 
 
 if __name__ == "__main__":
