@@ -72,10 +72,14 @@ def test_image_holds_files_unchanged(tmp_path: Path, engine: image.Engine) -> No
     tk = TOK.read_bytes()
     off = (lay.tokenizer_addr - image.DATA) + lay.data_lba * 512
     assert data[off : off + len(tk)] == tk
-    # the manifest names the tensors where the legacy layout puts them
+    # the address table names the tensors where the legacy layout puts them
     fields = man[384:]
-    wq = struct.unpack_from("<I", fields, 4)[0]
+    table_addr = struct.unpack_from("<I", fields, 128 - 36)[0]  # M_TAB, bp-36
+    assert table_addr == lay.table_addr
+    off = (table_addr - image.DATA) + lay.data_lba * 512
+    rms_att, wq = struct.unpack_from("<2I", data, off)
     assert wq == lay.checkpoint_addr + legacy_layout(lay.config)["wq"][0]
+    assert rms_att == lay.checkpoint_addr + legacy_layout(lay.config)["rms_att_weight"][0]
     assert len(data) % (16 * 63 * 512) == 0
 
 

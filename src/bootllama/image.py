@@ -45,9 +45,6 @@ MAX_SEQ = 1024
 # the memory the image may ask of a PC (QEMU on this machine): 3 GiB below the PCI hole
 MAX_MEMORY = 3 << 30
 
-_CURSORS = ("rms_att_weight", "wq", "wk", "wv", "wo", "rms_ffn_weight", "w1", "w3", "w2",
-            "rms_final_weight", "wcls")
-
 
 def asm_source() -> Path:
     res = resources.files("bootllama").joinpath("asm", "sector.asm")
@@ -250,14 +247,16 @@ def table(layout: Layout) -> bytes:
 
 def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: float,
              seed: int) -> bytes:
-    """The manifest sector (fields at its end, right before the checkpoint header)."""
-    c = layout.config
-    lay = legacy_layout(c)
+    """The manifest sector (fields at its end, right before the checkpoint header).
+
+    The fields start at byte 428 (the engine's M_ENT, bp-84); the weights' addresses are in
+    the per-layer table (see table()), so the 44 bytes before them stay zero.
+    """
+    lay = legacy_layout(layout.config)
     base = layout.checkpoint_addr
-    addrs = [base + lay[name][0] for name in _CURSORS]
     fr = base + lay["freq_cis_real"][0]
     fi = base + lay["freq_cis_imag"][0]
-    fields = struct.pack("<12I", *addrs, layout.kv_addr)
+    fields = bytes(44) + struct.pack("<I", layout.kv_addr)
     fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], fr, fi - fr,
                           layout.tokenizer_addr + 4, layout.logits_addr, layout.prompt_addr,
                           steps, temperature, seed & (2**64 - 1),
