@@ -12,10 +12,8 @@ QMP monitor for a ``screendump`` (PPM), and writes it as a PNG (default docs/scr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import select
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,50 +29,6 @@ from bootllama.reference import Reference, generate
 from bootllama.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class QMP:
-    """A minimal QMP client over a unix socket: one command at a time, events skipped."""
-
-    def __init__(self, path: Path, timeout: float = 30.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock.connect(os.fspath(path))
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise BootllamaError("could not reach QEMU's QMP socket") from None
-                time.sleep(0.05)
-        self.buf = b""
-        self._message()  # the greeting
-        self.execute("qmp_capabilities")
-
-    def _message(self) -> dict[str, object]:
-        while b"\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise BootllamaError("QEMU closed the QMP socket")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def execute(self, command: str, **arguments: object) -> object:
-        msg: dict[str, object] = {"execute": command}
-        if arguments:
-            msg["arguments"] = arguments
-        self.sock.sendall(json.dumps(msg).encode() + b"\n")
-        while True:
-            reply = self._message()
-            if "error" in reply:
-                raise BootllamaError(f"QMP {command}: {reply['error']}")
-            if "return" in reply:
-                return reply["return"]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def expected_story(checkpoint: Path, tokenizer: Path, prompt: str | None, steps: int) -> bytes:
@@ -94,9 +48,7 @@ def screenshot(out: Path, prompt: str | None = None, steps: int = 0, scale: int 
         img = image.build_image(checkpoint, tokenizer, tmp / "boot.img", prompt=prompt, steps=steps, engine=engine)
         lay = img.layout
         sock = tmp / "qmp.sock"
-        cmd = qemu.qemu_command(img.path, lay.memory_mib, "tcg")
-        cmd[cmd.index("-monitor") + 1] = "none"
-        cmd += ["-qmp", f"unix:{sock},server=on,wait=off"]
+        cmd = qemu.qemu_command(img.path, lay.memory_mib, "tcg", ["-qmp", f"unix:{sock},server=on,wait=off"])
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             assert proc.stdout is not None
@@ -119,15 +71,11 @@ def screenshot(out: Path, prompt: str | None = None, steps: int = 0, scale: int 
                         raise BootllamaError("QEMU exited before the story ended")
                     serial += data
             time.sleep(0.5)  # the BIOS teletype follows each COM1 byte; let the last ones land
-            qmp = QMP(sock)
+            qmp = qemu.QMP(sock)
             ppm = tmp / "screen.ppm"
             qmp.execute("stop")
-            qmp.execute("screendump", filename=os.fspath(ppm))
+            qmp.save_file(ppm, "screendump", filename=os.fspath(ppm))
             qmp.close()
-            for _ in range(100):
-                if ppm.exists() and ppm.stat().st_size > 0:
-                    break
-                time.sleep(0.05)
             with PILImage.open(ppm) as shot:
                 shot.load()
                 rgb = shot.convert("RGB")

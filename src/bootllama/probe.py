@@ -2,7 +2,7 @@
 
 The engine assembled with ``-DHALT`` stops (``hlt``) after the story instead of leaving QEMU,
 so the KV cache, the activations and the logits of the last position stay in memory. This
-module reads them through QEMU's human monitor (``pmemsave``) and compares each against the
+module reads them through QEMU's QMP monitor (``pmemsave``) and compares each against the
 NumPy reference's trace, by name, so a wrong routine shows up as the first name that differs:
 ``l3.k`` (the k projection or RoPE of layer 3), ``l3.v``, ``x_final``, ``logits``.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import tempfile
 import time
@@ -44,43 +43,6 @@ class Probe:
     text: bytes
 
 
-class _Monitor:
-    def __init__(self, path: str) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        for _ in range(100):
-            try:
-                self.sock.connect(path)
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise BootllamaError("could not reach the QEMU monitor")
-        self._read_prompt()
-
-    def _read_prompt(self) -> bytes:
-        buf = b""
-        self.sock.settimeout(30)
-        while not buf.endswith(b"(qemu) "):
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise BootllamaError("the QEMU monitor closed")
-            buf += chunk
-        return buf
-
-    def command(self, cmd: str) -> bytes:
-        self.sock.sendall(cmd.encode() + b"\n")
-        return self._read_prompt()
-
-    def read(self, addr: int, nbytes: int, tmp: Path) -> bytes:
-        out = tmp / f"mem{addr:x}.bin"
-        self.command(f'pmemsave {addr} {nbytes} "{out}"')
-        for _ in range(100):
-            if out.exists() and out.stat().st_size == nbytes:
-                return out.read_bytes()
-            time.sleep(0.05)
-        raise BootllamaError(f"pmemsave of {nbytes} bytes at {addr:#x} did not arrive")
-
-
 def run_probe(checkpoint: str | os.PathLike[str], tokenizer: str | os.PathLike[str], steps: int,
               prompt: str | None = None, timeout: float = 120.0) -> Probe:
     """Boot a halting engine for ``steps`` positions and read its state."""
@@ -91,9 +53,8 @@ def run_probe(checkpoint: str | os.PathLike[str], tokenizer: str | os.PathLike[s
                                 engine=engine)
         lay = img.layout
         c = lay.config
-        mon = str(tmp / "mon.sock")
-        cmd = qemu.qemu_command(img.path, lay.memory_mib, "tcg")
-        cmd[cmd.index("-monitor") + 1] = f"unix:{mon},server,nowait"
+        sock = tmp / "qmp.sock"
+        cmd = qemu.qemu_command(img.path, lay.memory_mib, "tcg", ["-qmp", f"unix:{sock},server=on,wait=off"])
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL)
         try:
@@ -112,12 +73,20 @@ def run_probe(checkpoint: str | os.PathLike[str], tokenizer: str | os.PathLike[s
                 if len(out) > expected_dots and out.endswith(b"\n"):
                     time.sleep(0.2)
                     break
-            m = _Monitor(mon)
-            m.command("stop")
-            n = steps * c.n_layers * 2 * c.kv_dim
-            kv = np.frombuffer(m.read(lay.kv_addr, 4 * n, tmp), dtype="<f4")
-            x = np.frombuffer(m.read(asm_constant("XBUF"), 4 * c.dim, tmp), dtype="<f4").copy()
-            logits = np.frombuffer(m.read(lay.logits_addr, 4 * c.vocab_size, tmp), dtype="<f4").copy()
+            m = qemu.QMP(sock)
+            m.execute("stop")
+
+            def read(addr: int, n: int) -> np.ndarray:
+                out = tmp / f"mem{addr:x}.bin"
+                data = m.save_file(out, "pmemsave", val=addr, size=4 * n, filename=os.fspath(out))
+                if len(data) != 4 * n:
+                    raise BootllamaError(f"pmemsave of {4 * n} bytes at {addr:#x} came back short")
+                return np.frombuffer(data, dtype="<f4").copy()
+
+            kv = read(lay.kv_addr, steps * c.n_layers * 2 * c.kv_dim)
+            x = read(asm_constant("XBUF"), c.dim)
+            logits = read(lay.logits_addr, c.vocab_size)
+            m.close()
         finally:
             proc.kill()
             proc.wait()

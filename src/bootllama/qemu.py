@@ -8,9 +8,11 @@ isa-debug-exit device (status 1 = finished, 67 = the sector printed '!' for a di
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -61,6 +63,63 @@ class RunResult:
     @property
     def tok_per_s(self) -> float:
         return self.tokens / self.gen_seconds if self.gen_seconds > 0 else 0.0
+
+
+class QMP:
+    """A minimal client of QEMU's QMP monitor over a unix socket (``-qmp unix:PATH,server=on,
+    wait=off``): one command at a time, asynchronous events skipped."""
+
+    def __init__(self, path: str | os.PathLike[str], timeout: float = 30.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock.connect(os.fspath(path))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.sock.close()
+                    raise BootllamaError("could not reach QEMU's QMP socket") from None
+                time.sleep(0.05)
+        self.buf = b""
+        self._message()  # the greeting
+        self.execute("qmp_capabilities")
+
+    def _message(self) -> dict[str, object]:
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise BootllamaError("QEMU closed the QMP socket")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        reply: dict[str, object] = json.loads(line)
+        return reply
+
+    def execute(self, command: str, **arguments: object) -> object:
+        msg: dict[str, object] = {"execute": command}
+        if arguments:
+            msg["arguments"] = arguments
+        self.sock.sendall(json.dumps(msg).encode() + b"\n")
+        while True:
+            reply = self._message()
+            if "error" in reply:
+                raise BootllamaError(f"QMP {command}: {reply['error']}")
+            if "return" in reply:
+                return reply["return"]
+
+    def save_file(self, path: Path, command: str, **arguments: object) -> bytes:
+        """Run a command that writes ``path`` (pmemsave, screendump); return its bytes once the
+        file is complete (QEMU writes it before replying; the wait covers slow file systems)."""
+        self.execute(command, **arguments)
+        for _ in range(100):
+            if path.exists() and path.stat().st_size > 0:
+                return path.read_bytes()
+            time.sleep(0.05)
+        raise BootllamaError(f"QMP {command} did not write {path.name}")
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def qemu_command(image: str | os.PathLike[str], memory_mib: int, accel: str,
