@@ -78,11 +78,16 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
+def resolve_temperature(value: float) -> float:
+    """run.c's temperature: a finite number; a negative one counts as 0 (greedy)."""
+    return max(0.0, _finite("temperature", value))
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from bootllama.reference import MathMode, Reference, Sampler, clamp_steps, generate
     from bootllama.tokenizer import Tokenizer
 
-    temperature = max(0.0, _finite("temperature", args.temperature))
+    temperature = resolve_temperature(args.temperature)
     topp = _finite("top-p", args.topp)
     if topp < 0.0 or topp > 1.0:
         topp = 0.9

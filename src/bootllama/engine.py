@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import tempfile
@@ -14,9 +13,9 @@ from bootllama.errors import BootllamaError
 
 
 def _check_settings(args: argparse.Namespace) -> None:
-    if not math.isfinite(args.temperature):
-        raise BootllamaError(f"temperature must be a finite number, got {args.temperature}")
-    args.temperature = max(0.0, args.temperature)  # run.c: a negative temperature is 0
+    from bootllama.cli import resolve_temperature
+
+    args.temperature = resolve_temperature(args.temperature)
     if args.temperature > 0 and args.topp != 1.0:
         raise BootllamaError("top-p sampling runs in the reference only (`bootllama generate -p`); "
                              "the engine samples with -p 1.0 (run.c's sample_mult)")
