@@ -154,11 +154,35 @@ def size_table(listing: str, total: int) -> list[tuple[str, int]]:
     return rows
 
 
+# What each routine of sector.asm is for: the size table sums them per part, which shows where
+# the bytes go (the forward pass alone is more than a sector holds; see the README).
+PARTS = {
+    "loader": ("start", "init", "load", "fail", "copy", "gdtr", "signature"),
+    "generate loop": ("gen", "done", "finish"),
+    "printing": ("print", "putc"),
+    "forward pass": ("forward", "exp", "rope", "nextw", "rmsnorm", "mvw", "mvwb", "mvwn", "mv",
+                     "swiglu", "tox", "attention", "softmax_att", "softmax", "divmax"),
+    "sampling": ("sample",),
+}
+
+
+def part_sizes(engine: Engine) -> list[tuple[str, int]]:
+    """Bytes per part (PARTS), in PARTS order; a routine in no part is an error."""
+    part_of = {name: part for part, names in PARTS.items() for name in names}
+    totals = dict.fromkeys(PARTS, 0)
+    for name, size in engine.sizes:
+        if name not in part_of:
+            raise BootllamaError(f"routine {name!r} of sector.asm belongs to no part in image.PARTS")
+        totals[part_of[name]] += size
+    return [(part, n) for part, n in totals.items() if n]
+
+
 def format_size_table(engine: Engine) -> str:
     lines = [f"{'routine':<12} {'bytes':>5}"]
     lines += [f"{name:<12} {size:>5}" for name, size in engine.sizes]
     lines.append(f"{'total':<12} {engine.used:>5}   ({engine.sectors} sector"
                  f"{'s' if engine.sectors != 1 else ''} on disk)")
+    lines.append("by part: " + ", ".join(f"{part} {n}" for part, n in part_sizes(engine)))
     return "\n".join(lines)
 
 
