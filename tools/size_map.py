@@ -2,7 +2,9 @@
 
 Assembles sector.asm (``image.assemble()``), takes its per-routine size table from the NASM
 listing and writes a PNG (default docs/size_map.png): on top, the routines packed end to end
-in address order against a 512-byte box; below, one bar per routine.
+in address order against a 512-byte box, and the same bytes summed per part (image.PARTS:
+loader, generate loop, printing, forward pass, sampling); below, one bar per routine, coloured
+by its part.
 
     python tools/size_map.py [-o docs/size_map.png] [-D NAME ...]
 """
@@ -17,7 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Patch, Rectangle
 
 from bootllama import image
 
@@ -29,11 +31,14 @@ def draw(engine: image.Engine, out: Path) -> None:
     sizes = engine.sizes
     used = engine.used
     over = used - BUDGET
-    cmap = plt.get_cmap("tab20")
-    colors = [cmap(i % 20) for i in range(len(sizes))]
+    part_of = {name: part for part, names in image.PARTS.items() for name in names}
+    parts = image.part_sizes(engine)
+    cmap = plt.get_cmap("tab10")
+    part_color = {part: cmap(i) for i, part in enumerate(image.PARTS)}
+    colors = [part_color[part_of[name]] for name, _ in sizes]
 
-    fig, (strip, bars) = plt.subplots(2, 1, figsize=(11, 3.2 + 0.28 * len(sizes)),
-                                      gridspec_kw={"height_ratios": [1.1, 0.3 * len(sizes)]})
+    fig, (strip, bars) = plt.subplots(2, 1, figsize=(11, 3.7 + 0.28 * len(sizes)),
+                                      gridspec_kw={"height_ratios": [1.6, 0.3 * len(sizes)]})
     status = f"{over} bytes over" if over > 0 else f"{-over} bytes to spare"
     fig.suptitle(f"bootllama engine: {used} bytes of code and data vs a 512-byte boot sector ({status}; "
                  f"{engine.sectors} sector{'s' if engine.sectors != 1 else ''} on disk)", fontsize=11)
@@ -45,13 +50,19 @@ def draw(engine: image.Engine, out: Path) -> None:
         if size >= 0.035 * max(used, BUDGET):
             strip.text(x + size / 2, 0, name, ha="center", va="center", fontsize=7, rotation=90)
         x += size
-    strip.add_patch(Rectangle((0, -0.55), BUDGET, 1.1, fill=False, edgecolor="crimson", linewidth=2,
+    strip.add_patch(Rectangle((0, -1.55), BUDGET, 2.1, fill=False, edgecolor="crimson", linewidth=2,
                               linestyle="--", zorder=5))
     strip.text(BUDGET, 0.62, " 512-byte budget", color="crimson", fontsize=9, va="bottom", ha="right")
+    # the same bytes summed per part, below the routines
+    x = 0
+    for part, size in parts:
+        strip.barh(-1.1, size, left=x, color=part_color[part], edgecolor="white", linewidth=0.6, height=0.8)
+        strip.text(x + size / 2, -1.1, f"{part}\n{size}", ha="center", va="center", fontsize=8)
+        x += size
     strip.set_xlim(0, max(used, BUDGET) * 1.03)
-    strip.set_ylim(-0.7, 0.95)
-    strip.set_yticks([])
-    strip.set_xlabel("bytes, routines packed end to end in address order (padding excluded)")
+    strip.set_ylim(-1.6, 0.95)
+    strip.set_yticks([0, -1.1], ["routines", "parts"], fontsize=8)
+    strip.set_xlabel("bytes: the routines end to end in address order, then summed per part (padding excluded)")
 
     # one bar per routine, in address order
     names = [n for n, _ in sizes]
@@ -64,6 +75,8 @@ def draw(engine: image.Engine, out: Path) -> None:
     bars.set_xlabel("bytes per routine (local labels fold into their parent; 'signature' is the 0x55AA)")
     bars.set_xlim(0, max(values) * 1.12)
     bars.spines[["top", "right"]].set_visible(False)
+    bars.legend(handles=[Patch(color=part_color[p], label=f"{p}: {n} bytes") for p, n in parts],
+                loc="lower right", fontsize=8, frameon=False)
 
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
