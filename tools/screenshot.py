@@ -12,6 +12,7 @@ QMP monitor for a ``screendump`` (PPM), and writes it as a PNG (default docs/scr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import subprocess
@@ -71,11 +72,10 @@ def screenshot(out: Path, prompt: str | None = None, steps: int = 0, scale: int 
                         raise BootllamaError("QEMU exited before the story ended")
                     serial += data
             time.sleep(0.5)  # the BIOS teletype follows each COM1 byte; let the last ones land
-            qmp = qemu.QMP(sock)
             ppm = tmp / "screen.ppm"
-            qmp.execute("stop")
-            qmp.save_file(ppm, "screendump", filename=os.fspath(ppm))
-            qmp.close()
+            with contextlib.closing(qemu.QMP(sock)) as qmp:
+                qmp.execute("stop")
+                qmp.save_file(ppm, "screendump", filename=os.fspath(ppm))
             with PILImage.open(ppm) as shot:
                 shot.load()
                 rgb = shot.convert("RGB")

@@ -9,6 +9,7 @@ NumPy reference's trace, by name, so a wrong routine shows up as the first name 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -73,20 +74,19 @@ def run_probe(checkpoint: str | os.PathLike[str], tokenizer: str | os.PathLike[s
                 if len(out) > expected_dots and out.endswith(b"\n"):
                     time.sleep(0.2)
                     break
-            m = qemu.QMP(sock)
-            m.execute("stop")
+            with contextlib.closing(qemu.QMP(sock)) as m:
+                m.execute("stop")
 
-            def read(addr: int, n: int) -> np.ndarray:
-                out = tmp / f"mem{addr:x}.bin"
-                data = m.save_file(out, "pmemsave", val=addr, size=4 * n, filename=os.fspath(out))
-                if len(data) != 4 * n:
-                    raise BootllamaError(f"pmemsave of {4 * n} bytes at {addr:#x} came back short")
-                return np.frombuffer(data, dtype="<f4").copy()
+                def read(addr: int, n: int) -> np.ndarray:
+                    out = tmp / f"mem{addr:x}.bin"
+                    data = m.save_file(out, "pmemsave", val=addr, size=4 * n, filename=os.fspath(out))
+                    if len(data) != 4 * n:
+                        raise BootllamaError(f"pmemsave of {4 * n} bytes at {addr:#x} came back short")
+                    return np.frombuffer(data, dtype="<f4").copy()
 
-            kv = read(lay.kv_addr, steps * c.n_layers * 2 * c.kv_dim)
-            x = read(asm_constant("XBUF"), c.dim)
-            logits = read(lay.logits_addr, c.vocab_size)
-            m.close()
+                kv = read(lay.kv_addr, steps * c.n_layers * 2 * c.kv_dim)
+                x = read(asm_constant("XBUF"), c.dim)
+                logits = read(lay.logits_addr, c.vocab_size)
         finally:
             proc.kill()
             proc.wait()
