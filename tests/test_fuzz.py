@@ -355,22 +355,29 @@ def _assert_clean_failure(code: int, err: str, out: Path) -> None:
     assert not leftovers, leftovers
 
 
+@contextlib.contextmanager
+def _input_and_output(workdir: Path, data: bytes, out_stem: str) -> Iterator[tuple[Path, Path]]:
+    """A fresh input file holding ``data`` and a fresh output path; both gone afterwards."""
+    src = _fresh(workdir, "in")
+    src.write_bytes(data)
+    dst = _fresh(workdir, out_stem)
+    try:
+        yield src, dst
+    finally:
+        src.unlink()
+        dst.unlink(missing_ok=True)
+
+
 def test_convert_never_leaves_a_partial_file(workdir: Path, seeds: dict[str, bytes]) -> None:
     @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(inputs(seeds))
     def check(data: bytes) -> None:
-        src = _fresh(workdir, "in")
-        src.write_bytes(data)
-        dst = _fresh(workdir, "out")
-        try:
+        with _input_and_output(workdir, data, "out") as (src, dst):
             code, err = _cli(["convert", str(src), str(dst)])
             if code == 0:
                 assert isinstance(load_checkpoint(dst), Model)
             else:
                 _assert_clean_failure(code, err, dst)
-        finally:
-            src.unlink()
-            dst.unlink(missing_ok=True)
 
     check()
 
@@ -384,21 +391,15 @@ def test_build_never_leaves_a_partial_file(workdir: Path, seeds: dict[str, bytes
     @given(inputs(legacy), st.sampled_from([None, "Once upon a time", "\u00e9t\u00e9 \U0001f600"]),
            st.sampled_from(["0", "8", "1000000", "-3"]))
     def check(data: bytes, prompt: str | None, steps: str) -> None:
-        src = _fresh(workdir, "in")
-        src.write_bytes(data)
-        dst = _fresh(workdir, "img")
-        args = ["build", str(src), "-z", str(TOK512), "-o", str(dst), "-n", steps]
-        if prompt is not None:
-            args += ["-i", prompt]
-        try:
+        with _input_and_output(workdir, data, "img") as (src, dst):
+            args = ["build", str(src), "-z", str(TOK512), "-o", str(dst), "-n", steps]
+            if prompt is not None:
+                args += ["-i", prompt]
             code, err = _cli(args)
             if code != 0:
                 _assert_clean_failure(code, err, dst)
             else:
                 assert dst.stat().st_size % 512 == 0
-        finally:
-            src.unlink()
-            dst.unlink(missing_ok=True)
 
     check()
 
