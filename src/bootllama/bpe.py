@@ -4,11 +4,13 @@ The pipeline, for a vocabulary whose token strings are GPT-2 "byte-level unicode
 
 1. special tokens are cut out of the text first (leftmost match, the longest one at a
    position wins) and become their own ids;
-2. each stretch between them is pre-tokenized: with ``individual_digits`` every ASCII digit
+2. each stretch between them is pre-tokenized: with ``individual_digits`` every numeric character (\\p{N})
    is its own piece (``tokenizers``' ``Digits(individual_digits=True)``), then the
    pre-tokenizer regex splits each piece into words (matches and the text between them);
-3. each word's UTF-8 bytes are mapped to GPT-2's byte-to-unicode characters and merged
-   pair by pair, always the pair of lowest merge rank first, until no listed pair is left;
+3. each word's UTF-8 bytes are mapped to GPT-2's byte-to-unicode characters (those the
+   vocabulary lacks are dropped, as ``tokenizers`` drops them when there is no unknown
+   token) and merged pair by pair, always the pair of lowest merge rank first, until no
+   listed pair is left;
 4. the resulting strings are looked up in the vocabulary.
 
 This module holds no file formats; ``bootllama.tokenizer`` reads the sidecar that feeds it.
@@ -36,7 +38,7 @@ PRE_TOKENIZERS: dict[str, tuple[bool, str]] = {
     "starcoder": (True, GPT2_REGEX),
 }
 
-_DIGIT = regex.compile(r"[0-9]")
+_DIGIT = regex.compile(r"\p{N}")  # Rust's char::is_numeric: Nd, Nl and No
 
 
 @lru_cache(maxsize=1)
@@ -104,7 +106,9 @@ class ByteLevelBPE:
         cached = self._cache.get(word)
         if cached is not None:
             return cached
-        symbols = [self._b2u[b] for b in word.encode("utf-8")]
+        # a byte whose symbol the vocabulary lacks is dropped before merging, as tokenizers'
+        # BPE without an unknown token does (SmolLM2 has no symbols for the bytes 0xF1..0xFF)
+        symbols = [c for c in (self._b2u[b] for b in word.encode("utf-8")) if c in self.vocab]
         ranks = self.ranks
         while len(symbols) > 1:
             best, best_rank = None, None
