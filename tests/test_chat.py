@@ -113,10 +113,10 @@ def test_chat_and_model_errors(bytelevel_model: tuple[Path, Path], capsys: pytes
 
 def test_model_cache_converts_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import bytelevel_tokenizer
     from test_gguf import CONFIG, write_gguf
 
     from bootllama.checkpoint import random_model
-    from conftest import bytelevel_tokenizer
 
     tok = bytelevel_tokenizer()
     model = random_model(CONFIG.__class__(**{**CONFIG.__dict__, "vocab_size": tok.vocab_size}), seed=5)
