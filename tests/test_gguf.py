@@ -13,9 +13,12 @@ import gguf
 import numpy as np
 import pytest
 from conftest import bytelevel_tokenizer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bootllama.checkpoint import Config, Model, load_checkpoint, random_model
 from bootllama.cli import main
+from bootllama.errors import BootllamaError
 from bootllama.gguf_convert import SUPPORTED_TYPES, convert_gguf, read_gguf, rope_tables_base
 from bootllama.tokenizer import ByteLevelTokenizer, Tokenizer, sidecar_path
 
@@ -46,7 +49,8 @@ def _stored(arr: np.ndarray, qtype: Q) -> np.ndarray:
 
 def write_gguf(path: Path, model: Model, tok: ByteLevelTokenizer, qtype: Q = Q.F32, *, tied: bool = True,
                arch: str = "llama", eps: float = 1e-5, dim: int | None = None, tokenizer_model: str = "gpt2",
-               context: int = 64, extra_tensor: str | None = None, raw_type: Q | None = None) -> dict[str, np.ndarray]:
+               context: int = 64, extra_tensor: str | None = None, raw_type: Q | None = None,
+               rope_dims: int | None = None, scaling: str | None = None, pre: str = "smollm") -> dict[str, np.ndarray]:
     """A llama GGUF of ``model`` and ``tok`` as llama.cpp lays one out; returns name -> what is stored."""
     c = model.config
     w = gguf.GGUFWriter(path, arch)
@@ -59,9 +63,11 @@ def write_gguf(path: Path, model: Model, tok: ByteLevelTokenizer, qtype: Q = Q.F
     w.add_uint32(a + "attention.head_count_kv", c.n_kv_heads)
     w.add_float32(a + "rope.freq_base", BASE)
     w.add_float32(a + "attention.layer_norm_rms_epsilon", eps)
-    w.add_uint32(a + "rope.dimension_count", c.head_size)
+    w.add_uint32(a + "rope.dimension_count", rope_dims or c.head_size)
+    if scaling:
+        w.add_string(a + "rope.scaling.type", scaling)
     w.add_tokenizer_model(tokenizer_model)
-    w.add_tokenizer_pre("smollm")
+    w.add_tokenizer_pre(pre)
     side = tok.sidecar
     specials = {t["id"]: t["text"] for t in side["special_tokens"]}
     from bootllama.bpe import bytes_to_unicode
@@ -211,6 +217,9 @@ REFUSALS = [
     (dict(tokenizer_model="llama"), "tokenizer model 'llama' is not supported"),
     (dict(extra_tensor="rope_freqs.weight"), "tensor rope_freqs.weight has no place"),
     (dict(context=8), "--seq-len 16 must be between 1 and 8"),
+    (dict(rope_dims=8), "RoPE over 8 of 16 head dimensions cannot be carried"),
+    (dict(scaling="yarn"), "RoPE scaling 'yarn' cannot be carried"),
+    (dict(pre="qwen2"), "pre-tokenizer 'qwen2' is not supported"),
 ]
 
 
@@ -229,7 +238,6 @@ def test_refusals_are_one_line_and_leave_nothing(tmp_path: Path, model: Model, t
 
 
 def test_seq_len_beyond_the_engine_is_refused(tmp_path: Path, model: Model, tok: ByteLevelTokenizer) -> None:
-    from bootllama.errors import BootllamaError
     from bootllama.image import MAX_SEQ
 
     write_gguf(tmp_path / "m.gguf", model, tok, context=8192)
@@ -244,3 +252,31 @@ def test_not_a_gguf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read GGUF" in err
     assert not (tmp_path / "o.bin").exists()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_corrupt_gguf_is_a_bootllama_error(tmp_path: Path, q41_file: bytes, data: st.DataObject) -> None:
+    """Truncated or overwritten GGUF files: a model or one BootllamaError, never another exception."""
+    raw = bytearray(q41_file)
+    kind = data.draw(st.sampled_from(["truncate", "bytes", "header"]))
+    if kind == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    else:
+        limit = 4096 if kind == "header" else len(raw) - 8
+        pos = data.draw(st.integers(4, limit))
+        raw[pos : pos + 8] = data.draw(st.binary(min_size=8, max_size=8))
+    path = tmp_path / "f.gguf"
+    path.write_bytes(bytes(raw))
+    try:
+        read_gguf(path)
+    except BootllamaError as e:
+        assert "\n" not in str(e)
+
+
+@pytest.fixture(scope="module")
+def q41_file(tmp_path_factory: pytest.TempPathFactory, model: Model, tok: ByteLevelTokenizer) -> bytes:
+    path = tmp_path_factory.mktemp("q41") / "m.gguf"
+    write_gguf(path, model, tok, Q.Q4_1)
+    return path.read_bytes()

@@ -17,6 +17,7 @@ once to float32, with the file's ``llama.rope.freq_base``.
 from __future__ import annotations
 
 import os
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -104,9 +105,18 @@ def _need(reader: Any, name: str, key: str) -> Any:
 
 def read_gguf(path: str | os.PathLike[str], seq_len: int | None = None, progress: bool = False) -> Converted:
     """Read a GGUF file into a legacy Model and a byte-level tokenizer (with its sidecar)."""
+    name = os.fspath(path)
+    try:
+        with np.errstate(all="ignore"):  # a corrupt scale's NaN is reported below, not warned about
+            return _read_gguf(path, name, seq_len, progress)
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError, struct.error) as e:
+        # a corrupt file: gguf's reader and the metadata values fail in many ways
+        raise BootllamaError(f"{name}: malformed GGUF: {type(e).__name__}: {e}".splitlines()[0]) from None
+
+
+def _read_gguf(path: str | os.PathLike[str], name: str, seq_len: int | None, progress: bool) -> Converted:
     import gguf
 
-    name = os.fspath(path)
     if not is_gguf(path):
         raise BootllamaError(f"{name}: not a GGUF file (no GGUF magic)")
     try:
