@@ -155,6 +155,7 @@ def test_load_finds_the_sidecar(tmp_path: Path, small: ByteLevelTokenizer, tok51
     lambda d: json.dumps({**d, "version": 9}),
     lambda d: json.dumps({k: v for k, v in d.items() if k != "merges"}),
     lambda d: json.dumps({**d, "stop_id": 10**6}),
+    lambda d: json.dumps({**d, "vocab_size": 49152}),
     lambda d: json.dumps({**d, "merges": ["a b c"]}),
     lambda d: json.dumps({**d, "merges": ["x y"]}),
     lambda d: json.dumps({**d, "pre_tokenizer": {"individual_digits": True, "regex": "(unclosed"}}),

@@ -278,6 +278,9 @@ def _read_sidecar(path: Path, vocab_size: int) -> dict[str, Any]:
     if data.get("version") != SIDECAR_VERSION or data.get("kind") != BYTELEVEL_BPE:
         raise BootllamaError(f"{name}: unsupported sidecar version {data.get('version')!r} "
                              f"or kind {data.get('kind')!r} (known: version 1, {BYTELEVEL_BPE})")
+    if data.get("vocab_size", vocab_size) != vocab_size:
+        raise BootllamaError(f"{name}: tokenizer sidecar is for a vocabulary of {data.get('vocab_size')}, "
+                             f"the model's has {vocab_size} (mismatched tokenizer?)")
     try:
         ids = [data["bos_id"], data["stop_id"], *(t["id"] for t in data["special_tokens"])]
         pre = data["pre_tokenizer"]
