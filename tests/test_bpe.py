@@ -166,3 +166,17 @@ def test_bad_sidecar_is_one_error(tmp_path: Path, small: ByteLevelTokenizer, man
     with pytest.raises(BootllamaError) as e:
         Tokenizer.load(tmp_path / "tok.bin", small.vocab_size)
     assert "\n" not in str(e.value)
+
+
+def test_smollm2_sidecar_facts(smollm2: ByteLevelTokenizer) -> None:
+    """What the converter carries from the real GGUF: the template the tests use is SmolLM2's own."""
+    from conftest import SMOLLM2_TEMPLATE
+
+    side = smollm2.sidecar
+    assert smollm2.chat_template == SMOLLM2_TEMPLATE
+    ids = (side["bos_id"], side["stop_id"], side["bos_token"], side["eos_token"])
+    assert ids == (1, 2, "<|im_start|>", "<|im_end|>")
+    assert len(side["merges"]) == 48900 and len(side["special_tokens"]) == 17 and smollm2.vocab_size == 49152
+    assert all(smollm2.pieces[t["id"]] == b"" for t in side["special_tokens"])
+    assert smollm2.pieces[17] == b"!" and smollm2.pieces[198] == b"\n" and smollm2.pieces[216] == b" "
+    assert smollm2.max_token_length == max(len(p) for p in smollm2.pieces)
