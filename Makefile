@@ -1,7 +1,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench pictures
+.PHONY: setup demo test test-slow bench pictures
 
 setup:
 	@bash scripts/setup.sh
@@ -12,6 +12,10 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check src tests bench tools && $(BIN)/python -m pytest -q
+
+# checks over ~20 s each (the real SmolLM2-135M-Instruct: convert it, ask it questions)
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 bench: setup
 	$(BIN)/python bench/bench_reference.py

@@ -29,11 +29,11 @@ def _check_settings(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace, out: str | os.PathLike[str]) -> image.Image:
-    from bootllama.cli import resolve_paths, resolve_seed
+    from bootllama.cli import load_prompt, resolve_paths, resolve_seed
 
     _check_settings(args)
     checkpoint, tokenizer = resolve_paths(args)
-    prompt = os.fsencode(args.prompt) if args.prompt is not None else None
+    prompt = load_prompt(args, checkpoint, tokenizer)
     seed, drawn = resolve_seed(args.seed)
     if drawn and args.temperature > 0:  # as generate: the run can be repeated with -s
         print(f"seed: {seed}", file=sys.stderr)
