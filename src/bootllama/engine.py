@@ -11,7 +11,6 @@ from pathlib import Path
 from bootllama import image, qemu
 from bootllama.errors import BootllamaError
 
-
 # --cpu NAME -> the engine's NASM defines, and the QEMU CPU model `run` gives that build
 CPUS = {"sse2": (), "486": ("CPU486",)}
 QEMU_CPU = {"sse2": None, "486": "486"}
