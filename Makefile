@@ -1,7 +1,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench pictures
+.PHONY: setup demo test test-slow bench pictures
 
 setup:
 	@bash scripts/setup.sh
@@ -12,6 +12,10 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check src tests bench tools && $(BIN)/python -m pytest -q
+
+# the exhaustive and long checks (libm over whole float ranges, the full engine sweep)
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 bench: setup
 	$(BIN)/python bench/bench_reference.py

@@ -1,0 +1,128 @@
+"""bootllama.libm against the host's glibc (generic build, FMA masked) through hostlibm.
+
+The quick tests take a few hundred thousand inputs spread over each function's range plus
+its special cases; the exhaustive ones (every float32 in a range) carry the ``slow`` marker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from bootllama import libm
+from bootllama.hostlibm import HostLibm
+
+F = np.float32
+
+
+@pytest.fixture(scope="module")
+def generic() -> Iterator[HostLibm]:
+    with HostLibm(generic=True) as host:
+        yield host
+
+
+@pytest.fixture(scope="module")
+def default() -> Iterator[HostLibm]:
+    with HostLibm(generic=False) as host:
+        yield host
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Elementwise: identical float32 bits, or both NaN."""
+    return (a.view(np.uint32) == b.view(np.uint32)) | (np.isnan(a) & np.isnan(b))
+
+
+def assert_same(x: np.ndarray, got: np.ndarray, want: np.ndarray) -> None:
+    bad = ~same_bits(got, want)
+    if bad.any():
+        i = np.nonzero(bad)[0][:5]
+        rows = [f"x={float(x[k]).hex()} port={float(got[k]).hex()} glibc={float(want[k]).hex()}" for k in i]
+        pytest.fail(f"{int(bad.sum())} of {x.size} differ: " + "; ".join(rows))
+
+
+def every_float(lo: float, hi: float) -> Iterator[np.ndarray]:
+    """Every float32 in [lo, hi] (lo <= 0 <= hi), in chunks."""
+    for end, sign in ((hi, 0), (-lo, 0x80000000)):
+        top = int(np.array(end, dtype=F).view(np.uint32))
+        for start in range(0, top + 1, 1 << 24):
+            bits = np.arange(start, min(top + 1, start + (1 << 24)), dtype=np.uint32) | np.uint32(sign)
+            yield bits.view(F)
+
+
+SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, 1e-45, -1e-45, 1e-38, 1.0, -1.0,
+                    3e38, -3e38, 88.0, 88.72283, 88.72284, 89.0, -87.0, -103.2, -103.28, -103.3,
+                    -103.97, -103.98, -104.0, -150.0], dtype=F)
+
+
+def spread(n: int, seed: int = 7) -> np.ndarray:
+    """n float32 bit patterns spread over all of them (NaNs and infinities included)."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32).view(F)
+
+
+# ----------------------------------------------------------------------------------------
+# the generic process really is another build
+
+
+def has_fma() -> bool:
+    with open("/proc/cpuinfo") as f:
+        flags = f.read().split()
+    return "fma" in flags and "avx2" in flags
+
+
+# found by comparing the two builds on 20 million random inputs in [-104, 89]: one differs
+EXPF_FMA_DIFFERS = np.array([0xC27C65D9], dtype=np.uint32).view(F)  # -0x1.f8cbb2p+5
+
+
+def test_masked_process_gets_the_generic_expf(generic: HostLibm, default: HostLibm) -> None:
+    """The tunable changes the build: on a CPU with FMA the default process's expf differs from
+    the masked one's on this input, and the masked one is the port's result."""
+    want = generic("expf", EXPF_FMA_DIFFERS)
+    assert_same(EXPF_FMA_DIFFERS, libm.expf(EXPF_FMA_DIFFERS), want)
+    assert want.view(np.uint32)[0] == 0x11FA2992  # 0x1.f45324p-92
+    if not has_fma():
+        pytest.skip("no FMA on this CPU: both processes use the generic build")
+    fused = default("expf", EXPF_FMA_DIFFERS)
+    assert fused.view(np.uint32)[0] == 0x11FA2993  # 0x1.f45326p-92, one ulp above
+
+
+# ----------------------------------------------------------------------------------------
+# expf
+
+
+def test_exp2f_table_is_2_to_the_i_over_32_rounded() -> None:
+    """Each entry plus (i << 47) is the double nearest 2^(i/32): checked with exact rationals."""
+    for i, entry in enumerate(libm.EXP2F_TABLE.tolist()):
+        d = np.array(entry + (i << 47), dtype=np.uint64).view(np.float64).item()
+        _, e = np.frexp(d)
+        half_ulp = Fraction(2) ** (int(e) - 54)
+        lo, hi = Fraction(d) - half_ulp, Fraction(d) + half_ulp
+        assert lo**32 < 2**i < hi**32, i
+
+
+def test_expf_constants_are_glibcs() -> None:
+    assert float.fromhex("0x1.71547652b82fep+5") == libm.EXPF_INVLN2N
+    assert abs(libm.EXPF_INVLN2N * np.log(2.0) - 32) < 1e-13
+    assert libm.EXPF_POLY[2] * 32 == float.fromhex("0x1.62e42ff0c52d6p-1")
+    assert libm.EXP2F_SHIFT == 1.5 * 2.0**52
+
+
+def test_expf_spread_and_special(generic: HostLibm) -> None:
+    x = np.concatenate([SPECIAL, spread(300_000), np.linspace(-104, 89, 300_001, dtype=F)])
+    assert_same(x, libm.expf(x), generic("expf", x))
+
+
+def test_expf_keeps_shape_and_takes_scalars() -> None:
+    assert libm.expf(np.zeros((3, 4), dtype=F)).shape == (3, 4)
+    assert libm.expf(0.0).shape == ()
+    assert libm.expf(1.0).dtype == F and float(libm.expf(0.0)) == 1.0
+
+
+@pytest.mark.slow
+def test_expf_every_float_in_softmax_and_silu_range(generic: HostLibm) -> None:
+    """Every float32 in [-104, 89] (about 2.2e9 inputs; a few minutes)."""
+    for x in every_float(-104.0, 89.0):
+        assert_same(x, libm.expf(x), generic("expf", x))
