@@ -73,20 +73,27 @@ def has_fma() -> bool:
     return "fma" in flags and "avx2" in flags
 
 
-# found by comparing the two builds on 20 million random inputs in [-104, 89]: one differs
-EXPF_FMA_DIFFERS = np.array([0xC27C65D9], dtype=np.uint32).view(F)  # -0x1.f8cbb2p+5
+# Inputs where the FMA build and the generic one differ, found by comparing the two on 20
+# million random inputs each (one in each): (function, input bits, generic result, FMA result).
+FMA_DIFFERS = [
+    ("expf", 0xC27C65D9, 0x11FA2992, 0x11FA2993),  # -0x1.f8cbb2p+5
+    ("sinf", 0x42CF5854, 0x382EE64F, 0x382EE64E),  # 0x1.9eb0a8p+6
+    ("cosf", 0xC18A3ADE, 0xB784F76F, 0xB784F770),  # -0x1.1475bcp+4
+]
 
 
-def test_masked_process_gets_the_generic_expf(generic: HostLibm, default: HostLibm) -> None:
-    """The tunable changes the build: on a CPU with FMA the default process's expf differs from
-    the masked one's on this input, and the masked one is the port's result."""
-    want = generic("expf", EXPF_FMA_DIFFERS)
-    assert_same(EXPF_FMA_DIFFERS, libm.expf(EXPF_FMA_DIFFERS), want)
-    assert want.view(np.uint32)[0] == 0x11FA2992  # 0x1.f45324p-92
+@pytest.mark.parametrize(("name", "xbits", "generic_bits", "fma_bits"), FMA_DIFFERS)
+def test_masked_process_gets_the_generic_build(generic: HostLibm, default: HostLibm, name: str, xbits: int,
+                                               generic_bits: int, fma_bits: int) -> None:
+    """GENERIC_TUNABLES changes the build: the masked process's result is the port's, and on a
+    CPU with FMA the default process's differs from it by one ulp on this input."""
+    x = np.array([xbits], dtype=np.uint32).view(F)
+    want = generic(name, x)
+    assert_same(x, getattr(libm, name)(x), want)
+    assert want.view(np.uint32)[0] == generic_bits
     if not has_fma():
         pytest.skip("no FMA on this CPU: both processes use the generic build")
-    fused = default("expf", EXPF_FMA_DIFFERS)
-    assert fused.view(np.uint32)[0] == 0x11FA2993  # 0x1.f45326p-92, one ulp above
+    assert default(name, x).view(np.uint32)[0] == fma_bits
 
 
 # ----------------------------------------------------------------------------------------
@@ -126,3 +133,66 @@ def test_expf_every_float_in_softmax_and_silu_range(generic: HostLibm) -> None:
     """Every float32 in [-104, 89] (about 2.2e9 inputs; a few minutes)."""
     for x in every_float(-104.0, 89.0):
         assert_same(x, libm.expf(x), generic("expf", x))
+
+
+# ----------------------------------------------------------------------------------------
+# powf
+
+
+POW_SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5, 3.0, -3.0,
+                        1e-45, -1e-45, 1e-40, 3e38, -3e38, 10000.0, 100000.0, 126.5, -149.5, -150.0], dtype=F)
+
+
+def test_powf_special_grid(generic: HostLibm) -> None:
+    x, y = np.meshgrid(POW_SPECIAL, POW_SPECIAL)
+    assert_same(np.stack([x, y]).reshape(2, -1).T.ravel(), libm.powf(x, y).ravel(), generic("powf", x, y).ravel())
+
+
+def test_powf_spread(generic: HostLibm) -> None:
+    rng = np.random.default_rng(11)
+    cases = [
+        (spread(200_000, 1), spread(200_000, 2)),
+        (np.abs(spread(200_000, 3)), rng.uniform(-4, 4, 200_000).astype(F)),
+        (rng.uniform(-10, 10, 200_000).astype(F), np.round(rng.uniform(-40, 40, 200_000)).astype(F)),
+    ]
+    for x, y in cases:
+        assert_same(x, libm.powf(x, y), generic("powf", x, y))
+
+
+def test_powf_rope_exponents(generic: HostLibm) -> None:
+    """run.c's powf(10000, i / head_size) for every head size up to 1024, and base 100000."""
+    e = np.unique(np.concatenate([np.arange(0, h, 2, dtype=F) / F(h) for h in range(2, 1025, 2)]))
+    for base in (10000.0, 100000.0, 500000.0):
+        assert_same(e, libm.powf(F(base), e), generic("powf", F(base), e))
+
+
+@pytest.mark.slow
+def test_powf_every_exponent_in_0_1(generic: HostLibm) -> None:
+    """powf(base, e) for every float32 e in [0, 1) and the bases RoPE uses (about 1e9 each)."""
+    for base in (10000.0, 100000.0):
+        for e in every_float(0.0, float(np.nextafter(F(1), F(0)))):
+            assert_same(e, libm.powf(F(base), e), generic("powf", F(base), e))
+
+
+# ----------------------------------------------------------------------------------------
+# sinf, cosf
+
+
+@pytest.mark.parametrize("name", ["sinf", "cosf"])
+def test_sincosf_spread_and_special(generic: HostLibm, name: str) -> None:
+    rng = np.random.default_rng(5)
+    x = np.concatenate([SPECIAL, spread(300_000, 9), rng.uniform(-2000, 2000, 300_000).astype(F),
+                        np.linspace(-1.0, 1.0, 100_001, dtype=F), np.linspace(115, 125, 100_001, dtype=F),
+                        np.array([2.0**-12, 2.0**-13, 2.0**-126, 0.75, 0.7853981], dtype=F)])
+    fn = getattr(libm, name)
+    assert_same(x, fn(x), generic(name, x))
+    assert_same(-x, fn(-x), generic(name, -x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sinf", "cosf"])
+def test_sincosf_every_float_in_rope_range(generic: HostLibm, name: str) -> None:
+    """Every float32 in [-1024, 1024]: all RoPE angles pos * freq for positions below 1024."""
+    fn = getattr(libm, name)
+    for x in every_float(-1024.0, 1024.0):
+        assert_same(x, fn(x), generic(name, x))

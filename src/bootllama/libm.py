@@ -148,3 +148,302 @@ def expf(x: np.ndarray | float) -> np.ndarray:
             ys = np.where(xs.view(U32) == U32(0xFF800000), F(0.0), ys)
             out[special] = ys
     return out.reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------
+# powf (glibc sysdeps/ieee754/flt-32/e_powf.c with e_powf_log2_data.c)
+
+POWF_LOG2_TABLE_BITS = 4
+POWF_LOG2_N = 1 << POWF_LOG2_TABLE_BITS
+POWF_OFF = 0x3F330000
+"""x = 2^k z with z in [OFF, 2 OFF) as float bits (about [0.70, 1.40)), split in 16 intervals."""
+
+POWF_LOG2_TABLE = np.array([
+    (_hex("0x1.661ec79f8f3bep+0"), -_hex("0x1.efec65b963019p-2")),
+    (_hex("0x1.571ed4aaf883dp+0"), -_hex("0x1.b0b6832d4fca4p-2")),
+    (_hex("0x1.49539f0f010bp+0"), -_hex("0x1.7418b0a1fb77bp-2")),
+    (_hex("0x1.3c995b0b80385p+0"), -_hex("0x1.39de91a6dcf7bp-2")),
+    (_hex("0x1.30d190c8864a5p+0"), -_hex("0x1.01d9bf3f2b631p-2")),
+    (_hex("0x1.25e227b0b8eap+0"), -_hex("0x1.97c1d1b3b7afp-3")),
+    (_hex("0x1.1bb4a4a1a343fp+0"), -_hex("0x1.2f9e393af3c9fp-3")),
+    (_hex("0x1.12358f08ae5bap+0"), -_hex("0x1.960cbbf788d5cp-4")),
+    (_hex("0x1.0953f419900a7p+0"), -_hex("0x1.a6f9db6475fcep-5")),
+    (1.0, 0.0),
+    (_hex("0x1.e608cfd9a47acp-1"), _hex("0x1.338ca9f24f53dp-4")),
+    (_hex("0x1.ca4b31f026aap-1"), _hex("0x1.476a9543891bap-3")),
+    (_hex("0x1.b2036576afce6p-1"), _hex("0x1.e840b4ac4e4d2p-3")),
+    (_hex("0x1.9c2d163a1aa2dp-1"), _hex("0x1.40645f0c6651cp-2")),
+    (_hex("0x1.886e6037841edp-1"), _hex("0x1.88e9c2c1b9ff8p-2")),
+    (_hex("0x1.767dcf5534862p-1"), _hex("0x1.ce0a44eb17bccp-2")),
+], dtype=D)
+"""``__powf_log2_data.tab``: (invc, logc) per interval, c near its centre, logc = log2(c)."""
+
+POWF_LOG2_POLY = (_hex("0x1.27616c9496e0bp-2"), -_hex("0x1.71969a075c67ap-2"), _hex("0x1.ec70a6ca7baddp-2"),
+                  -_hex("0x1.7154748bef6c8p-1"), _hex("0x1.71547652ab82bp0"))
+"""A0..A4: log2(1 + r) ~= A4 r + A3 r^2 + A2 r^3 + A1 r^4 + A0 r^5."""
+
+POWF_SIGN_BIAS = 1 << (EXP2F_TABLE_BITS + 11)
+"""Added to k before ``<< 47`` so the double's sign bit comes out set (negative x, odd y)."""
+
+_POWF_OFLOW = _hex("0x1.fffffffd1d571p+6")  # y log2 x above this: |x^y| > 0x1.ffffffp127 -> inf
+
+
+def _powf_log2(ix: np.ndarray) -> np.ndarray:
+    """glibc's log2_inline: log2 of the float with bits ix (subnormals pre-normalised), in double."""
+    tmp = ix - U32(POWF_OFF)
+    i = (tmp >> U32(23 - POWF_LOG2_TABLE_BITS)) % U32(POWF_LOG2_N)
+    top = tmp & U32(0xFF800000)
+    iz = ix - top
+    k = top.view(np.int32) >> np.int32(23)
+    invc = POWF_LOG2_TABLE[i, 0]
+    logc = POWF_LOG2_TABLE[i, 1]
+    z = iz.view(F).astype(D)
+    a = POWF_LOG2_POLY
+    r = z * invc - 1.0
+    y0 = logc + k.astype(D)
+    r2 = r * r
+    y = a[0] * r + a[1]
+    p = a[2] * r + a[3]
+    r4 = r2 * r2
+    q = a[4] * r + y0
+    q = p * r2 + q
+    return y * r4 + q
+
+
+def _powf_exp2(xd: np.ndarray, sign_bias: np.ndarray) -> np.ndarray:
+    """glibc's exp2_inline: 2^xd (with the sign bit from sign_bias), in double."""
+    kd = xd + EXP2F_SHIFT_SCALED
+    ki = kd.view(U64)
+    kd = kd - EXP2F_SHIFT_SCALED
+    r = xd - kd
+    with np.errstate(over="ignore"):
+        ski = ki + sign_bias.astype(U64)
+    s = _exp2_scaled(ki, ski)
+    c = EXP2F_POLY
+    z = c[0] * r + c[1]
+    r2 = r * r
+    y = c[2] * r + 1.0
+    y = z * r2 + y
+    return y * s
+
+
+def _checkint(iy: np.ndarray) -> np.ndarray:
+    """0 if the float with bits iy (finite, non-zero) is not an integer, 1 if odd, 2 if even."""
+    e = ((iy >> U32(23)) & U32(0xFF)).astype(np.int64)
+    sh = np.clip(0x7F + 23 - e, 0, 31).astype(U32)
+    frac = (iy & ((U32(1) << sh) - U32(1))) != 0
+    odd = (iy & (U32(1) << sh)) != 0
+    out = np.where(frac, 0, np.where(odd, 1, 2))
+    out = np.where(e > 0x7F + 23, 2, out)
+    return np.where(e < 0x7F, 0, out)
+
+
+def _issignaling(bits: np.ndarray) -> np.ndarray:
+    return (U32(2) * (bits ^ U32(0x00400000))).astype(np.int64) > 2 * 0x7FC00000
+
+
+def _zeroinfnan(bits: np.ndarray) -> np.ndarray:
+    return U32(2) * bits - U32(1) >= U32(2 * 0x7F800000 - 1)
+
+
+def powf(x: np.ndarray | float, y: np.ndarray | float) -> np.ndarray:
+    """glibc's generic ``powf``, elementwise with broadcasting (float32 in and out), bit for bit.
+
+    log2(x) in double: x = 2^k z, z in [0.70, 1.40), c = the table's centre of z's interval,
+    r = z * invc - 1, log2 x = k + log2 c + A(r) (degree-5 polynomial in glibc's pipelined
+    order); then ylogx = (double)y * log2 x and 2^ylogx with the expf reduction (N = 32,
+    SHIFT/32, the same table and C0..C2). The special cases (zero, infinite, NaN or negative
+    x, zero/infinite/NaN y, results beyond float range) follow e_powf.c.
+    """
+    xa, ya = np.broadcast_arrays(np.asarray(x, dtype=F), np.asarray(y, dtype=F))
+    shape = xa.shape
+    xf, yf = _f32(xa), _f32(ya)
+    ix, iy = xf.view(U32).copy(), yf.view(U32)
+    n = xf.size
+    out = np.zeros(n, dtype=F)
+    done = np.zeros(n, dtype=bool)
+    sign_bias = np.zeros(n, dtype=U32)
+    with np.errstate(all="ignore"):
+        special = (ix - U32(0x00800000) >= U32(0x7F800000 - 0x00800000)) | _zeroinfnan(iy)
+        # y is 0, inf or NaN
+        yz = special & _zeroinfnan(iy)
+        rules = [
+            (U32(2) * iy == 0, np.where(_issignaling(ix), xf + yf, F(1.0))),
+            (ix == U32(0x3F800000), np.where(_issignaling(iy), xf + yf, F(1.0))),
+            ((U32(2) * ix > U32(2 * 0x7F800000)) | (U32(2) * iy > U32(2 * 0x7F800000)), xf + yf),
+            (U32(2) * ix == U32(2 * 0x3F800000), np.full(n, F(1.0))),
+            ((U32(2) * ix < U32(2 * 0x3F800000)) == ((iy & U32(0x80000000)) == 0), np.zeros(n, dtype=F)),
+            (np.ones(n, dtype=bool), yf * yf),
+        ]
+        left = yz.copy()
+        for cond, value in rules:
+            hit = left & cond
+            out[hit] = value[hit]
+            left &= ~hit
+        done |= yz
+        # x is 0, inf or NaN
+        xz = special & ~done & _zeroinfnan(ix)
+        if xz.any():
+            x2 = xf * xf
+            neg = ((ix & U32(0x80000000)) != 0) & (_checkint(iy) == 1)
+            x2 = np.where(neg, -x2, x2)
+            yneg = (iy & U32(0x80000000)) != 0
+            val = np.where(yneg, F(1.0) / x2, x2)
+            divzero = (U32(2) * ix == 0) & yneg
+            val = np.where(divzero, np.where(neg, F(-np.inf), F(np.inf)), val)
+            out[xz] = val[xz]
+            done |= xz
+        # x finite and non-zero: negative, or subnormal
+        rest = special & ~done
+        if rest.any():
+            xneg = rest & ((ix & U32(0x80000000)) != 0)
+            yint = _checkint(iy)
+            invalid = xneg & (yint == 0)
+            out[invalid] = ((xf - xf) / (xf - xf))[invalid]
+            done |= invalid
+            sign_bias[xneg & (yint == 1)] = POWF_SIGN_BIAS
+            ix = np.where(xneg, ix & U32(0x7FFFFFFF), ix)
+            sub = rest & ~invalid & (ix < U32(0x00800000))
+            norm = ((xf * F(2.0**23)).view(U32) & U32(0x7FFFFFFF)) - U32(23 << 23)
+            ix = np.where(sub, norm, ix)
+        main = ~done
+        logx = _powf_log2(ix)
+        ylogx = yf.astype(D) * logx
+        res = _powf_exp2(ylogx, sign_bias).astype(F)
+        big = (ylogx.view(U64) >> U64(47) & U64(0xFFFF)) >= (np.array(126.0, dtype=D).view(U64) >> U64(47))
+        neg = sign_bias != 0
+        res = np.where(big & (ylogx < -149.0), np.where(neg, F(-(2.0**-149)), F(2.0**-149)), res)
+        res = np.where(big & (ylogx <= -150.0), np.where(neg, F(-0.0), F(0.0)), res)
+        res = np.where(big & (ylogx > _POWF_OFLOW), np.where(neg, F(-np.inf), F(np.inf)), res)
+        out[main] = res[main]
+    return out.reshape(shape)
+
+
+# ----------------------------------------------------------------------------------------
+# sinf, cosf (glibc sysdeps/ieee754/flt-32/s_sinf.c, s_cosf.c, s_sincosf.h, sincosf_poly.h,
+# s_sincosf_data.c)
+
+SINCOSF_HPI_INV = _hex("0x1.45F306DC9C883p+23")
+"""2/pi * 2^24: (int32)(x * this) holds the quadrant of x in its bits 24 and up."""
+SINCOSF_HPI = _hex("0x1.921FB54442D18p0")
+"""pi/2 as a double."""
+SINCOSF_PIO4 = _hex("0x1.921FB54442D18p-1")
+"""pi/4; |x| below float(pi/4)'s top 12 bits takes the small-argument path."""
+SINCOSF_PI63 = _hex("0x1.921FB54442D18p-62")
+"""2 pi * 2^-64: scales the large-argument reduction's 2.62 fixed-point remainder."""
+
+SINCOSF_COS_POLY = (1.0, -_hex("0x1.ffffffd0c621cp-2"), _hex("0x1.55553e1068f19p-5"),
+                    -_hex("0x1.6c087e89a359dp-10"), _hex("0x1.99343027bf8c3p-16"))
+"""c0..c4: cos x ~= c0 + c1 x^2 + c2 x^4 + c3 x^6 + c4 x^8 (the second table negates them all)."""
+SINCOSF_SIN_POLY = (-_hex("0x1.555545995a603p-3"), _hex("0x1.1107605230bc4p-7"), -_hex("0x1.994eb3774cf24p-13"))
+"""s1..s3: sin x ~= x + s1 x^3 + s2 x^5 + s3 x^7."""
+SINCOSF_SIGN = np.array([1.0, -1.0, -1.0, 1.0], dtype=D)
+"""Sign of the sine in quadrants 0..3."""
+
+INV_PIO4 = np.array([
+    0xA2, 0xA2F9, 0xA2F983, 0xA2F9836E,
+    0xF9836E4E, 0x836E4E44, 0x6E4E4415, 0x4E441529,
+    0x441529FC, 0x1529FC27, 0x29FC2757, 0xFC2757D1,
+    0x2757D1F5, 0x57D1F534, 0xD1F534DD, 0xF534DDC0,
+    0x34DDC0DB, 0xDDC0DB62, 0xC0DB6295, 0xDB629599,
+    0x6295993C, 0x95993C43, 0x993C4390, 0x3C439041,
+], dtype=U64)
+"""``__inv_pio4``: 4/pi to 192 bits, each entry 8 bits further along than the one before."""
+
+_TOP12_PIO4 = _f32_top12(SINCOSF_PIO4)
+_TOP12_TINY = _f32_top12(2.0**-12)
+_TOP12_120 = _f32_top12(120.0)
+
+
+def _sinf_poly(x: np.ndarray, x2: np.ndarray, negate_cos: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """glibc's sinf_poly: the sine polynomial where n is even, the cosine one (negated where
+    negate_cos, glibc's second table) where n is odd; double in, float32 out."""
+    s1c, s2c, s3c = SINCOSF_SIN_POLY
+    x3 = x * x2
+    s1 = s2c + x2 * s3c
+    x7 = x3 * x2
+    s = x + x3 * s1c
+    sin = s + x7 * s1
+    sg = np.where(negate_cos, -1.0, 1.0)
+    c0, c1c, c2c, c3c, c4c = (sg * v for v in SINCOSF_COS_POLY)
+    x4 = x2 * x2
+    c2 = c3c + x2 * c4c
+    c1 = c0 + x2 * c1c
+    x6 = x4 * x2
+    c = c1 + x4 * c2c
+    cos = c + x6 * c2
+    return np.where((n & 1) == 0, sin, cos).astype(F)
+
+
+def _reduce_fast(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x - n pi/2 for |x| < 120 with n the nearest quadrant, via the 2^24-scaled truncation."""
+    r = x * SINCOSF_HPI_INV
+    n = (r.astype(np.int32) + np.int32(0x800000)) >> np.int32(24)
+    return x - n.astype(D) * SINCOSF_HPI, n
+
+
+def _reduce_large(xi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x mod pi/2 by a 32 x 96-bit product with 4/pi (the sign bit of xi is ignored)."""
+    xi = xi.astype(U64)
+    start = (xi >> U64(26)) & U64(15)
+    shift = (xi >> U64(23)) & U64(7)
+    m = ((xi & U64(0xFFFFFF)) | U64(0x800000)) << shift
+    with np.errstate(over="ignore"):
+        res0 = (m * INV_PIO4[start]) & U64(0xFFFFFFFF)  # a 32-bit product in the C
+        res1 = m * INV_PIO4[start + U64(4)]
+        res2 = m * INV_PIO4[start + U64(8)]
+        res0 = (res2 >> U64(32)) | (res0 << U64(32))
+        res0 = res0 + res1
+        n = (res0 + U64(1 << 61)) >> U64(62)
+        res0 = res0 - (n << U64(62))
+    return res0.view(np.int64).astype(D) * SINCOSF_PI63, n.astype(np.int64)
+
+
+def _sincosf(y: np.ndarray | float, cos: bool) -> np.ndarray:
+    shape = np.shape(y)
+    yf = _f32(y)
+    bits = yf.view(U32)
+    top = (bits >> U32(20)) & U32(0x7FF)
+    out = np.empty(yf.size, dtype=F)
+    with np.errstate(invalid="ignore", over="ignore"):
+        x = yf.astype(D)
+        small = top < U32(_TOP12_PIO4)
+        if small.any():
+            xs = x[small]
+            v = _sinf_poly(xs, xs * xs, np.zeros(xs.size, dtype=bool), np.full(xs.size, int(cos)))
+            tiny = top[small] < U32(_TOP12_TINY)
+            out[small] = np.where(tiny, F(1.0) if cos else yf[small], v)
+        mid = ~small & (top < U32(_TOP12_120))
+        if mid.any():
+            r, n = _reduce_fast(x[mid])
+            s = SINCOSF_SIGN[n & 3]
+            out[mid] = _sinf_poly(r * s, r * r, (n & 2) != 0, n ^ 1 if cos else n)
+        large = ~small & ~mid & (top < U32(_TOP12_INF))
+        if large.any():
+            xi = bits[large]
+            r, n = _reduce_large(xi)
+            q = n + (xi >> U32(31)).astype(np.int64)
+            s = SINCOSF_SIGN[q & 3]
+            out[large] = _sinf_poly(r * s, r * r, (q & 2) != 0, n ^ 1 if cos else n)
+        bad = top >= U32(_TOP12_INF)
+        if bad.any():
+            yb = yf[bad]
+            out[bad] = (yb - yb) / (yb - yb)
+    return out.reshape(shape)
+
+
+def sinf(x: np.ndarray | float) -> np.ndarray:
+    """glibc's generic ``sinf``, elementwise (float32 in, float32 out), bit for bit.
+
+    |x| < pi/4: x itself below 2^-12, else the odd polynomial x + s1 x^3 + x^5 (s2 + s3 x^2) in
+    double. |x| < 120: r = x - n pi/2 (n from the 2^24-scaled 2/pi product), then sine or
+    cosine polynomial by quadrant, signs from the table. Larger: the same with n and r from
+    the 4/pi bit table (``INV_PIO4``). Infinity and NaN give NaN.
+    """
+    return _sincosf(x, cos=False)
+
+
+def cosf(x: np.ndarray | float) -> np.ndarray:
+    """glibc's generic ``cosf``, elementwise (float32 in, float32 out), bit for bit: as ``sinf``
+    with the quadrant moved by one (1.0 for |x| < 2^-12)."""
+    return _sincosf(x, cos=True)
