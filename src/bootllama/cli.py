@@ -148,10 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = sub.add_parser("generate", help="run the NumPy reference (prints what llama2.c's run.c prints)")
     add_generate_arguments(gen)
-    gen.add_argument("--rope", choices=("runc", "table", "exact"), default="runc",
-                     help="RoPE factors: glibc (runc, default), checkpoint tables, or correctly rounded")
+    gen.add_argument("--rope", choices=("runc", "table"), default="runc",
+                     help="diagnosis: RoPE factors as run.c computes them (runc, default) or the checkpoint's "
+                          "freq_cis tables")
     gen.add_argument("--exp", choices=("runc", "exact"), default="runc",
-                     help="exp: glibc expf (runc, default) or correctly rounded")
+                     help="diagnosis: exp as glibc's expf (runc, default) or correctly rounded")
     gen.set_defaults(func=cmd_generate)
 
     conv = sub.add_parser("convert", help="write any supported checkpoint as legacy (version 0)")

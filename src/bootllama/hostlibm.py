@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -42,6 +43,25 @@ void map2(f2 f, const float *a, const float *b, float *y, long n) {
     for (long i = 0; i < n; i++) y[i] = f(a[i], b[i]);
 }
 """
+
+
+def every_float(lo: float, hi: float, chunk: int = 1 << 24) -> Iterator[np.ndarray]:
+    """Every float32 in [lo, hi] (lo <= hi; -0.0 included when lo < 0 <= hi), in ascending chunks
+    of at most ``chunk`` values."""
+    a, b = np.array([lo, hi], dtype=np.float32).view(np.uint32).astype(np.int64)
+    neg, pos = [], []
+    if lo < 0 or (lo == 0 and a >= 0x80000000):  # negatives: bit patterns from -lo down to -0
+        neg.append((int(a) & 0x7FFFFFFF, 0 if hi >= 0 else int(b) & 0x7FFFFFFF))
+    if hi >= 0 and not (hi == 0 and b >= 0x80000000):
+        pos.append((0 if lo <= 0 else int(a), int(b)))
+    for top, bottom in neg:
+        for end in range(top, bottom - 1, -chunk):
+            start = max(bottom, end - chunk + 1)
+            yield (np.arange(end, start - 1, -1, dtype=np.int64).astype(np.uint32) | np.uint32(0x80000000)).view(
+                np.float32)
+    for bottom, top in pos:
+        for start in range(bottom, top + 1, chunk):
+            yield np.arange(start, min(top + 1, start + chunk), dtype=np.uint32).view(np.float32)
 
 
 def _loop_library() -> Path | None:

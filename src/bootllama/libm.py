@@ -447,3 +447,74 @@ def cosf(x: np.ndarray | float) -> np.ndarray:
     """glibc's generic ``cosf``, elementwise (float32 in, float32 out), bit for bit: as ``sinf``
     with the quadrant moved by one (1.0 for |x| < 2^-12)."""
     return _sincosf(x, cos=True)
+
+
+# ----------------------------------------------------------------------------------------
+# RoPE as run.c computes it
+
+ROPE_BASE = 10000.0
+"""run.c's hard-coded RoPE base (theta)."""
+
+
+def rope_values(head_size: int, seq_len: int, base: float = ROPE_BASE) -> tuple[np.ndarray, np.ndarray]:
+    """run.c's rotation factors: (fcr, fci), each float32 [seq_len][head_size // 2].
+
+    For pair j (head_dim = 2j) at position pos, as run.c's forward() does in float32::
+
+        freq = 1.0f / powf(base, head_dim / (float)head_size)
+        val  = pos * freq
+        fcr  = cosf(val);  fci = sinf(val)
+
+    with glibc's generic powf/cosf/sinf (this module), so the result does not depend on the
+    host's libm. run.c hard-codes base 10000; models converted with another base use it here.
+    """
+    if head_size < 2 or head_size % 2 or seq_len < 0:
+        raise ValueError(f"rope_values needs an even head size >= 2 and seq_len >= 0, not {head_size}, {seq_len}")
+    head_dim = np.arange(0, head_size, 2).astype(F)
+    freq = F(1.0) / powf(F(base), head_dim / F(head_size))
+    val = np.arange(seq_len).astype(F)[:, None] * freq[None, :]
+    return cosf(val), sinf(val)
+
+
+def rope_base(freq_cis_real: np.ndarray, freq_cis_imag: np.ndarray, head_size: int) -> float:
+    """The RoPE base a checkpoint's freq_cis tables encode, or run.c's 10000.
+
+    run.c ignores the tables and uses 10000. A model converted from another format (GGUF) with
+    another base carries that base only in its tables, so: estimate B from the lowest frequency
+    (the last column) at position 1, freq = B^-(head_size - 2)/head_size, round it to a whole
+    number, and take it only if the whole table is B's rotation (within 1e-5 plus 16 float32
+    ulps of the angle, which allows tables made in other precisions). Anything else, random
+    tables included, means 10000.
+    """
+    fcr = np.asarray(freq_cis_real, dtype=D)
+    fci = np.asarray(freq_cis_imag, dtype=D)
+    half = head_size // 2
+    if head_size < 4 or head_size % 2 or fcr.ndim != 2 or fcr.shape[0] < 2 or fcr.shape[1] != half:
+        return ROPE_BASE
+    if fcr.shape != fci.shape or not (np.isfinite(fcr).all() and np.isfinite(fci).all()):
+        return ROPE_BASE
+    angle = float(np.arctan2(fci[1, half - 1], fcr[1, half - 1]))
+    if not 0.0 < angle < 1.0:
+        return ROPE_BASE
+    with np.errstate(over="ignore"):
+        estimate = angle ** (-head_size / (head_size - 2))
+    if not np.isfinite(estimate) or not 1.0 < estimate < 1e12:
+        return ROPE_BASE
+    base = float(round(estimate))
+    if base == ROPE_BASE:
+        return ROPE_BASE
+    want_r, want_i = rope_values(head_size, fcr.shape[0], base)
+    freq = F(1.0) / powf(F(base), np.arange(0, head_size, 2).astype(F) / F(head_size))
+    tol = 1e-5 + 2.0**-20 * (np.arange(fcr.shape[0])[:, None] * freq[None, :].astype(D))
+    if np.all(np.abs(fcr - want_r) <= tol) and np.all(np.abs(fci - want_i) <= tol):
+        return base
+    return ROPE_BASE
+
+
+def checkpoint_rope(freq_cis_real: np.ndarray, freq_cis_imag: np.ndarray,
+                    head_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rotation values run.c uses with a checkpoint whose tables are these: rope_values for
+    the table's seq_len with the base rope_base finds. The reference rotates with these and the
+    image builder writes them to the disk, so both use this one function."""
+    seq_len = np.shape(freq_cis_real)[0]
+    return rope_values(head_size, seq_len, rope_base(freq_cis_real, freq_cis_imag, head_size))
