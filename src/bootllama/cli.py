@@ -12,20 +12,18 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import NoReturn
 
 from bootllama import __version__
-from bootllama.checkpoint import (
-    DEFAULT_CHECKPOINT,
-    DEFAULT_TOKENIZER,
-    load_checkpoint,
-    packaged_path,
-    write_legacy,
-)
+from bootllama.checkpoint import load_checkpoint, write_legacy
 from bootllama.errors import BootllamaError
-
-RUNC_TOKENIZER = "tokenizer.bin"  # run.c's -z default when a checkpoint is named
+from bootllama.runc_args import (
+    add_generate_arguments,
+    resolve_paths,
+    resolve_seed,
+    resolve_temperature,
+    resolve_topp,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,61 +34,12 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
-    """The run.c-style options shared by ``generate`` (and usable by ``run``)."""
-    parser.add_argument("checkpoint", nargs="?", help=f"llama2.c checkpoint (default: packaged {DEFAULT_CHECKPOINT})")
-    parser.add_argument("-z", dest="tokenizer", metavar="TOKENIZER",
-                        help=f"tokenizer.bin (default: packaged {DEFAULT_TOKENIZER} without a checkpoint, "
-                             f"else ./{RUNC_TOKENIZER} as run.c)")
-    parser.add_argument("-t", dest="temperature", type=float, default=0.0, metavar="TEMP",
-                        help="temperature, 0 = greedy (default 0; negative counts as 0)")
-    parser.add_argument("-p", dest="topp", type=float, default=1.0, metavar="TOPP",
-                        help="top-p in [0,1], 0 or 1 = off (default 1.0; outside [0,1] means 0.9, as run.c)")
-    parser.add_argument("-s", dest="seed", type=int, default=0, metavar="SEED",
-                        help="RNG seed (default: the clock, printed on stderr when sampling)")
-    parser.add_argument("-n", dest="steps", type=int, default=0, metavar="STEPS",
-                        help="number of steps, 0 = seq_len (default 0)")
-    parser.add_argument("-i", dest="prompt", default=None, metavar="PROMPT", help="input prompt")
-
-
-def resolve_paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(checkpoint, tokenizer) paths for parsed generate-style arguments."""
-    if args.checkpoint is None:
-        checkpoint = packaged_path(DEFAULT_CHECKPOINT)
-        tokenizer = Path(args.tokenizer) if args.tokenizer else packaged_path(DEFAULT_TOKENIZER)
-    else:
-        checkpoint = Path(args.checkpoint)
-        tokenizer = Path(args.tokenizer or RUNC_TOKENIZER)
-    return checkpoint, tokenizer
-
-
-def resolve_seed(seed: int) -> tuple[int, bool]:
-    """run.c's seed: 0 means time(NULL); returns (seed, drawn_from_clock)."""
-    seed &= (1 << 64) - 1
-    if seed == 0:
-        return int(time.time()) & 0xFFFFFFFF, True
-    return seed, False
-
-
-def _finite(name: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise BootllamaError(f"{name} must be a finite number, got {value}")
-    return value
-
-
-def resolve_temperature(value: float) -> float:
-    """run.c's temperature: a finite number; a negative one counts as 0 (greedy)."""
-    return max(0.0, _finite("temperature", value))
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from bootllama.reference import MathMode, Reference, Sampler, clamp_steps, generate
     from bootllama.tokenizer import Tokenizer
 
     temperature = resolve_temperature(args.temperature)
-    topp = _finite("top-p", args.topp)
-    if topp < 0.0 or topp > 1.0:
-        topp = 0.9
+    topp = resolve_topp(args.topp)
     checkpoint, tokenizer_path = resolve_paths(args)
     model = load_checkpoint(checkpoint)
     tokenizer = Tokenizer.load(tokenizer_path, model.config.vocab_size)
