@@ -113,6 +113,13 @@ def test_expf_spread_and_special(generic: HostLibm) -> None:
     assert_same(x, libm.expf(x), generic("expf", x))
 
 
+def test_expf_double_is_the_value_expf_rounds() -> None:
+    x = np.linspace(-87.0, 87.0, 100_001, dtype=F)
+    y = libm.expf_double(x)
+    assert y.dtype == np.float64 and same_bits(y.astype(F), libm.expf(x)).all()
+    assert abs(float(libm.expf_double(F(1.0))) - np.e) < 1e-9
+
+
 def test_expf_keeps_shape_and_takes_scalars() -> None:
     assert libm.expf(np.zeros((3, 4), dtype=F)).shape == (3, 4)
     assert libm.expf(0.0).shape == ()

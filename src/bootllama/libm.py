@@ -103,6 +103,24 @@ def _exp2_scaled(tab_index_bits: np.ndarray, ki: np.ndarray) -> np.ndarray:
     return t.view(D)
 
 
+def expf_double(x: np.ndarray | float) -> np.ndarray:
+    """expf's main path up to the double it rounds to float (no special cases): for |x| < 88 the
+    value glibc's generic expf computes before ``return (float) y``. Float32 in, float64 out."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        xd = np.asarray(x, dtype=F).astype(D)
+        z = EXPF_INVLN2N * xd
+        kd = z + EXP2F_SHIFT
+        ki = kd.view(U64)
+        kd = kd - EXP2F_SHIFT
+        r = z - kd
+        s = _exp2_scaled(ki, ki)
+        p = EXPF_POLY[0] * r + EXPF_POLY[1]
+        r2 = r * r
+        y = EXPF_POLY[2] * r + 1.0
+        y = p * r2 + y
+        return np.asarray(y * s)
+
+
 def expf(x: np.ndarray | float) -> np.ndarray:
     """glibc's generic ``expf``, elementwise (float32 in, float32 out), bit for bit.
 
@@ -122,19 +140,7 @@ def expf(x: np.ndarray | float) -> np.ndarray:
     xf = _f32(x)
     bits = xf.view(U32)
     with np.errstate(over="ignore", invalid="ignore"):
-        xd = xf.astype(D)
-        z = EXPF_INVLN2N * xd
-        kd = z + EXP2F_SHIFT
-        ki = kd.view(U64)
-        kd = kd - EXP2F_SHIFT
-        r = z - kd
-        s = _exp2_scaled(ki, ki)
-        p = EXPF_POLY[0] * r + EXPF_POLY[1]
-        r2 = r * r
-        y = EXPF_POLY[2] * r + 1.0
-        y = p * r2 + y
-        y = y * s
-        out = y.astype(F)
+        out = expf_double(xf).astype(F)
         abstop = _top12(bits) & U32(0x7FF)
         special = abstop >= U32(_EXP_TOP12_88)
         if special.any():
