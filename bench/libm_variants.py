@@ -74,6 +74,24 @@ def cases(sample: int | None) -> list[Case]:
     return out
 
 
+def rope_tables(generic: HostLibm, default: HostLibm) -> tuple[int, int, int]:
+    """(values, FMA build != generic, libm.rope_values != generic) over run.c's RoPE values."""
+    total = fma = port = 0
+    for base in (10000.0, 100000.0):
+        for hs in range(2, 129, 2):
+            head_dim = np.arange(0, hs, 2).astype(F) / F(hs)
+            want: list[np.ndarray] = []
+            for host in (generic, default):
+                freq = F(1.0) / host("powf", F(base), head_dim)
+                val = np.arange(1024).astype(F)[:, None] * freq[None, :]
+                want.append(np.stack([host("cosf", val), host("sinf", val)]))
+            got = np.stack(libm.rope_values(hs, 1024, base))
+            total += got.size
+            fma += int((~same(want[0], want[1])).sum())
+            port += int((~same(got, want[0])).sum())
+    return total, fma, port
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sample", type=int, default=None, help="a random sample of this size per domain")
@@ -109,8 +127,10 @@ def main() -> int:
             print(file=sys.stderr)
             rows.append((name, what, n, fma_diff, None if args.no_port else port_diff, time.time() - t0))
             examples += first
+        rope_total, rope_fma, rope_port = rope_tables(generic, default)
 
     flags = (f" --sample {args.sample}" if args.sample else "") + (" --no-port" if args.no_port else "")
+
     glibc = subprocess.run(["ldd", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     lines = [
         "# glibc's FMA and generic float functions, and bootllama.libm",
@@ -125,6 +145,12 @@ def main() -> int:
     for name, what, n, fd, pd, secs in rows:
         share = f"{fd} ({fd / n:.2e})" if n else "0"
         lines.append(f"| {name} | {what} | {n:,} | {share} | {'-' if pd is None else pd} | {secs:.0f} |")
+    lines += [
+        "",
+        "run.c's rotation values themselves (cosf/sinf of pos * 1/powf(base, i/head_size), head sizes 2..128,",
+        f"positions 0..1023, bases 10000 and 100000; {rope_total:,} values): the FMA build changes {rope_fma}, "
+        f"bootllama.libm.rope_values differs from the generic build in {rope_port}.",
+    ]
     lines += ["", "Examples (first inputs found where the builds differ):", ""]
     lines += [f"- {e}" for e in examples] or ["- none"]
     text = "\n".join(lines) + "\n"
