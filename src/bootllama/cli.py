@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import NoReturn
 
 from bootllama import __version__
@@ -20,10 +21,12 @@ from bootllama.errors import BootllamaError
 from bootllama.runc_args import (
     add_generate_arguments,
     resolve_paths,
+    resolve_prompt,
     resolve_seed,
     resolve_temperature,
     resolve_topp,
 )
+from bootllama.tokenizer import Tokenizer
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,14 +39,13 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from bootllama.reference import MathMode, Reference, Sampler, clamp_steps, generate
-    from bootllama.tokenizer import Tokenizer
 
     temperature = resolve_temperature(args.temperature)
     topp = resolve_topp(args.topp)
     checkpoint, tokenizer_path = resolve_paths(args)
     model = load_checkpoint(checkpoint)
     tokenizer = Tokenizer.load(tokenizer_path, model.config.vocab_size)
-    prompt = os.fsencode(args.prompt) if args.prompt is not None else None
+    prompt = resolve_prompt(args, tokenizer)
     seed, drawn = resolve_seed(args.seed)
     if drawn and temperature > 0:  # greedy output does not depend on the seed
         print(f"seed: {seed}", file=sys.stderr)
@@ -72,10 +74,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    output = args.o or args.output
+    if output is None:
+        raise BootllamaError("convert needs an output file (OUT or -o OUT)")
+    if args.o and args.output:
+        raise BootllamaError("give the output once (OUT or -o OUT)")
+    from bootllama.gguf_convert import convert_gguf, describe, is_gguf
+
+    if is_gguf(args.input):
+        tok_out = args.tokenizer_out or str(Path(output).with_name(Path(output).stem + "-tokenizer.bin"))
+        conv = convert_gguf(args.input, output, tok_out, seq_len=args.seq_len, progress=True)
+        print(describe(conv), file=sys.stderr)
+        print(f"wrote {output} (legacy v0) and {tok_out} with its sidecar {tok_out}.json", file=sys.stderr)
+        return 0
+    if args.tokenizer_out or args.seq_len is not None:
+        raise BootllamaError("--tokenizer-out and --seq-len apply to GGUF input only")
     model = load_checkpoint(args.input)
-    write_legacy(model, args.output)
+    write_legacy(model, output)
     c = model.config
-    print(f"wrote {args.output}: legacy v0, dim {c.dim}, {c.n_layers} layers, vocab {c.vocab_size}",
+    print(f"wrote {output}: legacy v0, dim {c.dim}, {c.n_layers} layers, vocab {c.vocab_size}",
           file=sys.stderr)
     return 0
 
@@ -98,15 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="run the NumPy reference (prints what llama2.c's run.c prints)")
     add_generate_arguments(gen)
     gen.add_argument("--rope", choices=("runc", "table"), default="runc",
-                     help="diagnosis: RoPE factors as run.c computes them (runc, default) or the checkpoint's "
-                          "freq_cis tables")
+                     help="diagnosis: RoPE factors as run.c computes them (runc, default; with the base a converted "
+                          "model's tables encode) or the checkpoint's freq_cis tables")
     gen.add_argument("--exp", choices=("runc", "exact"), default="runc",
                      help="diagnosis: exp as glibc's expf (runc, default) or correctly rounded")
     gen.set_defaults(func=cmd_generate)
 
-    conv = sub.add_parser("convert", help="write any supported checkpoint as legacy (version 0)")
-    conv.add_argument("input", help="legacy, ak42 v1 or v2 checkpoint")
-    conv.add_argument("output", help="legacy checkpoint to write")
+    conv = sub.add_parser("convert", help="write any supported checkpoint (or a llama GGUF) as legacy (version 0)")
+    conv.add_argument("input", help="legacy, ak42 v1 or v2 checkpoint, or a GGUF file")
+    conv.add_argument("output", nargs="?", help="legacy checkpoint to write (or -o)")
+    conv.add_argument("-o", metavar="OUT", help="legacy checkpoint to write")
+    conv.add_argument("--tokenizer-out", metavar="TOK", help="GGUF: tokenizer.bin to write, its sidecar beside it "
+                      "as TOK.json appended (default: OUT's name with -tokenizer.bin)")
+    conv.add_argument("--seq-len", type=int, metavar="N", default=None,
+                      help="GGUF: context length to keep (default: the engine's maximum, at most the model's)")
     conv.set_defaults(func=cmd_convert)
 
     _add_engine_commands(sub)

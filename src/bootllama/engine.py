@@ -13,11 +13,16 @@ from bootllama.errors import BootllamaError
 from bootllama.runc_args import (
     add_generate_arguments,
     is_top_p,
+    load_prompt,
     resolve_paths,
     resolve_seed,
     resolve_temperature,
     resolve_topp,
 )
+
+# --cpu NAME -> the engine's NASM defines, and the QEMU CPU model `run` gives that build
+CPUS = {"sse2": (), "486": ("CPU486",)}
+QEMU_CPU = {"sse2": None, "486": "486"}
 
 
 def _check_settings(args: argparse.Namespace) -> None:
@@ -33,12 +38,13 @@ def _check_settings(args: argparse.Namespace) -> None:
 def _build(args: argparse.Namespace, out: str | os.PathLike[str]) -> image.Image:
     _check_settings(args)
     checkpoint, tokenizer = resolve_paths(args)
-    prompt = os.fsencode(args.prompt) if args.prompt is not None else None
+    prompt = load_prompt(args, checkpoint, tokenizer)
     seed, drawn = resolve_seed(args.seed)
     if drawn and args.temperature > 0:  # as generate: the run can be repeated with -s
         print(f"seed: {seed}", file=sys.stderr)
+    defines = (("SAMPLING",) if args.temperature > 0 else ()) + CPUS[args.cpu]
     return image.build_image(checkpoint, tokenizer, out, prompt=prompt, steps=args.steps,
-                             temperature=args.temperature, seed=seed)
+                             temperature=args.temperature, seed=seed, engine=image.assemble(defines))
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -46,7 +52,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     lay = img.layout
     print(image.format_size_table(img.engine), file=sys.stderr)
     print(f"wrote {args.output}: {lay.disk_sectors} sectors, {len(img.prompt_ids)} prompt tokens, "
-          f"{img.steps} steps, needs {lay.memory_mib} MiB of memory", file=sys.stderr)
+          f"{img.steps} steps, needs {lay.memory_mib} MiB of memory and a CPU with {img.engine.cpu}",
+          file=sys.stderr)
     return 0
 
 
@@ -62,17 +69,24 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.stdout.buffer.flush()
 
         result = qemu.boot(path, lay.memory_mib, lay.chunks, accel=accel, timeout=args.timeout,
-                           on_bytes=stream)
+                           on_bytes=stream, cpu=QEMU_CPU[args.cpu])
     rate = f", {result.tokens} tokens, {result.tok_per_s:.1f} tok/s" if result.tokens else ""
     print(f"load {result.load_seconds:.2f} s, generation {result.gen_seconds:.2f} s{rate} "
           f"({accel.upper()}, {lay.memory_mib} MiB)", file=sys.stderr)
     return 0
 
 
+def _add_cpu(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cpu", choices=tuple(CPUS), default="sse2",
+                        help="the processor the image is for: sse2 (default; SSE scalar products) or 486 "
+                             "(an i486DX or later: x87 products, no SSE or CPUID); `run` gives QEMU that CPU")
+
+
 def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     build = subparsers.add_parser("build", help="write a bootable disk image (engine, manifest, model)")
     add_generate_arguments(build)
     build.add_argument("-o", dest="output", required=True, metavar="IMAGE", help="raw disk image to write")
+    _add_cpu(build)
     build.set_defaults(func=cmd_build)
 
     run = subparsers.add_parser("run", help="build the image and boot it in QEMU, streaming the story")
@@ -81,4 +95,5 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # type
                      help="QEMU accelerator: hardware KVM if kvm_intel/kvm_amd is loaded, else TCG")
     run.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up (default 600)")
     run.add_argument("--image", metavar="IMAGE", help="also keep the built image at this path")
+    _add_cpu(run)
     run.set_defaults(func=cmd_run)

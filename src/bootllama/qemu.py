@@ -2,7 +2,9 @@
 
 The sector's serial protocol: one '.' per chunk read while loading (the harness knows how
 many from the layout), then exactly the bytes run.c would print, then QEMU exits through the
-isa-debug-exit device (status 1 = finished, 67 = the sector printed '!' for a disk error).
+isa-debug-exit device: status 2 * code + 1, code 0 when the story is over, else the code of
+the guard that stopped it (its message, starting with '!', is what COM1 received instead of
+the story or the dots).
 """
 
 from __future__ import annotations
@@ -23,7 +25,21 @@ from pathlib import Path
 from bootllama.errors import BootllamaError
 
 EXIT_DONE = 1  # (0 << 1) | 1
-EXIT_DISK = 67  # ('!' << 1) | 1
+# the sector's guards: exit code -> what stopped it (QEMU's status is 2 * code + 1)
+GUARDS = {
+    2: "a disk read error, or a BIOS without extended disk reads",
+    3: "the A20 gate could not be switched on",
+    4: "the CPU lacks what this build needs (SSE2; the 486 build: an FPU)",
+    5: "the PC has less memory than the run needs",
+}
+EXIT_DISK = 2 * 2 + 1
+
+
+def guard_message(code: int, printed: bytes) -> str:
+    """One line for a guard's stop: what the sector printed and what it means."""
+    what = GUARDS.get(code, f"unknown exit code {code}")
+    shown = printed.decode("ascii", "replace").strip(".")
+    return f"the sector stopped: {shown} ({what})" if shown else f"the sector stopped: {what}"
 
 
 def qemu_binary() -> str:
@@ -123,12 +139,14 @@ class QMP:
 
 
 def qemu_command(image: str | os.PathLike[str], memory_mib: int, accel: str,
-                 extra: list[str] | None = None) -> list[str]:
+                 extra: list[str] | None = None, cpu: str | None = None) -> list[str]:
     cmd = [qemu_binary(), "-accel", accel, "-m", str(memory_mib),
            "-drive", f"file={os.fspath(image)},format=raw,if=ide,index=0,media=disk",
            "-display", "none", "-serial", "stdio", "-monitor", "none",
            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-no-reboot"]
-    if accel == "tcg":
+    if cpu is not None:
+        cmd += ["-cpu", cpu]
+    elif accel == "tcg":
         cmd += ["-cpu", "max"]
     else:
         cmd += ["-cpu", "host"]
@@ -137,7 +155,7 @@ def qemu_command(image: str | os.PathLike[str], memory_mib: int, accel: str,
 
 def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str = "tcg",
          timeout: float = 600.0, on_bytes: Callable[[bytes], None] | None = None,
-         extra: list[str] | None = None) -> RunResult:
+         extra: list[str] | None = None, cpu: str | None = None) -> RunResult:
     """Boot ``image``; return the story bytes and timings.
 
     ``chunks`` is how many progress dots precede the story.  ``on_bytes`` gets story bytes as
@@ -146,7 +164,7 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
     beats = tempfile.NamedTemporaryFile(prefix="bootllama-beats-", delete=False)  # noqa: SIM115
     beats.close()
     # the sector writes one byte to port 0xE9 per forward pass: QEMU's debug console
-    cmd = qemu_command(image, memory_mib, accel, [*(extra or []), "-debugcon", f"file:{beats.name}"])
+    cmd = qemu_command(image, memory_mib, accel, [*(extra or []), "-debugcon", f"file:{beats.name}"], cpu=cpu)
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -192,8 +210,8 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
         with contextlib.suppress(OSError):
             os.unlink(beats.name)
     err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-    if b"!" in dots or status == EXIT_DISK:
-        raise BootllamaError("the sector reported a disk read error ('!')")
+    if status != EXIT_DONE and status & 1 and (status >> 1) in GUARDS:
+        raise BootllamaError(guard_message(status >> 1, bytes(dots) + bytes(text)))
     if status != EXIT_DONE:
         detail = f": {err.splitlines()[-1]}" if err else ""
         raise BootllamaError(f"QEMU exited with status {status} before the sector finished{detail}")

