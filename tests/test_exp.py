@@ -1,7 +1,7 @@
 """The engine's exp is glibc's expf, bit for bit; its table is glibc's table.
 
 glibc's expf (the generic variant, which a CPU without FMA runs) computes in doubles:
-``reference.expf_generic`` is that computation in NumPy and tests/test_libm.py holds it to
+``libm.expf`` is that computation in NumPy and tests/test_libm.py holds it to
 glibc's own through ctypes. Here the sector's exp routine (SSE2 doubles; the 486 build: the
 x87 at 53-bit precision) runs in Unicorn over a million float32 inputs spread over every
 binade of the softmax and SwiGLU range and past both ends of it, plus the inputs near
@@ -17,7 +17,7 @@ import pytest
 from unicorn.x86_const import UC_X86_REG_ESP
 
 from bootllama import image
-from bootllama.reference import expf_generic
+from bootllama.libm import expf as expf_generic
 from bootllama.unicorn_harness import Machine
 
 IN_AT = 0x400000  # above the harness's 4 MiB: the test maps room for the inputs

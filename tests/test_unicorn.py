@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from bootllama import image
-from bootllama.reference import Sampler, expf_generic, matmul, softmax
+from bootllama.libm import expf as expf_generic
+from bootllama.reference import Sampler, matmul, softmax
 from bootllama.unicorn_harness import Machine
 
 F = np.float32
