@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bootllama import bochs, image, qemu
+from bootllama import image
 from bootllama.checkpoint import Config, load_checkpoint, packaged_path, random_model, write_legacy
 from bootllama.errors import BootllamaError
+from bootllama.pcs import bochs, qemu
 from bootllama.reference import Reference, Sampler, clamp_steps, generate
 from bootllama.tokenizer import Tokenizer
 

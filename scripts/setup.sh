@@ -15,6 +15,11 @@ command -v bochs >/dev/null 2>&1 || missing+=(bochs)
 [ -f /usr/share/bochs/BIOS-bochs-latest ] || missing+=(bochsbios)
 [ -f /usr/share/vgabios/vgabios.bin ] || missing+=(vgabios)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# v86 (the third PC and the web page's): Node and npm, SeaBIOS; the page's tests: Chromium
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+[ -f /usr/share/seabios/bios.bin ] && [ -f /usr/share/seabios/vgabios-stdvga.bin ] || missing+=(seabios)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
@@ -38,4 +43,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -e '.[dev]'
     touch "$stamp"
+fi
+
+# v86 and Pyodide at the versions package-lock.json pins, in ./node_modules (again only when the
+# lock file changed since the last install)
+npm_stamp=node_modules/.bootllama-installed
+if [ ! -f "$npm_stamp" ] || [ package-lock.json -nt "$npm_stamp" ]; then
+    echo "setup: npm ci (v86, pyodide)"
+    npm ci --no-audit --no-fund --loglevel=error
+    touch "$npm_stamp"
 fi
