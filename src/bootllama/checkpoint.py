@@ -19,6 +19,7 @@ Only legacy files are written.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import tempfile
@@ -29,14 +30,17 @@ from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
+try:
+    import numpy as np
+except ModuleNotFoundError:  # Pyodide's core (the web page builds images with image.py): headers and
+    np = None  # type: ignore[assignment]  # layouts need no NumPy; reading or writing tensors does
 
 from bootllama.errors import BootllamaError
 
 MAGIC = 0x616B3432  # "ak42" as a little-endian uint32
 LEGACY_HEADER_SIZE = 28
 VERSIONED_HEADER_SIZE = 256
-F32 = np.dtype("<f4")
+F32 = np.dtype("<f4") if np is not None else "<f4"
 MAX_ROPE_ENTRIES = 1 << 24  # RoPE factors computed for an ak42 file (Llama-2 7B: 4096 x 64)
 
 StrPath = str | os.PathLike[str]
@@ -158,7 +162,7 @@ def legacy_layout(config: Config) -> dict[str, tuple[int, int]]:
     layout: dict[str, tuple[int, int]] = {"header": (0, LEGACY_HEADER_SIZE)}
     offset = LEGACY_HEADER_SIZE
     for name, shape in tensor_shapes(config).items():
-        size = 4 * int(np.prod(shape))
+        size = 4 * math.prod(shape)
         if name == "wcls" and config.shared_classifier:
             layout[name] = layout["token_embedding_table"]
             continue
@@ -188,7 +192,7 @@ def _q8_tensors(config: Config) -> list[tuple[str, int]]:
 def _versioned_size(config: Config, version: int, group_size: int) -> int:
     c = config
     if version == 1:
-        n = sum(int(np.prod(s)) for name, s in tensor_shapes(c).items()
+        n = sum(math.prod(s) for name, s in tensor_shapes(c).items()
                 if not name.startswith("freq_cis") and (name != "wcls" or not c.shared_classifier))
         return VERSIONED_HEADER_SIZE + 4 * n
     norms = 2 * c.n_layers * c.dim + c.dim
