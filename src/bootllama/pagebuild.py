@@ -1,0 +1,52 @@
+"""The image the web page boots, built by the page itself under Pyodide with this code.
+
+The page (``bootllama web``) carries bootllama's own modules (this one, cli, image, checkpoint,
+tokenizer, errors) and the two engine builds NASM assembled when the site was written (greedy
+and -DSAMPLING, with their symbols), so the browser needs no NASM and the image it boots is
+the one ``bootllama build`` writes for the same settings.  Imports nothing that needs NumPy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from bootllama import image
+from bootllama.cli import resolve_seed, resolve_temperature
+
+ENGINES = {"greedy": (), "sampling": ("SAMPLING",)}
+
+
+def engine_spec(engine: image.Engine, file: str) -> dict[str, object]:
+    """What ``load_engine`` needs to rebuild an Engine from its bytes (in ``file``)."""
+    return {"file": file, "sizes": [list(row) for row in engine.sizes], "defines": list(engine.defines),
+            "symbols": engine.symbols}
+
+
+def load_engine(site: Path, spec: dict[str, object]) -> image.Engine:
+    code = (site / str(spec["file"])).read_bytes()
+    sizes = [(str(n), int(s)) for n, s in spec["sizes"]]  # type: ignore[attr-defined]
+    return image.Engine(code, sizes, tuple(spec["defines"]), dict(spec["symbols"]))  # type: ignore[arg-type, call-overload]
+
+
+def build(site: str | os.PathLike[str], out: str | os.PathLike[str], prompt: str | None, steps: int,
+          temperature: float, seed: int) -> dict[str, object]:
+    """Build the image for these settings (as ``bootllama build`` does) from the site's files.
+
+    Returns what the page needs to boot it: memory, progress dots, steps, prompt tokens, and the
+    seed (drawn from the clock when 0, as run.c does).  Raises BootllamaError on bad input.
+    """
+    site = Path(site)
+    meta = json.loads((site / "site.json").read_text())
+    temperature = resolve_temperature(float(temperature))
+    steps = max(0, int(steps))
+    seed, drawn = resolve_seed(int(seed))
+    kind = "sampling" if temperature > 0 else "greedy"
+    engine = load_engine(site, meta["engines"][kind])
+    text = os.fsencode(prompt) if prompt is not None else None
+    img = image.build_image(site / meta["checkpoint"], site / meta["tokenizer"], out, prompt=text, steps=steps,
+                            temperature=temperature, seed=seed, engine=engine)
+    return {"memory_mib": img.layout.memory_mib, "chunks": img.layout.chunks, "steps": img.steps,
+            "prompt_tokens": len(img.prompt_ids), "seed": seed, "seed_drawn": drawn,
+            "temperature": temperature}
