@@ -1,7 +1,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench pictures
+.PHONY: setup demo test test-slow bench pictures web
 
 setup:
 	@bash scripts/setup.sh
@@ -11,7 +11,15 @@ demo: setup
 	$(BIN)/bootllama run
 
 test: setup
-	$(BIN)/ruff check src tests bench tools && $(BIN)/python -m pytest -q
+	$(BIN)/ruff check src tests bench tools && $(BIN)/python -m pytest -q -m "not slow"
+
+# the checks behind the slow marker (more than about 20 s each)
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+# build the web page's site (./site) and serve it on 127.0.0.1 until Ctrl-C
+web: setup
+	$(BIN)/bootllama web -o site --serve
 
 bench: setup
 	$(BIN)/python bench/bench_reference.py
