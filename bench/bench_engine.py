@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bootllama import image
+from bootllama import image, pcs
 from bootllama.checkpoint import Config, load_checkpoint, packaged_path, random_model, write_legacy
 from bootllama.errors import BootllamaError
-from bootllama.pcs import bochs, qemu
+from bootllama.pcs import bochs, qemu, v86
 from bootllama.reference import Reference, Sampler, clamp_steps, generate
 from bootllama.tokenizer import Tokenizer
 
@@ -180,6 +180,16 @@ def measure_reference(ckpt: Path, tok_path: Path, steps: int, runs: int) -> tupl
     return rates, passes, text
 
 
+def v86_available() -> bool:
+    try:
+        v86.node_binary()
+        v86.v86_dir()
+        v86.bios_files()
+    except BootllamaError:
+        return False
+    return True
+
+
 def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
@@ -204,6 +214,8 @@ def run_case(case: Case, engine: image.Engine, accels: list[str], runs: int, qui
 
     if case.config is None and shutil.which("bochs"):
         accels = [*accels, "bochs"]  # the second PC, on the small model only: it is slow
+    if case.config is None and v86_available():
+        accels = [*accels, "v86"]  # the third PC (WebAssembly under Node, the web page's PC)
     rows = [Row(case.name, shape(config), accel, n, tokens=passes, reference_tok_s=ref_tok_s,
                 runs_reference_tok_s=ref_rates) for accel in accels]
     try:
@@ -224,7 +236,10 @@ def run_case(case: Case, engine: image.Engine, accels: list[str], runs: int, qui
                 row.runs_load_s.append(times["load_seconds"])
                 identical &= text == ref_text
                 continue
-            r = qemu.boot(img.path, lay.memory_mib, lay.chunks, accel=row.accel, timeout=timeout)
+            if row.accel == "v86":
+                r = pcs.boot("v86", img.path, lay, timeout=timeout)
+            else:
+                r = pcs.boot("qemu", img.path, lay, accel=row.accel, timeout=timeout)
             tokens = r.tokens if r.tokens > 0 else passes
             row.runs_tok_s.append(tokens / r.gen_seconds)
             row.runs_load_s.append(r.load_seconds)
@@ -325,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per cell; the median is reported (default 3)")
     parser.add_argument("--quick", action="store_true", help="fewer steps: 64, 16 and 4")
+    parser.add_argument("--model", action="append", choices=[c.name.split()[0] for c in CASES],
+                        help="measure only this model (repeatable; default all)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per boot before giving up")
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent,
                         help="where results.md and results.json go (default: bench/)")
@@ -342,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "kvm": kvm,
         "accelerators": "QEMU TCG" + (", hardware KVM" if kvm else " (hardware KVM not available)")
-        + ("; Bochs 2.7 (its own CPU emulator and BIOS) for stories260K" if shutil.which("bochs") else ""),
+        + ("; Bochs 2.7 (its own CPU emulator and BIOS) for stories260K" if shutil.which("bochs") else "")
+        + ("; v86 (WebAssembly under Node, SeaBIOS) for stories260K" if v86_available() else ""),
         "qemu": qemu_version(),
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -359,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bootllama-bench-") as tmpdir:
         for case in CASES:
+            if args.model and case.name.split()[0] not in args.model:
+                continue
             rows += run_case(case, engine, accels, args.runs, args.quick, Path(tmpdir), args.timeout)
     meta["load_average"] = {"start": load_start, "end": _loadavg()}
     md = markdown(meta, rows)
