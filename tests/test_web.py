@@ -97,9 +97,9 @@ def test_page_prints_the_default_story(browser, base_url: str, site: Path, tmp_p
     assert page.text_content("#text") == oracle.decode()
     # the page booted the site's image, which is what `bootllama build` writes
     booted = page.evaluate("window.bootllama.image.sha256")
-    assert booted == hashlib.sha256((site / "boot.img").read_bytes()).hexdigest() == _built_sha(tmp_path, "-s", str(SITE_SEED))
+    site_sha = hashlib.sha256((site / "boot.img").read_bytes()).hexdigest()
+    assert booted == site_sha == _built_sha(tmp_path, "-s", str(SITE_SEED))
     assert "346 tokens" in str(page.text_content("#stats"))
-    page.screenshot(path=str(tmp_path / "web.png"))  # tools/web_screenshot.py keeps one in docs/
     page.close()
 
 
@@ -208,3 +208,22 @@ def test_web_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "does not exist" in err and err.count("\n") == 1
     assert main(["web", "-i", "a " * 600, "-o", str(tmp_path / "c")]) == 1
     assert "context" in capsys.readouterr().err
+
+
+def test_page_modules_import_without_numpy() -> None:
+    # Pyodide's core has no NumPy: what the page imports must not need it
+    code = ("import sys; sys.modules['numpy'] = None\n"
+            "from bootllama import pagebuild\n"
+            "got = sorted([m.split('.')[-1] + '.py' for m in sys.modules if m.startswith('bootllama.')] + ['__init__.py'])\n"
+            f"assert got == sorted({list(web.PAGE_MODULES)!r}), got")
+    env = {**os.environ, "PYTHONPATH": str(Path(pagebuild.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_engine_spec_round_trip(site: Path) -> None:
+    from bootllama import image
+
+    eng = image.assemble(("SAMPLING",))
+    spec = json.loads(json.dumps(pagebuild.engine_spec(eng, "engine/sampling.bin")))
+    assert pagebuild.load_engine(site, spec) == eng

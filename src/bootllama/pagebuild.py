@@ -8,6 +8,7 @@ the one ``bootllama build`` writes for the same settings.  Imports nothing that 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -19,15 +20,19 @@ ENGINES = {"greedy": (), "sampling": ("SAMPLING",)}
 
 
 def engine_spec(engine: image.Engine, file: str) -> dict[str, object]:
-    """What ``load_engine`` needs to rebuild an Engine from its bytes (in ``file``)."""
-    return {"file": file, "sizes": [list(row) for row in engine.sizes], "defines": list(engine.defines),
-            "symbols": engine.symbols}
+    """What ``load_engine`` needs to rebuild an Engine: every field but its bytes (in ``file``)."""
+    spec: dict[str, object] = {f.name: getattr(engine, f.name) for f in dataclasses.fields(engine) if f.name != "code"}
+    return {"file": file, **spec}
 
 
 def load_engine(site: Path, spec: dict[str, object]) -> image.Engine:
-    code = (site / str(spec["file"])).read_bytes()
-    sizes = [(str(n), int(s)) for n, s in spec["sizes"]]  # type: ignore[attr-defined]
-    return image.Engine(code, sizes, tuple(spec["defines"]), dict(spec["symbols"]))  # type: ignore[arg-type, call-overload]
+    fields = {k: v for k, v in spec.items() if k != "file"}
+    # JSON turns tuples into lists: give the fields their types back
+    if "sizes" in fields:
+        fields["sizes"] = [(str(n), int(s)) for n, s in fields["sizes"]]  # type: ignore[attr-defined]
+    if "defines" in fields:
+        fields["defines"] = tuple(fields["defines"])  # type: ignore[call-overload]
+    return image.Engine(code=(site / str(spec["file"])).read_bytes(), **fields)  # type: ignore[arg-type]
 
 
 def build(site: str | os.PathLike[str], out: str | os.PathLike[str], prompt: str | None, steps: int,
