@@ -214,7 +214,8 @@ def test_page_modules_import_without_numpy() -> None:
     # Pyodide's core has no NumPy: what the page imports must not need it
     code = ("import sys; sys.modules['numpy'] = None\n"
             "from bootllama import pagebuild\n"
-            "got = sorted([m.split('.')[-1] + '.py' for m in sys.modules if m.startswith('bootllama.')] + ['__init__.py'])\n"
+            "got = sorted([m.split('.')[-1] + '.py' for m in sys.modules if m.startswith('bootllama.')]\n"
+            "              + ['__init__.py'])\n"
             f"assert got == sorted({list(web.PAGE_MODULES)!r}), got")
     env = {**os.environ, "PYTHONPATH": str(Path(pagebuild.__file__).parents[1])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
