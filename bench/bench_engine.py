@@ -7,6 +7,8 @@ measures, median of ``--runs`` runs:
 * the engine booted in QEMU under TCG (and under hardware KVM when ``qemu.hardware_kvm()``):
   load seconds (boot to the last progress dot) and generation tokens/s (last dot to the
   story's final byte);
+* for stories260K, the same image on Bochs and on v86 (``bootllama.pcs``; v86 when Node, the
+  npm v86 and SeaBIOS are installed);
 * the NumPy reference's tokens/s on the same checkpoint, prompt and step count;
 * the ratio engine / reference, whether the engine printed exactly the reference's bytes,
   and, for stories260K under TCG, the ratio to the peer sectorllm's published figure.
@@ -15,6 +17,7 @@ Writes bench/results.md and bench/results.json (``--output-dir`` to change).
 
     python bench/bench_engine.py            # full: default story, 64 and 16 steps, 3 runs
     python bench/bench_engine.py --quick    # fewer steps, for a smoke run
+    python bench/bench_engine.py --model stories260K --runs 1 --output-dir /tmp/b   # one model, one run
 """
 
 from __future__ import annotations
