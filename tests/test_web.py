@@ -180,9 +180,12 @@ def test_site_is_self_contained(site: Path) -> None:
 
 def test_web_serve_prints_its_url_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     out = tmp_path / "s"
+    # Ctrl-C's SIGINT reaches it with its default action even where the tests run in the
+    # background of a shell (which starts them with SIGINT ignored, and children inherit that)
     proc = subprocess.Popen([sys.executable, "-m", "bootllama.cli", "web", "-n", "8", "-o", str(out), "--serve"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(pagebuild.__file__).parents[1])})
+                            env={**os.environ, "PYTHONPATH": str(Path(pagebuild.__file__).parents[1])},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
