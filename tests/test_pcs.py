@@ -124,3 +124,11 @@ def test_run_on_v86(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr()
     assert out.out.startswith("Once upon a time")
     assert "20 tokens" in out.err and "V86" in out.err
+
+
+def test_bochs_through_the_registry(tmp_path: Path, engine: image.Engine) -> None:
+    img = image.build_image(CKPT, TOK, tmp_path / "a.img", steps=12, engine=engine)
+    result = pcs.boot("bochs", img.path, img.layout, timeout=60)
+    oracle = shared_file("oracles/stories260K_greedy.txt").read_bytes()
+    assert result.text.endswith(b"\n") and oracle.startswith(result.text[:-1]) and len(result.text) > 20
+    assert result.accel == "bochs" and result.exit_status == pcs.EXIT_DONE
