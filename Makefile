@@ -11,15 +11,16 @@ demo: setup
 	$(BIN)/bootllama run
 
 test: setup
-	$(BIN)/ruff check src tests bench tools && $(BIN)/python -m pytest -q -m "not slow"
-
-# the checks behind the slow marker (more than about 20 s each)
-test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/ruff check src tests bench tools && $(BIN)/python -m pytest -q
 
 # build the web page's site (./site) and serve it on 127.0.0.1 until Ctrl-C
 web: setup
 	$(BIN)/bootllama web -o site --serve
+
+# checks over ~20 s each (the real SmolLM2-135M-Instruct: convert it, ask it questions; the web
+# page's form)
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 bench: setup
 	$(BIN)/python bench/bench_reference.py

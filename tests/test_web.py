@@ -214,8 +214,8 @@ def test_web_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 
 def test_page_modules_import_without_numpy() -> None:
-    # Pyodide's core has no NumPy: what the page imports must not need it
-    code = ("import sys; sys.modules['numpy'] = None\n"
+    # Pyodide's core has no NumPy (nor regex, jinja2, gguf): what the page imports must not need them
+    code = ("import sys\nfor m in ('numpy', 'regex', 'jinja2', 'gguf'): sys.modules[m] = None\n"
             "from bootllama import pagebuild\n"
             "got = sorted([m.split('.')[-1] + '.py' for m in sys.modules if m.startswith('bootllama.')]\n"
             "              + ['__init__.py'])\n"

@@ -12,6 +12,10 @@ from bootllama import image, pcs
 from bootllama.errors import BootllamaError
 from bootllama.pcs import qemu
 
+# --cpu NAME -> the engine's NASM defines, and the QEMU CPU model `run` gives that build
+CPUS = {"sse2": (), "486": ("CPU486",)}
+QEMU_CPU = {"sse2": None, "486": "486"}
+
 
 def _check_settings(args: argparse.Namespace) -> None:
     from bootllama.cli import resolve_temperature
@@ -25,16 +29,17 @@ def _check_settings(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace, out: str | os.PathLike[str]) -> image.Image:
-    from bootllama.cli import resolve_paths, resolve_seed
+    from bootllama.cli import load_prompt, resolve_paths, resolve_seed
 
     _check_settings(args)
     checkpoint, tokenizer = resolve_paths(args)
-    prompt = os.fsencode(args.prompt) if args.prompt is not None else None
+    prompt = load_prompt(args, checkpoint, tokenizer)
     seed, drawn = resolve_seed(args.seed)
     if drawn and args.temperature > 0:  # as generate: the run can be repeated with -s
         print(f"seed: {seed}", file=sys.stderr)
+    defines = (("SAMPLING",) if args.temperature > 0 else ()) + CPUS[args.cpu]
     return image.build_image(checkpoint, tokenizer, out, prompt=prompt, steps=args.steps,
-                             temperature=args.temperature, seed=seed)
+                             temperature=args.temperature, seed=seed, engine=image.assemble(defines))
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -42,14 +47,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     lay = img.layout
     print(image.format_size_table(img.engine), file=sys.stderr)
     print(f"wrote {args.output}: {lay.disk_sectors} sectors, {len(img.prompt_ids)} prompt tokens, "
-          f"{img.steps} steps, needs {lay.memory_mib} MiB of memory", file=sys.stderr)
+          f"{img.steps} steps, needs {lay.memory_mib} MiB of memory and a CPU with {img.engine.cpu}",
+          file=sys.stderr)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     accel = qemu.choose_accel(args.accel) if args.pc in pcs.QEMU_PCS else args.pc
-    if args.cpu is not None and args.pc not in pcs.QEMU_PCS:
-        raise BootllamaError(f"--cpu applies to the QEMU PCs only, not {args.pc}")
     with tempfile.TemporaryDirectory(prefix="bootllama-") as tmp:
         path = Path(args.image) if args.image else Path(tmp, "boot.img")
         img = _build(args, path)
@@ -60,11 +64,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.stdout.buffer.flush()
 
         result = pcs.boot(args.pc, path, lay, accel=accel if args.pc in pcs.QEMU_PCS else "tcg",
-                          cpu=args.cpu, timeout=args.timeout, on_bytes=stream)
+                          cpu=QEMU_CPU[args.cpu] if args.pc in pcs.QEMU_PCS else None, timeout=args.timeout,
+                          on_bytes=stream)
     rate = f", {result.tokens} tokens, {result.tok_per_s:.1f} tok/s" if result.tokens else ""
     print(f"load {result.load_seconds:.2f} s, generation {result.gen_seconds:.2f} s{rate} "
           f"({accel.upper()}, {lay.memory_mib} MiB)", file=sys.stderr)
     return 0
+
+
+def _add_cpu(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cpu", choices=tuple(CPUS), default="sse2",
+                        help="the processor the image is for: sse2 (default; SSE scalar products) or 486 "
+                             "(an i486DX or later: x87 products, no SSE or CPUID); `run` gives QEMU that CPU")
 
 
 def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -73,16 +84,16 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # type
     build = subparsers.add_parser("build", help="write a bootable disk image (engine, manifest, model)")
     add_generate_arguments(build)
     build.add_argument("-o", dest="output", required=True, metavar="IMAGE", help="raw disk image to write")
+    _add_cpu(build)
     build.set_defaults(func=cmd_build)
 
     run = subparsers.add_parser("run", help="build the image and boot it in QEMU (or another PC), streaming the story")
     add_generate_arguments(run)
     run.add_argument("--pc", default=pcs.DEFAULT, choices=pcs.NAMES,
                      help=f"the PC to boot: {', '.join(pcs.NAMES)} (default {pcs.DEFAULT})")
-    run.add_argument("--cpu", default=None, metavar="MODEL",
-                     help="QEMU's -cpu model for the QEMU PCs (default: max under TCG, host under KVM)")
     run.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"),
                      help="QEMU's accelerator: hardware KVM if kvm_intel/kvm_amd is loaded, else TCG")
     run.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up (default 600)")
     run.add_argument("--image", metavar="IMAGE", help="also keep the built image at this path")
+    _add_cpu(run)
     run.set_defaults(func=cmd_run)

@@ -25,13 +25,14 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from bootllama.checkpoint import Config, atomic_write, legacy_layout, read_legacy_config, tensor_shapes
 from bootllama.errors import BootllamaError
-from bootllama.tokenizer import Tokenizer, scan_byte_piece
+from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece
 
 SECTOR = 512
 CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
@@ -44,6 +45,13 @@ MAX_HIDDEN = 2048
 MAX_SEQ = 1024
 # the memory the image may ask of a PC (QEMU on this machine): 3 GiB below the PCI hole
 MAX_MEMORY = 3 << 30
+# the manifest's "id of <0x00>" for a tokenizer without byte pieces: id - 0xFF00 has a nonzero
+# high byte for every id below 0xFF00, so the engine reads no id as a raw byte
+NO_BYTE_PIECES = 0xFF00
+# the MBR: partition entry 0 covers the data area, of a type no OS mounts (non-FS data)
+MBR_SIGNATURE_AT = 440
+MBR_TABLE_AT = 446
+PARTITION_TYPE = 0xDA
 
 
 def asm_source() -> Path:
@@ -70,6 +78,24 @@ class Engine:
     def used(self) -> int:
         """Bytes of code and data, the 0x55AA signature included, padding excluded."""
         return sum(size for _, size in self.sizes)
+
+    @property
+    def vars_at(self) -> int:
+        """VARS (BP): where the checkpoint header lands in the boot read, right after the engine's
+        tail sectors and the manifest (sector.asm: PRE + TAIL*512 + 512)."""
+        return 0x7E00 + self.sectors * SECTOR
+
+    @property
+    def code_bytes(self) -> int:
+        """The engine's size: everything assembled from the NASM source except the 0x55AA
+        signature, the MBR's disk signature and partition table, and padding."""
+        return sum(size for name, size in self.sizes if name != "signature")
+
+    @property
+    def cpu(self) -> str:
+        """The processor the build needs."""
+        return "i486DX (an FPU; no SSE, no CPUID)" if "CPU486" in self.defines else \
+            "SSE2 (Pentium 4 / Athlon 64 or later)"
 
 
 def nasm() -> str:
@@ -157,8 +183,9 @@ def size_table(listing: str, total: int) -> list[tuple[str, int]]:
 # What each routine of sector.asm is for: the size table sums them per part, which shows where
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
-    "loader": ("start", "init", "load", "fail", "copy", "gdtr", "signature"),
-    "generate loop": ("gen", "done", "finish"),
+    "loader": ("start", "init", "load", "exptab", "gdtr", "signature"),
+    "guards' messages": ("diskfail", "a20fail", "cpufail", "die"),
+    "generate loop": ("gen", "done", "exit"),
     "printing": ("print", "putc"),
     "forward pass": ("forward", "exp", "rope", "nextw", "rmsnorm", "mvw", "mvwb", "mvwn", "mv",
                      "swiglu", "tox", "attention", "softmax_att", "softmax", "divmax"),
@@ -180,8 +207,8 @@ def part_sizes(engine: Engine) -> list[tuple[str, int]]:
 def format_size_table(engine: Engine) -> str:
     lines = [f"{'routine':<12} {'bytes':>5}"]
     lines += [f"{name:<12} {size:>5}" for name, size in engine.sizes]
-    lines.append(f"{'total':<12} {engine.used:>5}   ({engine.sectors} sector"
-                 f"{'s' if engine.sectors != 1 else ''} on disk)")
+    lines.append(f"{'code bytes':<12} {engine.code_bytes:>5}   ({engine.sectors} sector"
+                 f"{'s' if engine.sectors != 1 else ''} on disk, the MBR's first)")
     lines.append("by part: " + ", ".join(f"{part} {n}" for part, n in part_sizes(engine)))
     return "\n".join(lines)
 
@@ -270,17 +297,21 @@ def table(layout: Layout) -> bytes:
 
 
 def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: float,
-             seed: int) -> bytes:
+             seed: int, stop_id: int = BOS, byte_base: int | None = 3) -> bytes:
     """The manifest sector (fields at its end, right before the checkpoint header).
 
-    The fields start at byte 428 (the engine's M_ENT, bp-84); the weights' addresses are in
-    the per-layer table (see table()), so the 44 bytes before them stay zero.
+    The fields start at byte 420 (the engine's M_NEED, bp-92): the memory the run needs (the
+    end of the KV cache and logits), the id that ends the story (run.c's BOS, or a chat
+    model's end of answer), the id of <0x00> (3 in llama2.c's tokenizers; NO_BYTE_PIECES
+    when the tokenizer has none), then the addresses and settings. The weights' addresses are
+    in the per-layer table (see table()), so the 36 bytes before the fields stay zero.
     """
     lay = legacy_layout(layout.config)
     base = layout.checkpoint_addr
     fr = base + lay["freq_cis_real"][0]
     fi = base + lay["freq_cis_imag"][0]
-    fields = bytes(44) + struct.pack("<I", layout.kv_addr)
+    fields = bytes(36) + struct.pack("<IHHI", layout.memory_end, stop_id,
+                                     NO_BYTE_PIECES if byte_base is None else byte_base, layout.kv_addr)
     fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], fr, fi - fr,
                           layout.tokenizer_addr + 4, layout.logits_addr, layout.prompt_addr,
                           steps, temperature, seed & (2**64 - 1),
@@ -306,8 +337,11 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     """Lay out a bootable raw disk image (written atomically)."""
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
-    check_byte_pieces(tok)
+    byte_base = check_byte_pieces(tok)
+    stop_id = getattr(tok, "stop_id", BOS)
     ids = tok.encode(prompt or b"", bos=True, eos=False)
+    if 0 in ids[1:]:
+        raise BootllamaError("the prompt holds token id 0, which ends the engine's prompt list")
     if steps <= 0 or steps > config.seq_len:
         steps = config.seq_len
     if len(ids) > config.seq_len:
@@ -320,9 +354,10 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     ckpt_size = os.path.getsize(checkpoint)
     tok_size = os.path.getsize(tokenizer_path)
     layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1)
+    man = manifest(layout, ids, steps, temperature, seed, stop_id=stop_id, byte_base=byte_base)
     with atomic_write(out) as f:
-        f.write(engine.code)
-        f.write(manifest(layout, ids, steps, temperature, seed))
+        f.write(mbr(engine.code, layout, zlib.crc32(man)))
+        f.write(man)
         _copy_padded(checkpoint, f)
         _copy_padded(tokenizer_path, f)
         prompt_bytes = struct.pack(f"<{len(ids)}i", *ids[1:], 0)
@@ -331,6 +366,29 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         f.write(table_bytes + bytes(_pad(len(table_bytes)) - len(table_bytes)))
         f.truncate(layout.disk_sectors * SECTOR)
     return Image(Path(out), layout, engine, ids, steps)
+
+
+def _chs(lba: int) -> bytes:
+    """An MBR CHS triple for ``lba`` in the 16-head, 63-sector geometry (1023/15/63 past it)."""
+    c, rest = divmod(lba, CYLINDER)
+    h, s = divmod(rest, 63)
+    if c > 1023:
+        c, h, s = 1023, 15, 62
+    return bytes((h, (s + 1) | ((c >> 2) & 0xC0), c & 0xFF))
+
+
+def mbr(code: bytes, layout: Layout, disk_signature: int) -> bytes:
+    """The engine's sectors with sector 0 made a valid MBR: the disk signature, and partition
+    entry 0 active (0x80), of type 0xDA, covering the data area to the end of the disk."""
+    if any(code[MBR_SIGNATURE_AT:510]):
+        raise BootllamaError("the engine's boot code runs into the MBR's partition table")
+    first, count = layout.data_lba, layout.disk_sectors - layout.data_lba
+    entry = bytes((0x80,)) + _chs(first) + bytes((PARTITION_TYPE,)) + _chs(first + count - 1)
+    entry += struct.pack("<II", first, count)
+    out = bytearray(code)
+    out[MBR_SIGNATURE_AT:MBR_SIGNATURE_AT + 4] = struct.pack("<I", disk_signature)
+    out[MBR_TABLE_AT:MBR_TABLE_AT + 16] = entry
+    return bytes(out)
 
 
 def _copy_padded(path: str | os.PathLike[str], f) -> None:  # type: ignore[no-untyped-def]
@@ -342,9 +400,18 @@ def _copy_padded(path: str | os.PathLike[str], f) -> None:  # type: ignore[no-un
     f.write(bytes(_pad(n) - n))
 
 
-def check_byte_pieces(tok: Tokenizer) -> None:
-    """The engine prints ids 3..258 as the raw bytes 0..255, which is what run.c's decode does
-    exactly when those ids hold <0x00>..<0xFF> and no other piece reads as a byte to sscanf."""
+def check_byte_pieces(tok: Tokenizer) -> int | None:
+    """The id of <0x00> for the manifest (3, or None for a tokenizer without byte pieces).
+
+    The engine prints ids 3..258 as the raw bytes 0..255, which is what run.c's decode does
+    exactly when those ids hold <0x00>..<0xFF> and no other piece reads as a byte to sscanf;
+    a tokenizer with no piece that reads as a byte (byte-level BPE) needs no such ids."""
+    if getattr(tok, "byte_piece_base", 3) is None:
+        for i, piece in enumerate(tok.pieces[: tok.vocab_size]):
+            if scan_byte_piece(piece) is not None:
+                raise BootllamaError(f"tokenizer piece {i} {piece!r} would print as a raw byte in run.c, "
+                                     "but this tokenizer has no byte pieces")
+        return None
     for i in range(256):
         want = f"<0x{i:02X}>".encode()
         if tok.vocab_size <= 3 + i or tok.pieces[3 + i] != want:
@@ -354,3 +421,4 @@ def check_byte_pieces(tok: Tokenizer) -> None:
         if not 3 <= i < 259 and scan_byte_piece(piece) is not None:
             raise BootllamaError(f"tokenizer piece {i} {piece!r} would print as a raw byte in run.c; "
                                  "the engine only treats ids 3..258 so")
+    return 3

@@ -8,13 +8,14 @@ the one ``bootllama build`` writes for the same settings.  Imports nothing that 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
 from pathlib import Path
 
 from bootllama import image
-from bootllama.cli import resolve_seed, resolve_temperature
+from bootllama.cli import load_prompt, resolve_seed, resolve_temperature
 
 ENGINES = {"greedy": (), "sampling": ("SAMPLING",)}
 
@@ -49,8 +50,9 @@ def build(site: str | os.PathLike[str], out: str | os.PathLike[str], prompt: str
     seed, drawn = resolve_seed(int(seed))
     kind = "sampling" if temperature > 0 else "greedy"
     engine = load_engine(site, meta["engines"][kind])
-    text = os.fsencode(prompt) if prompt is not None else None
-    img = image.build_image(site / meta["checkpoint"], site / meta["tokenizer"], out, prompt=text, steps=steps,
+    checkpoint, tokenizer = site / meta["checkpoint"], site / meta["tokenizer"]
+    text = load_prompt(argparse.Namespace(prompt=prompt, chat=False, system=None), checkpoint, tokenizer)
+    img = image.build_image(checkpoint, tokenizer, out, prompt=text, steps=steps,
                             temperature=temperature, seed=seed, engine=engine)
     return {"memory_mib": img.layout.memory_mib, "chunks": img.layout.chunks, "steps": img.steps,
             "prompt_tokens": len(img.prompt_ids), "seed": seed, "seed_drawn": drawn,

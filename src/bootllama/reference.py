@@ -489,11 +489,13 @@ def clamp_steps(steps: int, seq_len: int) -> int:
 
 
 def generate_tokens(reference: Reference, prompt_tokens: Sequence[int], steps: int,
-                    sampler: Sampler) -> Iterator[int]:
+                    sampler: Sampler, stop_id: int = BOS) -> Iterator[int]:
     """The tokens run.c's generate() prints, in order (forced prompt tokens included).
 
     Starts at position 0 with ``prompt_tokens[0]`` and a fresh KV cache; stops after
-    ``clamp_steps(steps)`` forward passes or when the next token is BOS (not yielded).
+    ``clamp_steps(steps)`` forward passes or when the next token is ``stop_id`` (not yielded):
+    run.c's BOS, which stops even as a prompt token, or the tokenizer's own (ChatML's
+    ``<|im_end|>``), which stops only a generated token.
     """
     c = reference.config
     if not prompt_tokens:
@@ -510,8 +512,11 @@ def generate_tokens(reference: Reference, prompt_tokens: Sequence[int], steps: i
     token = prompt_tokens[0]
     for pos in range(steps):
         logits = reference.forward(token, pos)
-        nxt = prompt_tokens[pos + 1] if pos < len(prompt_tokens) - 1 else sampler.sample(logits)
-        if nxt == BOS:
+        forced = pos < len(prompt_tokens) - 1
+        nxt = prompt_tokens[pos + 1] if forced else sampler.sample(logits)
+        # run.c stops at BOS even inside the prompt; another stop id (a chat model's end of
+        # turn, which its own prompt holds) ends only what the model generates
+        if nxt == stop_id and (stop_id == BOS or not forced):
             return
         yield nxt
         token = nxt
@@ -534,7 +539,7 @@ def generate(reference: Reference, tokenizer: Tokenizer, prompt: str | bytes | N
     prompt_tokens = tokenizer.encode(b"" if prompt is None else prompt, bos=True, eos=False)
     printed = []
     prev = prompt_tokens[0]
-    for nxt in generate_tokens(reference, prompt_tokens, steps, sampler):
+    for nxt in generate_tokens(reference, prompt_tokens, steps, sampler, stop_id=tokenizer.stop_id):
         piece = tokenizer.printable(prev, nxt)
         printed.append(piece)
         if out is not None:

@@ -5,15 +5,24 @@ the bytes. The file does not record how many pieces it holds; the model's vocab_
 
 Pieces are kept as raw bytes. Where run.c treats a piece as a C string (lookups, merges,
 printing) only the bytes before a NUL count, and so it is here.
+
+A byte-level BPE tokenizer (GPT-2's kind, converted from a GGUF file) is a tokenizer.bin
+whose pieces are the tokens' raw bytes (special tokens are empty pieces) plus a sidecar JSON
+beside it, ``TOK.bin.json`` (see :func:`sidecar_path`), which holds what tokenizer.bin cannot:
+the merges, the pre-tokenizer, the special tokens, the BOS and stop ids and the chat template.
+``Tokenizer.load`` returns a :class:`ByteLevelTokenizer` when the sidecar is there.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import struct
 from collections.abc import Sequence
 from functools import cached_property
+from pathlib import Path
+from typing import Any
 
 from bootllama.errors import BootllamaError
 
@@ -81,8 +90,26 @@ def scan_byte_piece(piece: bytes) -> int | None:
     return (-value if negative else value) & 0xFF
 
 
+SIDECAR_FORMAT = "bootllama-tokenizer-sidecar"
+SIDECAR_VERSION = 1
+BYTELEVEL_BPE = "bytelevel-bpe"
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """Where a tokenizer.bin's sidecar lives: the same path with ``.json`` appended (``tok.bin.json``)."""
+    return Path(os.fspath(path) + ".json")
+
+
 class Tokenizer:
-    """The vocabulary (pieces and scores) of a llama2.c tokenizer."""
+    """The vocabulary (pieces and scores) of a llama2.c tokenizer.
+
+    ``byte_piece_base``: the id of ``<0x00>`` when ids base..base+255 are the byte pieces
+    (3 in llama2.c's tokenizers), None when the vocabulary has no byte pieces.
+    ``stop_id``: the token that ends generation (run.c: BOS).
+    """
+
+    byte_piece_base: int | None = 3
+    stop_id: int = BOS
 
     def __init__(self, pieces: Sequence[bytes], scores: Sequence[float], max_token_length: int) -> None:
         if len(pieces) != len(scores):
@@ -98,7 +125,18 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], vocab_size: int) -> Tokenizer:
-        """Read the first ``vocab_size`` pieces of a tokenizer.bin; the whole file must parse."""
+        """Read the first ``vocab_size`` pieces of a tokenizer.bin; the whole file must parse.
+
+        With a sidecar beside it (:func:`sidecar_path`) the result is a :class:`ByteLevelTokenizer`.
+        """
+        pieces, scores, max_len = cls._read(path, vocab_size)
+        side = sidecar_path(path)
+        if side.is_file():
+            return ByteLevelTokenizer(pieces, scores, max_len, _read_sidecar(side, len(pieces)))
+        return cls(pieces, scores, max_len)
+
+    @staticmethod
+    def _read(path: str | os.PathLike[str], vocab_size: int) -> tuple[list[bytes], list[float], int]:
         name = os.fspath(path)
         with open(path, "rb") as f:
             data = f.read()
@@ -129,7 +167,7 @@ class Tokenizer:
                 f"{name}: tokenizer has {len(pieces)} pieces but the model's vocabulary has {vocab_size}"
                 " (mismatched tokenizer?)"
             )
-        return cls(pieces[:vocab_size], scores[:vocab_size], max_len)
+        return pieces[:vocab_size], scores[:vocab_size], max_len
 
     def to_bytes(self) -> bytes:
         """The tokenizer.bin serialisation of this vocabulary."""
@@ -236,3 +274,92 @@ class Tokenizer:
         if len(piece) == 1 and not _c_printable(piece[0]):
             return b""
         return piece
+
+
+def _read_sidecar(path: Path, vocab_size: int) -> dict[str, Any]:
+    name = os.fspath(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BootllamaError(f"{name}: tokenizer sidecar is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise BootllamaError(f"{name}: not a bootllama tokenizer sidecar (no \"format\": \"{SIDECAR_FORMAT}\")")
+    if data.get("version") != SIDECAR_VERSION or data.get("kind") != BYTELEVEL_BPE:
+        raise BootllamaError(f"{name}: unsupported sidecar version {data.get('version')!r} "
+                             f"or kind {data.get('kind')!r} (known: version 1, {BYTELEVEL_BPE})")
+    if data.get("vocab_size", vocab_size) != vocab_size:
+        raise BootllamaError(f"{name}: tokenizer sidecar is for a vocabulary of {data.get('vocab_size')}, "
+                             f"the model's has {vocab_size} (mismatched tokenizer?)")
+    try:
+        ids = [data["bos_id"], data["stop_id"], *(t["id"] for t in data["special_tokens"])]
+        pre = data["pre_tokenizer"]
+        ok = (all(isinstance(i, int) and 0 <= i < vocab_size for i in ids)
+              and all(isinstance(m, str) and m.count(" ") == 1 for m in data["merges"])
+              and isinstance(pre["regex"], str) and isinstance(pre["individual_digits"], bool)
+              and all(isinstance(t["text"], str) and t["text"] for t in data["special_tokens"]))
+    except (KeyError, TypeError) as e:
+        raise BootllamaError(f"{name}: tokenizer sidecar lacks or mangles a field ({e})") from None
+    if not ok:
+        raise BootllamaError(f"{name}: tokenizer sidecar has an id outside the vocabulary of {vocab_size}, "
+                             "a malformed merge or a malformed special token")
+    return data
+
+
+class ByteLevelTokenizer(Tokenizer):
+    """A byte-level BPE vocabulary (GPT-2's kind): raw-byte pieces in tokenizer.bin plus its sidecar.
+
+    Encoding follows Hugging Face ``tokenizers`` (see :mod:`bootllama.bpe`); decoding and
+    printing stay run.c's (special tokens are empty pieces and print nothing).
+    """
+
+    byte_piece_base = None
+
+    def __init__(self, pieces: Sequence[bytes], scores: Sequence[float], max_token_length: int,
+                 sidecar: dict[str, Any]) -> None:
+        super().__init__(pieces, scores, max_token_length)
+        from bootllama.bpe import ByteLevelBPE, bytes_to_unicode
+
+        self.sidecar = sidecar
+        self.stop_id = int(sidecar["stop_id"])
+        self.bos_id = int(sidecar["bos_id"])
+        self.chat_template: str | None = sidecar.get("chat_template")
+        self.special_tokens = {int(t["id"]): t["text"] for t in sidecar["special_tokens"]}
+        b2u = bytes_to_unicode()
+        vocab = {"".join(b2u[b] for b in piece): i for i, piece in enumerate(self.pieces)
+                 if i not in self.special_tokens and piece}
+        merges = [tuple(m.split(" ")) for m in sidecar["merges"]]
+        pre = sidecar["pre_tokenizer"]
+        self.bpe = ByteLevelBPE(vocab, merges, {t: i for i, t in self.special_tokens.items()},  # type: ignore[arg-type]
+                                pre["regex"], pre["individual_digits"])
+
+    def token_text(self, token: int) -> str:
+        """A token's text: a special token's name, else its bytes as UTF-8 (replacement chars if cut)."""
+        self._check_id(token)
+        return self.special_tokens.get(token) or self.pieces[token].decode("utf-8", "replace")
+
+    def encode(self, text: bytes | str, bos: bool = True, eos: bool = False) -> list[int]:
+        """Token ids for ``text`` (special tokens recognised); with ``bos`` token 1 first, as the
+        engine always starts from it, unless the text's own first token already is 1."""
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BootllamaError(f"text is not valid UTF-8: {e.reason} at byte {e.start}") from None
+        ids = self.bpe.encode(text)
+        bad = [t for t in ids if t >= self.vocab_size]
+        if bad:
+            raise BootllamaError(f"text needs token {bad[0]} but the vocabulary has only {self.vocab_size} pieces")
+        if bos and ids[:1] != [BOS]:
+            ids.insert(0, BOS)
+        if eos:
+            ids.append(self.stop_id)
+        return ids
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write tokenizer.bin and its sidecar, each atomically."""
+        from bootllama.checkpoint import atomic_write
+
+        with atomic_write(sidecar_path(path)) as f:
+            f.write(json.dumps(self.sidecar, ensure_ascii=False, indent=1).encode("utf-8"))
+        with atomic_write(path) as f:
+            f.write(self.to_bytes())

@@ -22,6 +22,7 @@ from typing import ClassVar
 from bootllama import image, pagebuild
 from bootllama.errors import BootllamaError
 from bootllama.pcs import v86
+from bootllama.pcs.base import GUARDS
 
 # bootllama's modules the page imports (pagebuild and what it imports; no NumPy among them)
 PAGE_MODULES = ("__init__.py", "errors.py", "checkpoint.py", "tokenizer.py", "image.py", "cli.py", "pagebuild.py")
@@ -96,7 +97,8 @@ def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
         (out / "engine" / f"{kind}.bin").write_bytes(eng.code)
         engines[kind] = pagebuild.engine_spec(eng, f"engine/{kind}.bin")
     meta: dict[str, object] = {"checkpoint": ckpt_name, "tokenizer": tok_name, "engines": engines,
-                               "seq_len": image.read_legacy_config(checkpoint).seq_len}
+                               "seq_len": image.read_legacy_config(checkpoint).seq_len,
+                               "guards": GUARDS}  # the sector's exit codes, for the page's messages
     (out / "site.json").write_text(json.dumps(meta, indent=1) + "\n")
     (out / "LICENSES.txt").write_text(_licenses(v86_pkg, pyodide_pkg))
     # the image for the settings given: the page boots it at once when its URL names no others

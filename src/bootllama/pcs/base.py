@@ -4,6 +4,8 @@ The sector's serial protocol: one '.' per 32 KiB chunk read while loading (the h
 how many from the layout), then exactly the bytes run.c would print, then the sector writes
 its exit code to port 0xF4 and halts with interrupts off.  QEMU's isa-debug-exit turns the
 code ``al`` into the process status ``2*al + 1``; every harness reports that same status.
+Code 0: the story is over; a guard that stops the sector (``GUARDS``) prints its message,
+starting with '!', instead of the dots or the story, and exits with its code.
 """
 
 from __future__ import annotations
@@ -17,8 +19,15 @@ from dataclasses import dataclass, field
 
 from bootllama.errors import BootllamaError
 
+# the sector's guards: exit code -> what stopped it
+GUARDS = {
+    2: "a disk read error, or a BIOS without extended disk reads",
+    3: "the A20 gate could not be switched on",
+    4: "the CPU lacks what this build needs (SSE2; the 486 build: an FPU)",
+    5: "the PC has less memory than the run needs",
+}
 EXIT_DONE = 1  # (0 << 1) | 1: the story is over
-EXIT_DISK = 67  # ('!' << 1) | 1: a BIOS read failed
+EXIT_DISK = 5  # (2 << 1) | 1: a BIOS read failed
 
 
 def exit_status(code: int) -> int:
@@ -31,13 +40,14 @@ def exit_code(status: int) -> int:
     return status >> 1
 
 
-def describe_exit(status: int, pc: str) -> str:
-    """One line for a status other than EXIT_DONE."""
-    if status == EXIT_DISK:
-        return f"the sector reported a disk read error ('!') on {pc}"
+def describe_exit(status: int, pc: str, printed: bytes = b"") -> str:
+    """One line for a status other than EXIT_DONE: what the sector printed (its guard's message,
+    the progress dots dropped) and what the code means."""
     code = exit_code(status)
-    shown = f" {chr(code)!r}" if 0x20 < code < 0x7F else ""
-    return f"the sector exited with code {code:#04x}{shown} on {pc} before the story was over"
+    what = GUARDS.get(code, f"unknown exit code {code}")
+    shown = printed.decode("ascii", "replace").strip(".").strip()
+    where = f" on {pc}" if pc else ""
+    return f"the sector stopped{where}: {shown} ({what})" if shown else f"the sector stopped{where}: {what}"
 
 
 @dataclass
@@ -75,8 +85,8 @@ def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: 
                 on_bytes: Callable[[bytes], None] | None = None) -> Serial:
     """Read ``proc``'s stdout (COM1) until it closes: ``chunks`` dots, then the story.
 
-    Stops early after a '!' among the dots.  Raises BootllamaError at the timeout (the caller
-    ends the process).
+    A guard's message (from '!' on) lands in the dots and the text as it comes; the status
+    tells.  Raises BootllamaError at the timeout (the caller ends the process).
     """
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
@@ -102,8 +112,6 @@ def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: 
             if len(s.dots) == chunks:
                 s.t_loaded = now
         if data:
-            if b"!" in s.dots:
-                return s
             s.text += data
             s.t_last = now
             if on_bytes:

@@ -21,9 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bootllama.errors import BootllamaError
-from bootllama.pcs.base import EXIT_DISK, EXIT_DONE, RunResult, describe_exit, read_serial
+from bootllama.pcs.base import EXIT_DISK, EXIT_DONE, GUARDS, RunResult, describe_exit, read_serial
 
-__all__ = ["EXIT_DISK", "EXIT_DONE", "MACHINES", "QMP", "RunResult", "boot", "choose_accel", "qemu_command"]
+__all__ = ["EXIT_DISK", "EXIT_DONE", "GUARDS", "MACHINES", "QMP", "RunResult", "boot", "choose_accel",
+           "qemu_command"]
 
 def qemu_binary() -> str:
     for name in ("qemu-system-i386", "qemu-system-x86_64"):
@@ -162,11 +163,9 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
             os.unlink(beats.name)
     err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
     dots = bytes(serial.dots)
-    if b"!" in dots or status == EXIT_DISK:
-        raise BootllamaError(describe_exit(EXIT_DISK, name))
     if status != EXIT_DONE:
         if status % 2 == 1:  # written by the sector to isa-debug-exit
-            raise BootllamaError(describe_exit(status, name))
+            raise BootllamaError(describe_exit(status, "" if machine == "pc" else name, dots + bytes(serial.text)))
         detail = f": {err.splitlines()[-1]}" if err else ""
         raise BootllamaError(f"QEMU exited with status {status} before the sector finished{detail}")
     if dots != b"." * chunks:

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from bootllama.errors import BootllamaError
-from bootllama.pcs.base import EXIT_DISK, EXIT_DONE, RunResult, describe_exit, read_serial
+from bootllama.pcs.base import EXIT_DONE, RunResult, describe_exit, read_serial
 
 SEABIOS = Path("/usr/share/seabios")
 BIOS = SEABIOS / "bios.bin"
@@ -107,12 +107,10 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, timeout: f
     if status == "timeout":
         raise BootllamaError(f"the sector did not finish within {timeout:g} s on v86 "
                              f"({len(dots)} of {chunks} progress dots, {len(serial.text)} bytes of text)")
-    if b"!" in dots or status == EXIT_DISK:
-        raise BootllamaError(describe_exit(EXIT_DISK, "v86"))
     if status is None:
         raise BootllamaError(f"the sector halted on v86 without an exit code after {len(serial.text)} bytes")
     if status != EXIT_DONE:
-        raise BootllamaError(describe_exit(int(status), "v86"))
+        raise BootllamaError(describe_exit(int(status), "v86", dots + bytes(serial.text)))
     if dots != b"." * chunks:
         raise BootllamaError(f"unexpected loader output {dots[:20]!r} on v86")
     load, gen = serial.timings()

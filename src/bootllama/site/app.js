@@ -53,11 +53,17 @@ function fillForm(settings) {
     $("seed").value = settings.s;
 }
 
+let siteJson = null;
+async function siteMeta() {
+    if (!siteJson) siteJson = JSON.parse(new TextDecoder().decode(await fetchBytes("site.json")));
+    return siteJson;
+}
+
 async function python() {
     if (!pyodideReady) {
         pyodideReady = (async () => {
             const py = await loadPyodide({ indexURL: new URL("pyodide/", location.href).href });
-            const meta = JSON.parse(new TextDecoder().decode(await fetchBytes("site.json")));
+            const meta = await siteMeta();
             const files = ["site.json", meta.checkpoint, meta.tokenizer,
                            ...Object.values(meta.engines).map((e) => e.file),
                            ...["__init__", "errors", "checkpoint", "tokenizer", "image", "cli", "pagebuild"]
@@ -103,6 +109,7 @@ class UserError extends Error {}
 
 async function boot(imageBytes, info) {
     const run = ++generation;
+    const guards = (await siteMeta()).guards;
     if (emulator) {
         const old = emulator;
         emulator = null;
@@ -114,6 +121,8 @@ async function boot(imageBytes, info) {
     window.bootllama.image = { sha256: await sha256(imageBytes), bytes: imageBytes.length, info };
     const decoder = new TextDecoder("utf-8");
     let dots = 0;
+    let guarded = false;
+    const printed = [];
     let beats = 0;
     let tLoaded = 0;
     let finished = false;
@@ -165,12 +174,16 @@ async function boot(imageBytes, info) {
     const em = emulator;
     em.add_listener("serial0-output-byte", (byte) => {
         if (run !== generation || finished) return;
-        if (dots < info.chunks) {
-            if (byte === 0x21) { finish("the sector reported a disk read error ('!')", true); return; }
-            dots += 1;
-            if (dots === info.chunks) tLoaded = performance.now();
-            return;
+        if (dots < info.chunks && !guarded) {
+            if (byte === 0x2E) {
+                dots += 1;
+                if (dots === info.chunks) tLoaded = performance.now();
+                return;
+            }
+            guarded = true;  // a guard's message ('!...') instead of the dots
         }
+        if (guarded) { printed.push(byte); return; }
+        printed.push(byte);
         pendingText += decoder.decode(Uint8Array.of(byte), { stream: true });
     });
     em.add_listener("emulator-loaded", () => {
@@ -178,10 +191,11 @@ async function boot(imageBytes, info) {
         const cpu = em.v86.cpu;
         cpu.io.register_write(0xF4, {}, (al) => {
             al &= 0xFF;
-            if (al === 0) finish("done", false);
-            else if (al === 0x21) finish("the sector reported a disk read error ('!')", true);
-            else finish(`the sector stopped with exit code 0x${al.toString(16).padStart(2, "0")}` +
-                        (al > 0x20 && al < 0x7F ? ` ('${String.fromCharCode(al)}')` : ""), true);
+            if (al === 0) { finish("done", false); return; }
+            // as bootllama.pcs.base.describe_exit: what the sector printed, what its code means
+            const what = guards[al] ?? `unknown exit code ${al}`;
+            const shown = new TextDecoder().decode(Uint8Array.from(printed)).replace(/^\.+/, "").trim();
+            finish(shown ? `the sector stopped: ${shown} (${what})` : `the sector stopped: ${what}`, true);
         });
         cpu.io.register_write(0xE9, {}, () => { beats += 1; });
         setStatus("booting");

@@ -1,0 +1,120 @@
+"""The engine's exp is glibc's expf, bit for bit; its table is glibc's table.
+
+glibc's expf (the generic variant, which a CPU without FMA runs) computes in doubles:
+``reference.expf_generic`` is that computation in NumPy and tests/test_libm.py holds it to
+glibc's own through ctypes. Here the sector's exp routine (SSE2 doubles; the 486 build: the
+x87 at 53-bit precision) runs in Unicorn over a million float32 inputs spread over every
+binade of the softmax and SwiGLU range and past both ends of it, plus the inputs near
+rounding boundaries, looping inside the guest so that a million calls take seconds.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from unicorn.x86_const import UC_X86_REG_EBP, UC_X86_REG_ECX, UC_X86_REG_ESP
+
+from bootllama import image
+from bootllama.unicorn_harness import Machine
+
+IN_AT = 0x400000  # above the harness's 4 MiB: the test maps room for the inputs
+HEADER = struct.pack("<7i", 64, 128, 2, 4, 2, 512, 32)  # any header: exptab runs on into the dims
+
+
+def _expf_generic(x: np.ndarray) -> np.ndarray:
+    from bootllama.reference import _expf_double
+
+    x = np.asarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        y = _expf_double(np.clip(x, -110, 100)).astype(np.float32)
+    y[x > float.fromhex("0x1.62e42ep6")] = np.inf  # glibc's special cases
+    y[x < -float.fromhex("0x1.9fe368p6")] = 0.0
+    return y
+
+
+def _machine(defines: tuple[str, ...]) -> Machine:
+    m = Machine.boot(image.assemble(defines))
+    m.uc.mem_map(IN_AT, 8 << 20)
+    vars_at = m.engine.vars_at
+    m.write(vars_at, HEADER)
+    m.uc.reg_write(UC_X86_REG_EBP, vars_at)
+    m.uc.reg_write(UC_X86_REG_ECX, 0)
+    m.uc.emu_start(m.engine.symbols["exptab"], m.engine.symbols["gen"])
+    return m
+
+
+BUILDS = [(), ("CPU486",)]
+
+
+@pytest.fixture(scope="module", params=BUILDS, ids=["sse2", "486"])
+def machine(request: pytest.FixtureRequest) -> Machine:
+    return _machine(request.param)
+
+
+def glibc_table() -> np.ndarray:
+    """glibc's __exp2f_data table as 2^(i/32) (its entries plus i << 47): correctly rounded
+    doubles, computed here with exact integer arithmetic (no libm)."""
+    out = []
+    for i in range(32):
+        # the double nearest 2^(i/32): search the 53-bit significand m with m^32 ~ 2^(i + 52*32)
+        lo, hi = 1 << 52, 1 << 53
+        target = 1 << (i + 52 * 32)
+        while hi - lo > 1:  # largest m with m^32 <= target
+            mid = (lo + hi) // 2
+            if mid**32 <= target:
+                lo = mid
+            else:
+                hi = mid
+        # nearest of lo, lo+1: compare (lo + 1/2)^32 with target, i.e. (2 lo + 1)^32 with 2^32 target
+        m = lo + 1 if (2 * lo + 1) ** 32 <= target << 32 else lo
+        out.append(m * 2.0**-52)
+    return np.array(out)
+
+
+def test_table_is_glibcs(machine: Machine) -> None:
+    tab = np.frombuffer(machine.read(0x3000, 33 * 8), dtype="<f8")
+    assert np.array_equal(tab[:32].view(np.uint64), glibc_table().view(np.uint64))
+    assert tab[32] == 2.0  # the 486 exp's SCALE: its low 48 bits must be zero
+
+
+def run_exp(m: Machine, x: np.ndarray) -> np.ndarray:
+    """expf of every element, computed by the engine in one guest loop."""
+    x = np.ascontiguousarray(x, dtype="<f4")
+    m.write(IN_AT, x.tobytes())
+    exp_at = m.engine.symbols["exp"]
+    loop_at = 0x0600
+    # mov edi, IN_AT; mov ecx, n; L: fld dword [edi]; push ecx; call exp; pop ecx; add edi, 4; dec ecx; jnz L; hlt
+    code = b"\x66\xbf" + struct.pack("<I", IN_AT) + b"\x66\xb9" + struct.pack("<I", len(x))
+    body = b"\x67\xd9\x07\x66\x51"
+    call_at = loop_at + len(code) + len(body)
+    body += b"\xe8" + struct.pack("<h", exp_at - (call_at + 3))
+    body += b"\x66\x59\x66\x83\xc7\x04\x66\x49"
+    jnz_at = loop_at + len(code) + len(body)
+    body += b"\x0f\x85" + struct.pack("<h", (loop_at + len(code)) - (jnz_at + 4))
+    prog = code + body + b"\xf4"
+    m.write(loop_at, prog)
+    m.uc.reg_write(UC_X86_REG_ESP, 0x7000)
+    m.uc.emu_start(loop_at, loop_at + len(prog) - 1)
+    return np.frombuffer(m.read(IN_AT, 4 * len(x)), dtype="<f4").copy()
+
+
+def spread_inputs(n: int, seed: int = 0) -> np.ndarray:
+    """n float32s: uniform over the bit patterns of [-110, 95] (every binade, tiny ones too),
+    uniform over the values, and the ends of glibc's special cases."""
+    rng = np.random.default_rng(seed)
+    neg = rng.integers(0x80000000, 0xC2DC0000, n // 3, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    pos = rng.integers(0, 0x42BE0000, n // 3, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    uni = rng.uniform(-110.0, 95.0, n - 2 * (n // 3)).astype(np.float32)
+    edges = np.array([0.0, -0.0, 88.72283, 88.72284, 89.0, 1e30, -103.97208, -103.9721, -104.0, -1e30,
+                      np.float32(2.0**-149), -np.float32(2.0**-149)], dtype=np.float32)
+    return np.concatenate([neg, pos, uni, edges])
+
+
+def test_exp_is_glibc_expf_on_a_million_inputs(machine: Machine) -> None:
+    x = spread_inputs(1_000_000)
+    got = run_exp(machine, x)
+    want = _expf_generic(x)
+    bad = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32))
+    assert bad.size == 0, f"{bad.size} inputs differ, e.g. x={x[bad[:5]]!r}: {got[bad[:5]]!r} vs {want[bad[:5]]!r}"
