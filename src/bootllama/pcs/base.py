@@ -71,9 +71,15 @@ class Serial:
 
     dots: bytearray
     text: bytearray
+    message: bytearray  # after a '!' among the dots: a guard's message, never story text
     t0: float
     t_loaded: float | None
     t_last: float
+
+    @property
+    def printed(self) -> bytes:
+        """Everything COM1 carried, for an error message."""
+        return bytes(self.dots + self.message + self.text)
 
     def timings(self) -> tuple[float, float]:
         """(load seconds, generation seconds)."""
@@ -85,13 +91,14 @@ def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: 
                 on_bytes: Callable[[bytes], None] | None = None) -> Serial:
     """Read ``proc``'s stdout (COM1) until it closes: ``chunks`` dots, then the story.
 
-    A guard's message (from '!' on) lands in the dots and the text as it comes; the status
-    tells.  Raises BootllamaError at the timeout (the caller ends the process).
+    A guard's message (from a '!' among the dots on) goes to ``message``, not to the story
+    or ``on_bytes``; reading goes on until the PC exits, and its status tells.  Raises
+    BootllamaError at the timeout (the caller ends the process).
     """
     assert proc.stdout is not None
     fd = proc.stdout.fileno()
     t0 = time.monotonic()
-    s = Serial(bytearray(), bytearray(), t0, None, t0)
+    s = Serial(bytearray(), bytearray(), bytearray(), t0, None, t0)
     deadline = t0 + timeout
     while True:
         left = deadline - time.monotonic()
@@ -111,7 +118,9 @@ def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: 
             data = data[take:]
             if len(s.dots) == chunks:
                 s.t_loaded = now
-        if data:
+        if data and b"!" in s.dots:
+            s.message += data
+        elif data:
             s.text += data
             s.t_last = now
             if on_bytes:

@@ -165,7 +165,7 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
     dots = bytes(serial.dots)
     if status != EXIT_DONE:
         if status % 2 == 1:  # written by the sector to isa-debug-exit
-            raise BootllamaError(describe_exit(status, "" if machine == "pc" else name, dots + bytes(serial.text)))
+            raise BootllamaError(describe_exit(status, "" if machine == "pc" else name, serial.printed))
         detail = f": {err.splitlines()[-1]}" if err else ""
         raise BootllamaError(f"QEMU exited with status {status} before the sector finished{detail}")
     if dots != b"." * chunks:

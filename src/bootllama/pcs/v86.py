@@ -110,7 +110,7 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, timeout: f
     if status is None:
         raise BootllamaError(f"the sector halted on v86 without an exit code after {len(serial.text)} bytes")
     if status != EXIT_DONE:
-        raise BootllamaError(describe_exit(int(status), "v86", dots + bytes(serial.text)))
+        raise BootllamaError(describe_exit(int(status), "v86", serial.printed))
     if dots != b"." * chunks:
         raise BootllamaError(f"unexpected loader output {dots[:20]!r} on v86")
     load, gen = serial.timings()
