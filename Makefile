@@ -1,7 +1,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-slow bench pictures
+.PHONY: setup demo test test-slow bench pictures web
 
 setup:
 	@bash scripts/setup.sh
@@ -13,8 +13,12 @@ demo: setup
 test: setup
 	$(BIN)/ruff check src tests bench tools && $(BIN)/python -m pytest -q
 
+# build the web page's site (./site) and serve it on 127.0.0.1 until Ctrl-C
+web: setup
+	$(BIN)/bootllama web -o site --serve
+
 # checks over ~20 s each: libm over whole float ranges, the full engine sweep, the real
-# SmolLM2-135M-Instruct (convert it, ask it questions)
+# SmolLM2-135M-Instruct (convert it, ask it questions), the web page's form
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 

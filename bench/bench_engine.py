@@ -7,6 +7,8 @@ measures, median of ``--runs`` runs:
 * the engine booted in QEMU under TCG (and under hardware KVM when ``qemu.hardware_kvm()``):
   load seconds (boot to the last progress dot) and generation tokens/s (last dot to the
   story's final byte);
+* for stories260K, the same image on Bochs and on v86 (``bootllama.pcs``; v86 when Node, the
+  npm v86 and SeaBIOS are installed);
 * the NumPy reference's tokens/s on the same checkpoint, prompt and step count;
 * the ratio engine / reference, whether the engine printed exactly the reference's bytes,
   and, for stories260K under TCG, the ratio to the peer sectorllm's published figure.
@@ -15,6 +17,7 @@ Writes bench/results.md and bench/results.json (``--output-dir`` to change).
 
     python bench/bench_engine.py            # full: default story, 64 and 16 steps, 3 runs
     python bench/bench_engine.py --quick    # fewer steps, for a smoke run
+    python bench/bench_engine.py --model stories260K --runs 1 --output-dir /tmp/b   # one model, one run
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bootllama import bochs, image, qemu
+from bootllama import image, pcs
 from bootllama.checkpoint import Config, load_checkpoint, packaged_path, random_model, write_legacy
 from bootllama.errors import BootllamaError
+from bootllama.pcs import bochs, qemu, v86
 from bootllama.reference import Reference, Sampler, clamp_steps, generate
 from bootllama.tokenizer import Tokenizer
 
@@ -179,6 +183,16 @@ def measure_reference(ckpt: Path, tok_path: Path, steps: int, runs: int) -> tupl
     return rates, passes, text
 
 
+def v86_available() -> bool:
+    try:
+        v86.node_binary()
+        v86.v86_dir()
+        v86.bios_files()
+    except BootllamaError:
+        return False
+    return True
+
+
 def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
@@ -203,6 +217,8 @@ def run_case(case: Case, engine: image.Engine, accels: list[str], runs: int, qui
 
     if case.config is None and shutil.which("bochs"):
         accels = [*accels, "bochs"]  # the second PC, on the small model only: it is slow
+    if case.config is None and v86_available():
+        accels = [*accels, "v86"]  # the third PC (WebAssembly under Node, the web page's PC)
     rows = [Row(case.name, shape(config), accel, n, tokens=passes, reference_tok_s=ref_tok_s,
                 runs_reference_tok_s=ref_rates) for accel in accels]
     try:
@@ -223,7 +239,10 @@ def run_case(case: Case, engine: image.Engine, accels: list[str], runs: int, qui
                 row.runs_load_s.append(times["load_seconds"])
                 identical &= text == ref_text
                 continue
-            r = qemu.boot(img.path, lay.memory_mib, lay.chunks, accel=row.accel, timeout=timeout)
+            if row.accel == "v86":
+                r = pcs.boot("v86", img.path, lay, timeout=timeout)
+            else:
+                r = pcs.boot("qemu", img.path, lay, accel=row.accel, timeout=timeout)
             tokens = r.tokens if r.tokens > 0 else passes
             row.runs_tok_s.append(tokens / r.gen_seconds)
             row.runs_load_s.append(r.load_seconds)
@@ -324,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per cell; the median is reported (default 3)")
     parser.add_argument("--quick", action="store_true", help="fewer steps: 64, 16 and 4")
+    parser.add_argument("--model", action="append", choices=[c.name.split()[0] for c in CASES],
+                        help="measure only this model (repeatable; default all)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per boot before giving up")
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent,
                         help="where results.md and results.json go (default: bench/)")
@@ -341,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "kvm": kvm,
         "accelerators": "QEMU TCG" + (", hardware KVM" if kvm else " (hardware KVM not available)")
-        + ("; Bochs 2.7 (its own CPU emulator and BIOS) for stories260K" if shutil.which("bochs") else ""),
+        + ("; Bochs 2.7 (its own CPU emulator and BIOS) for stories260K" if shutil.which("bochs") else "")
+        + ("; v86 (WebAssembly under Node, SeaBIOS) for stories260K" if v86_available() else ""),
         "qemu": qemu_version(),
         "python": platform.python_version(),
         "numpy": np.__version__,
@@ -358,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bootllama-bench-") as tmpdir:
         for case in CASES:
+            if args.model and case.name.split()[0] not in args.model:
+                continue
             rows += run_case(case, engine, accels, args.runs, args.quick, Path(tmpdir), args.timeout)
     meta["load_average"] = {"start": load_start, "end": _loadavg()}
     md = markdown(meta, rows)

@@ -22,9 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bootllama import image, qemu
+from bootllama import image
 from bootllama.checkpoint import packaged_path
 from bootllama.errors import BootllamaError
+from bootllama.pcs import qemu
 
 ROOT = Path(__file__).resolve().parents[1]
 

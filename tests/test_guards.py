@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 from conftest import SMALL
 
-from bootllama import image, qemu
+from bootllama import image
 from bootllama.checkpoint import legacy_size, load_checkpoint, packaged_path, random_model, write_legacy
 from bootllama.cli import main
 from bootllama.errors import BootllamaError
+from bootllama.pcs import qemu
 from bootllama.reference import Reference, generate
 from bootllama.tokenizer import Tokenizer
 

@@ -5,8 +5,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bootllama import image, qemu
+from bootllama import image
 from bootllama.checkpoint import load_checkpoint, packaged_path
+from bootllama.pcs import qemu
 from bootllama.reference import Reference, generate
 from bootllama.tokenizer import Tokenizer
 

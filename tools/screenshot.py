@@ -23,9 +23,10 @@ from pathlib import Path
 
 from PIL import Image as PILImage
 
-from bootllama import image, qemu
+from bootllama import image
 from bootllama.checkpoint import load_checkpoint, packaged_path
 from bootllama.errors import BootllamaError
+from bootllama.pcs import qemu
 from bootllama.reference import Reference, generate
 from bootllama.tokenizer import Tokenizer
 

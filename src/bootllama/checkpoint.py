@@ -19,6 +19,7 @@ Only legacy files are written.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import tempfile
@@ -29,15 +30,17 @@ from importlib import resources
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
+try:
+    import numpy as np
+except ModuleNotFoundError:  # Pyodide's core (the web page builds images with image.py): headers and
+    np = None  # type: ignore[assignment]  # layouts need no NumPy; reading or writing tensors does
 
 from bootllama.errors import BootllamaError
-from bootllama.libm import rope_values
 
 MAGIC = 0x616B3432  # "ak42" as a little-endian uint32
 LEGACY_HEADER_SIZE = 28
 VERSIONED_HEADER_SIZE = 256
-F32 = np.dtype("<f4")
+F32 = np.dtype("<f4") if np is not None else "<f4"
 MAX_ROPE_ENTRIES = 1 << 24  # RoPE factors computed for an ak42 file (Llama-2 7B: 4096 x 64)
 
 StrPath = str | os.PathLike[str]
@@ -168,7 +171,7 @@ def legacy_layout(config: Config) -> dict[str, tuple[int, int]]:
     layout: dict[str, tuple[int, int]] = {"header": (0, LEGACY_HEADER_SIZE)}
     offset = LEGACY_HEADER_SIZE
     for name, shape in tensor_shapes(config).items():
-        size = 4 * int(np.prod(shape))
+        size = 4 * math.prod(shape)
         if name == "wcls" and config.shared_classifier:
             layout[name] = layout["token_embedding_table"]
             continue
@@ -198,7 +201,7 @@ def _q8_tensors(config: Config) -> list[tuple[str, int]]:
 def _versioned_size(config: Config, version: int, group_size: int) -> int:
     c = config
     if version == 1:
-        n = sum(int(np.prod(s)) for name, s in tensor_shapes(c).items()
+        n = sum(math.prod(s) for name, s in tensor_shapes(c).items()
                 if not name.startswith("freq_cis") and (name != "wcls" or not c.shared_classifier))
         return VERSIONED_HEADER_SIZE + 4 * n
     norms = 2 * c.n_layers * c.dim + c.dim
@@ -297,6 +300,8 @@ def _model_from(config: Config, tensors: dict[str, np.ndarray]) -> Model:
         if entries > MAX_ROPE_ENTRIES:
             raise BootllamaError(f"bad header: seq_len={config.seq_len} with head_size={config.head_size} "
                                  f"needs {entries} RoPE factors, more than {MAX_ROPE_ENTRIES}")
+        from bootllama.libm import rope_values  # (NumPy: not needed for headers and layouts)
+
         tensors["freq_cis_real"], tensors["freq_cis_imag"] = rope_values(config.head_size, config.seq_len)
     return Model(config=config, **tensors)
 
@@ -451,6 +456,8 @@ def random_model(
         tensors[name] = normal(shape, weight_scale / np.sqrt(shape[-1]))
     tensors["rms_ffn_weight"] = norm_weights(shapes["rms_ffn_weight"])
     tensors["rms_final_weight"] = norm_weights(shapes["rms_final_weight"])
+    from bootllama.libm import rope_values
+
     tensors["freq_cis_real"], tensors["freq_cis_imag"] = rope_values(c.head_size, c.seq_len)
     if not c.shared_classifier:
         tensors["wcls"] = normal(shapes["wcls"], 4.0 / np.sqrt(c.dim) if cls_std is None else cls_std)

@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=cmd_convert)
 
     _add_engine_commands(sub)
+    from bootllama.web import add_web_command
+
+    add_web_command(sub)
     return parser
 
 

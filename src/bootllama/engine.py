@@ -8,8 +8,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bootllama import image, qemu
+from bootllama import image, pcs
 from bootllama.errors import BootllamaError
+from bootllama.pcs import qemu
 from bootllama.runc_args import (
     add_generate_arguments,
     is_top_p,
@@ -58,7 +59,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    accel = qemu.choose_accel(args.accel)
+    accel = qemu.choose_accel(args.accel) if args.pc in pcs.QEMU_PCS else args.pc
     with tempfile.TemporaryDirectory(prefix="bootllama-") as tmp:
         path = Path(args.image) if args.image else Path(tmp, "boot.img")
         img = _build(args, path)
@@ -68,8 +69,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
 
-        result = qemu.boot(path, lay.memory_mib, lay.chunks, accel=accel, timeout=args.timeout,
-                           on_bytes=stream, cpu=QEMU_CPU[args.cpu])
+        result = pcs.boot(args.pc, path, lay, accel=accel if args.pc in pcs.QEMU_PCS else "tcg",
+                          cpu=QEMU_CPU[args.cpu] if args.pc in pcs.QEMU_PCS else None, timeout=args.timeout,
+                          on_bytes=stream)
     rate = f", {result.tokens} tokens, {result.tok_per_s:.1f} tok/s" if result.tokens else ""
     print(f"load {result.load_seconds:.2f} s, generation {result.gen_seconds:.2f} s{rate} "
           f"({accel.upper()}, {lay.memory_mib} MiB)", file=sys.stderr)
@@ -89,10 +91,12 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # type
     _add_cpu(build)
     build.set_defaults(func=cmd_build)
 
-    run = subparsers.add_parser("run", help="build the image and boot it in QEMU, streaming the story")
+    run = subparsers.add_parser("run", help="build the image and boot it in QEMU (or another PC), streaming the story")
     add_generate_arguments(run)
+    run.add_argument("--pc", default=pcs.DEFAULT, choices=pcs.NAMES,
+                     help=f"the PC to boot: {', '.join(pcs.NAMES)} (default {pcs.DEFAULT})")
     run.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"),
-                     help="QEMU accelerator: hardware KVM if kvm_intel/kvm_amd is loaded, else TCG")
+                     help="QEMU's accelerator: hardware KVM if kvm_intel/kvm_amd is loaded, else TCG")
     run.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up (default 600)")
     run.add_argument("--image", metavar="IMAGE", help="also keep the built image at this path")
     _add_cpu(run)

@@ -38,13 +38,14 @@ import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from bootllama.checkpoint import Config, atomic_write, legacy_layout, read_legacy_config, tensor_shapes
 from bootllama.errors import BootllamaError
-from bootllama.libm import checkpoint_rope
 from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SECTOR = 512
 CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
@@ -302,6 +303,8 @@ def rope_bytes(config: Config) -> int:
 
 def read_freq_cis(checkpoint: str | os.PathLike[str], config: Config) -> tuple[np.ndarray, np.ndarray]:
     """The checkpoint's freq_cis_real and freq_cis_imag tables, read from their place in the file."""
+    import numpy as np  # here, not at the top: the web page builds images under Pyodide, without NumPy
+
     lay = legacy_layout(config)
     shape = (config.seq_len, config.head_size // 2)
     tables = []
@@ -317,7 +320,12 @@ def rope_region(checkpoint: str | os.PathLike[str], config: Config) -> bytes:
     """The rotation values the engine reads: run.c's fcr rows, then its fci rows (float32 LE).
 
     bootllama.libm.checkpoint_rope computes them from the header (and the base the checkpoint's
-    tables encode, 10000 for llama2.c's), the function the reference uses."""
+    tables encode, 10000 for llama2.c's), the function the reference uses. They depend on the model
+    alone, so the web page is given them once (``build_image(rope=...)``) instead of NumPy."""
+    import numpy as np
+
+    from bootllama.libm import checkpoint_rope
+
     fcr, fci = checkpoint_rope(*read_freq_cis(checkpoint, config), config.head_size)
     return np.ascontiguousarray(fcr, dtype="<f4").tobytes() + np.ascontiguousarray(fci, dtype="<f4").tobytes()
 
@@ -382,8 +390,9 @@ class Image:
 def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.PathLike[str],
                 out: str | os.PathLike[str], prompt: str | bytes | None = None, steps: int = 0,
                 temperature: float = 0.0, seed: int = 0,
-                engine: Engine | None = None) -> Image:
-    """Lay out a bootable raw disk image (written atomically)."""
+                engine: Engine | None = None, rope: bytes | None = None) -> Image:
+    """Lay out a bootable raw disk image (written atomically). ``rope``: this checkpoint's
+    rope_region(), when the caller has it already."""
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
@@ -413,7 +422,10 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         f.write(prompt_bytes + bytes(_pad(len(prompt_bytes)) - len(prompt_bytes)))
         table_bytes = table(layout)
         f.write(table_bytes + bytes(_pad(len(table_bytes)) - len(table_bytes)))
-        rope = rope_region(checkpoint, config)
+        if rope is None:
+            rope = rope_region(checkpoint, config)
+        elif len(rope) != rope_bytes(config):
+            raise BootllamaError("the rotation values given do not fit this checkpoint")
         f.write(rope + bytes(_pad(len(rope)) - len(rope)))
         f.truncate(layout.disk_sectors * SECTOR)
     return Image(Path(out), layout, engine, ids, steps)

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bootllama import image, qemu
+from bootllama import image
 from bootllama.checkpoint import load_checkpoint
 from bootllama.errors import BootllamaError
+from bootllama.pcs import qemu
 from bootllama.reference import MathMode, Reference
 
 

@@ -17,17 +17,16 @@ import argparse
 import math
 import os
 import re
+import struct
 import time
 from pathlib import Path
-
-import numpy as np
 
 from bootllama.checkpoint import DEFAULT_CHECKPOINT, DEFAULT_TOKENIZER, packaged_path, read_legacy_config
 from bootllama.errors import BootllamaError
 from bootllama.tokenizer import Tokenizer
 
 RUNC_TOKENIZER = "tokenizer.bin"  # run.c's -z default when a checkpoint is named
-RUNC_TOPP_FALLBACK = float(np.float32(0.9))  # run.c: topp = 0.9 (a float) when outside [0, 1]
+RUNC_TOPP_FALLBACK = struct.unpack("<f", struct.pack("<f", 0.9))[0]  # run.c: topp = 0.9 (a float) when outside [0, 1]
 
 _INT = re.compile(r"\s*([+-]?\d+)\s*")
 _FLOAT = re.compile(
@@ -147,8 +146,10 @@ def resolve_seed(seed: int) -> tuple[int, bool]:
 
 def _float32(name: str, value: float) -> float:
     """value as run.c's float variable holds it; NaN or infinite is an error."""
-    with np.errstate(over="ignore"):
-        f = float(np.float32(value))
+    try:  # (struct, not NumPy: the web page imports this under Pyodide)
+        f = struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:  # beyond float32's range: run.c's float would be infinite
+        f = math.inf
     if not math.isfinite(f):
         raise BootllamaError(f"{name} must be a finite float, got {value}")
     return f

@@ -16,6 +16,7 @@ the merges, the pre-tokenizer, the special tokens, the BOS and stop ids and the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Sequence
@@ -23,16 +24,24 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bootllama.errors import BootllamaError
 
 BOS = 1
 EOS = 2
 _C_SPACE = frozenset(b" \t\n\v\f\r")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _float32(x: float) -> float:
+    """``x`` rounded to float32 (to nearest, ties to even; past the largest float, infinity)."""
+    try:
+        return float(struct.unpack("<f", struct.pack("<f", x))[0])
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
 # run.c starts the merge search at best_score = -1e10 (a float)
-_NO_SCORE = float(np.float32(-1e10))
+_NO_SCORE = _float32(-1e10)
 
 
 def _cstr(piece: bytes) -> bytes:
@@ -106,7 +115,7 @@ class Tokenizer:
         if len(pieces) != len(scores):
             raise BootllamaError("tokenizer needs one score per piece")
         self.pieces: list[bytes] = [bytes(p) for p in pieces]
-        self.scores: list[float] = [float(np.float32(s)) for s in scores]
+        self.scores: list[float] = [_float32(s) for s in scores]
         self.max_token_length = int(max_token_length)
         self._c = [_cstr(p) for p in self.pieces]
 

@@ -1,10 +1,10 @@
 """Boot an image in QEMU, headless, and stream what the sector writes to COM1.
 
-The sector's serial protocol: one '.' per chunk read while loading (the harness knows how
-many from the layout), then exactly the bytes run.c would print, then QEMU exits through the
-isa-debug-exit device: status 2 * code + 1, code 0 when the story is over, else the code of
-the guard that stopped it (its message, starting with '!', is what COM1 received instead of
-the story or the dots).
+The PCs (``MACHINES``): ``pc``, today's i440FX PC with the image as its first IDE disk;
+``ahci``, a q35 PC with the disk on its AHCI controller; ``usb-ehci`` and ``usb-xhci``, an
+i440FX PC whose only disk is the image as a USB stick (usb-storage) on an EHCI or XHCI
+controller, which SeaBIOS boots.  The serial protocol and exit statuses are in
+``bootllama.pcs.base``.
 """
 
 from __future__ import annotations
@@ -12,35 +12,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bootllama.errors import BootllamaError
+from bootllama.pcs.base import EXIT_DISK, EXIT_DONE, GUARDS, RunResult, describe_exit, read_serial
 
-EXIT_DONE = 1  # (0 << 1) | 1
-# the sector's guards: exit code -> what stopped it (QEMU's status is 2 * code + 1)
-GUARDS = {
-    2: "a disk read error, or a BIOS without extended disk reads",
-    3: "the A20 gate could not be switched on",
-    4: "the CPU lacks what this build needs (SSE2; the 486 build: an FPU)",
-    5: "the PC has less memory than the run needs",
-}
-EXIT_DISK = 2 * 2 + 1
-
-
-def guard_message(code: int, printed: bytes) -> str:
-    """One line for a guard's stop: what the sector printed and what it means."""
-    what = GUARDS.get(code, f"unknown exit code {code}")
-    shown = printed.decode("ascii", "replace").strip(".")
-    return f"the sector stopped: {shown} ({what})" if shown else f"the sector stopped: {what}"
-
+__all__ = ["EXIT_DISK", "EXIT_DONE", "GUARDS", "MACHINES", "QMP", "RunResult", "boot", "choose_accel",
+           "qemu_command"]
 
 def qemu_binary() -> str:
     for name in ("qemu-system-i386", "qemu-system-x86_64"):
@@ -64,21 +48,6 @@ def choose_accel(requested: str | None) -> str:
     if requested not in ("kvm", "tcg"):
         raise BootllamaError(f"unknown accelerator {requested!r}: use kvm, tcg or auto")
     return requested
-
-
-@dataclass
-class RunResult:
-    text: bytes
-    accel: str
-    load_seconds: float
-    gen_seconds: float
-    tokens: int  # forward passes, one per position (the engine's beats on port 0xE9)
-    exit_status: int
-    dots: bytes = field(default=b"")
-
-    @property
-    def tok_per_s(self) -> float:
-        return self.tokens / self.gen_seconds if self.gen_seconds > 0 else 0.0
 
 
 class QMP:
@@ -138,69 +107,52 @@ class QMP:
         self.sock.close()
 
 
+def _disk_args(image: str, machine: str) -> list[str]:
+    drive = f"file={image},format=raw,media=disk"
+    if machine == "pc":
+        return ["-drive", f"{drive},if=ide,index=0"]
+    if machine == "ahci":  # q35's ICH9 AHCI controller, port 0
+        return ["-M", "q35", "-drive", f"{drive},if=none,id=disk0", "-device", "ide-hd,drive=disk0,bus=ide.0"]
+    if machine in ("usb-ehci", "usb-xhci"):
+        ctrl = "usb-ehci" if machine == "usb-ehci" else "qemu-xhci"
+        return ["-device", f"{ctrl},id=usb", "-drive", f"{drive},if=none,id=stick",
+                "-device", "usb-storage,bus=usb.0,drive=stick,bootindex=0"]
+    raise BootllamaError(f"unknown QEMU machine {machine!r}: use one of {', '.join(MACHINES)}")
+
+
+MACHINES = ("pc", "ahci", "usb-ehci", "usb-xhci")
+
+
 def qemu_command(image: str | os.PathLike[str], memory_mib: int, accel: str,
-                 extra: list[str] | None = None, cpu: str | None = None) -> list[str]:
-    cmd = [qemu_binary(), "-accel", accel, "-m", str(memory_mib),
-           "-drive", f"file={os.fspath(image)},format=raw,if=ide,index=0,media=disk",
+                 extra: list[str] | None = None, machine: str = "pc", cpu: str | None = None) -> list[str]:
+    """QEMU's command line; ``cpu`` is passed as ``-cpu`` (None: ``max`` under TCG, ``host`` under KVM)."""
+    cmd = [qemu_binary(), "-accel", accel, "-m", str(memory_mib), *_disk_args(os.fspath(image), machine),
            "-display", "none", "-serial", "stdio", "-monitor", "none",
            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-no-reboot"]
-    if cpu is not None:
-        cmd += ["-cpu", cpu]
-    elif accel == "tcg":
-        cmd += ["-cpu", "max"]
-    else:
-        cmd += ["-cpu", "host"]
+    if cpu is None:
+        cpu = "max" if accel == "tcg" else "host"
+    cmd += ["-cpu", cpu]
     return cmd + (extra or [])
 
 
 def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str = "tcg",
          timeout: float = 600.0, on_bytes: Callable[[bytes], None] | None = None,
-         extra: list[str] | None = None, cpu: str | None = None) -> RunResult:
+         extra: list[str] | None = None, machine: str = "pc", cpu: str | None = None) -> RunResult:
     """Boot ``image``; return the story bytes and timings.
 
     ``chunks`` is how many progress dots precede the story.  ``on_bytes`` gets story bytes as
     they arrive.  Raises BootllamaError on a timeout, a disk error or an unexpected exit.
     """
+    name = "QEMU" if machine == "pc" else f"QEMU ({machine})"
     beats = tempfile.NamedTemporaryFile(prefix="bootllama-beats-", delete=False)  # noqa: SIM115
     beats.close()
     # the sector writes one byte to port 0xE9 per forward pass: QEMU's debug console
-    cmd = qemu_command(image, memory_mib, accel, [*(extra or []), "-debugcon", f"file:{beats.name}"], cpu=cpu)
-    t0 = time.monotonic()
+    cmd = qemu_command(image, memory_mib, accel, [*(extra or []), "-debugcon", f"file:{beats.name}"],
+                       machine=machine, cpu=cpu)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    dots = bytearray()
-    text = bytearray()
-    t_loaded: float | None = None
-    t_last = t0
-    deadline = t0 + timeout
     try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BootllamaError(f"the sector did not finish within {timeout:.0f} s "
-                                     f"({len(text)} bytes of text so far)")
-            ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-            if not ready:
-                continue
-            data = os.read(fd, 65536)
-            if not data:
-                break
-            now = time.monotonic()
-            while data and len(dots) < chunks:
-                take = min(chunks - len(dots), len(data))
-                dots += data[:take]
-                data = data[take:]
-                if len(dots) == chunks:
-                    t_loaded = now
-            if data:
-                if b"!" in dots:
-                    break
-                text += data
-                t_last = now
-                if on_bytes:
-                    on_bytes(data)
+        serial = read_serial(proc, chunks, timeout, name, on_bytes)
         status = proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
@@ -210,12 +162,13 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
         with contextlib.suppress(OSError):
             os.unlink(beats.name)
     err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-    if status != EXIT_DONE and status & 1 and (status >> 1) in GUARDS:
-        raise BootllamaError(guard_message(status >> 1, bytes(dots) + bytes(text)))
+    dots = bytes(serial.dots)
     if status != EXIT_DONE:
+        if status % 2 == 1:  # written by the sector to isa-debug-exit
+            raise BootllamaError(describe_exit(status, "" if machine == "pc" else name, serial.printed))
         detail = f": {err.splitlines()[-1]}" if err else ""
         raise BootllamaError(f"QEMU exited with status {status} before the sector finished{detail}")
     if dots != b"." * chunks:
-        raise BootllamaError(f"unexpected loader output {bytes(dots)[:20]!r}")
-    loaded = t_loaded if t_loaded is not None else t0
-    return RunResult(bytes(text), accel, loaded - t0, max(t_last - loaded, 1e-9), tokens, status, bytes(dots))
+        raise BootllamaError(f"unexpected loader output {dots[:20]!r}")
+    load, gen = serial.timings()
+    return RunResult(bytes(serial.text), accel, load, gen, tokens, status, dots)

@@ -1,0 +1,50 @@
+"""The PCs the engine boots on, behind one face: ``boot(name, image, layout) -> RunResult``.
+
+``qemu`` (the default: an i440FX PC, the disk on IDE), ``qemu-ahci`` (q35, the disk on AHCI),
+``qemu-usb-ehci`` and ``qemu-usb-xhci`` (the image as a USB stick), ``bochs`` (its own CPU
+interpreter and BIOS) and ``v86`` (WebAssembly under Node, the web page's PC).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+from bootllama.errors import BootllamaError
+from bootllama.image import Layout
+from bootllama.pcs import bochs, qemu, v86
+from bootllama.pcs.base import EXIT_DONE, RunResult
+
+QEMU_PCS = {"qemu": "pc", "qemu-ahci": "ahci", "qemu-usb-ehci": "usb-ehci", "qemu-usb-xhci": "usb-xhci"}
+NAMES = (*QEMU_PCS, "bochs", "v86")
+DEFAULT = "qemu"
+
+__all__ = ["DEFAULT", "EXIT_DONE", "NAMES", "RunResult", "boot"]
+
+
+def boot(name: str, image: str | os.PathLike[str], layout: Layout, *, timeout: float = 600.0,
+         on_bytes: Callable[[bytes], None] | None = None, accel: str = "tcg", cpu: str | None = None,
+         max_bytes: int = 1 << 30) -> RunResult:
+    """Boot ``image`` (laid out as ``layout``) on the PC called ``name``; return the story.
+
+    ``accel`` and ``cpu`` (QEMU's ``-cpu``; None keeps each accelerator's default) apply to the
+    QEMU PCs only.  Bochs reports no forward-pass count and returns its text at the end (or
+    after ``max_bytes``).
+    """
+    if name in QEMU_PCS:
+        return qemu.boot(image, layout.memory_mib, layout.chunks, accel=accel, timeout=timeout,
+                         on_bytes=on_bytes, machine=QEMU_PCS[name], cpu=cpu)
+    if cpu is not None:
+        raise BootllamaError(f"--cpu applies to the QEMU PCs only, not {name}")
+    if name == "v86":
+        return v86.boot(image, layout.memory_mib, layout.chunks, timeout=timeout, on_bytes=on_bytes)
+    if name == "bochs":
+        times: dict[str, float] = {}
+        t0 = time.monotonic()
+        text = bochs.boot_bochs(image, layout, max_bytes=max_bytes, timeout=timeout, timings=times)
+        if on_bytes and text:
+            on_bytes(text)
+        return RunResult(text, "bochs", times.get("load_seconds", time.monotonic() - t0),
+                         max(times.get("gen_seconds", 0.0), 1e-9), 0, EXIT_DONE, b"." * layout.chunks)
+    raise BootllamaError(f"unknown PC {name!r}: use one of {', '.join(NAMES)}")

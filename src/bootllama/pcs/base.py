@@ -1,0 +1,127 @@
+"""What every PC harness shares: the result of a boot and the reader of the sector's COM1 stream.
+
+The sector's serial protocol: one '.' per 32 KiB chunk read while loading (the harness knows
+how many from the layout), then exactly the bytes run.c would print, then the sector writes
+its exit code to port 0xF4 and halts with interrupts off.  QEMU's isa-debug-exit turns the
+code ``al`` into the process status ``2*al + 1``; every harness reports that same status.
+Code 0: the story is over; a guard that stops the sector (``GUARDS``) prints its message,
+starting with '!', instead of the dots or the story, and exits with its code.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bootllama.errors import BootllamaError
+
+# the sector's guards: exit code -> what stopped it
+GUARDS = {
+    2: "a disk read error, or a BIOS without extended disk reads",
+    3: "the A20 gate could not be switched on",
+    4: "the CPU lacks what this build needs (SSE2; the 486 build: an FPU)",
+    5: "the PC has less memory than the run needs",
+}
+EXIT_DONE = 1  # (0 << 1) | 1: the story is over
+EXIT_DISK = 5  # (2 << 1) | 1: a BIOS read failed
+
+
+def exit_status(code: int) -> int:
+    """The status a byte written to port 0xF4 becomes (QEMU's isa-debug-exit)."""
+    return (code << 1) | 1
+
+
+def exit_code(status: int) -> int:
+    """The byte the sector wrote to port 0xF4, from a status."""
+    return status >> 1
+
+
+def describe_exit(status: int, pc: str, printed: bytes = b"") -> str:
+    """One line for a status other than EXIT_DONE: what the sector printed (its guard's message,
+    the progress dots dropped) and what the code means."""
+    code = exit_code(status)
+    what = GUARDS.get(code, f"unknown exit code {code}")
+    shown = printed.decode("ascii", "replace").strip(".").strip()
+    where = f" on {pc}" if pc else ""
+    return f"the sector stopped{where}: {shown} ({what})" if shown else f"the sector stopped{where}: {what}"
+
+
+@dataclass
+class RunResult:
+    text: bytes
+    accel: str  # how the PC ran: tcg, kvm, bochs, v86
+    load_seconds: float
+    gen_seconds: float
+    tokens: int  # forward passes, one per position (the engine's beats on port 0xE9)
+    exit_status: int
+    dots: bytes = field(default=b"")
+
+    @property
+    def tok_per_s(self) -> float:
+        return self.tokens / self.gen_seconds if self.gen_seconds > 0 else 0.0
+
+
+@dataclass
+class Serial:
+    """COM1 as read from a harness's standard output: the dots, the story, when they came."""
+
+    dots: bytearray
+    text: bytearray
+    message: bytearray  # after a '!' among the dots: a guard's message, never story text
+    t0: float
+    t_loaded: float | None
+    t_last: float
+
+    @property
+    def printed(self) -> bytes:
+        """Everything COM1 carried, for an error message."""
+        return bytes(self.dots + self.message + self.text)
+
+    def timings(self) -> tuple[float, float]:
+        """(load seconds, generation seconds)."""
+        loaded = self.t_loaded if self.t_loaded is not None else self.t0
+        return loaded - self.t0, max(self.t_last - loaded, 1e-9)
+
+
+def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: str,
+                on_bytes: Callable[[bytes], None] | None = None) -> Serial:
+    """Read ``proc``'s stdout (COM1) until it closes: ``chunks`` dots, then the story.
+
+    A guard's message (from a '!' among the dots on) goes to ``message``, not to the story
+    or ``on_bytes``; reading goes on until the PC exits, and its status tells.  Raises
+    BootllamaError at the timeout (the caller ends the process).
+    """
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    t0 = time.monotonic()
+    s = Serial(bytearray(), bytearray(), bytearray(), t0, None, t0)
+    deadline = t0 + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BootllamaError(f"the sector did not finish within {timeout:g} s on {pc} "
+                                 f"({len(s.dots)} of {chunks} progress dots, {len(s.text)} bytes of text)")
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if not ready:
+            continue
+        data = os.read(fd, 65536)
+        if not data:
+            return s
+        now = time.monotonic()
+        while data and len(s.dots) < chunks:
+            take = min(chunks - len(s.dots), len(data))
+            s.dots += data[:take]
+            data = data[take:]
+            if len(s.dots) == chunks:
+                s.t_loaded = now
+        if data and b"!" in s.dots:
+            s.message += data
+        elif data:
+            s.text += data
+            s.t_last = now
+            if on_bytes:
+                on_bytes(data)

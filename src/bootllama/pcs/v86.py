@@ -1,0 +1,117 @@
+"""Boot an image in v86, a third PC: an x86 emulator compiled to WebAssembly (with its own JIT),
+run under Node, the same PC the web page runs (``bootllama web``).
+
+The harness (``v86_boot.mjs`` beside this module) gives v86 Debian's SeaBIOS and its stdvga
+VGA BIOS and the image as the first IDE disk, and hooks two I/O ports: 0xF4 (the sector's exit
+code, reported as QEMU's isa-debug-exit status) and 0xE9 (one beat per forward pass).  It also
+stops when the guest halts with interrupts off, and at the timeout.  v86 comes from npm at the
+version pinned in the repository's package.json (``npm ci`` in scripts/setup.sh puts it in
+``node_modules/`` at the repository root); ``BOOTLLAMA_V86`` may name another v86 package folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+from bootllama.errors import BootllamaError
+from bootllama.pcs.base import EXIT_DONE, RunResult, describe_exit, read_serial
+
+SEABIOS = Path("/usr/share/seabios")
+BIOS = SEABIOS / "bios.bin"
+VGA_BIOS = SEABIOS / "vgabios-stdvga.bin"
+INSTALL_HINT = "run scripts/setup.sh (Debian nodejs, npm and seabios, then npm ci)"
+
+
+def node_binary() -> str:
+    for name in ("node", "nodejs"):
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    raise BootllamaError(f"node not found: {INSTALL_HINT}")
+
+
+def harness() -> Path:
+    res = resources.files("bootllama").joinpath("pcs", "v86_boot.mjs")
+    if not isinstance(res, Path) or not res.is_file():
+        raise BootllamaError("v86_boot.mjs is missing from the bootllama installation")
+    return res
+
+
+def _candidates() -> list[Path]:
+    env = os.environ.get("BOOTLLAMA_V86")
+    if env:
+        return [Path(env)]
+    here = Path(__file__).resolve()
+    found = [p / "node_modules" / "v86" for p in here.parents]
+    return [*found, Path.cwd() / "node_modules" / "v86"]
+
+
+def v86_dir() -> Path:
+    """The v86 npm package: BOOTLLAMA_V86, else node_modules/v86 in a folder above this module
+    (the repository root of an editable install) or in the current directory."""
+    for cand in _candidates():
+        if (cand / "build" / "libv86.mjs").is_file() and (cand / "build" / "v86.wasm").is_file():
+            return cand
+    raise BootllamaError(f"v86 not found (no node_modules/v86 with build/libv86.mjs and build/v86.wasm): "
+                         f"{INSTALL_HINT}")
+
+
+def bios_files() -> tuple[Path, Path]:
+    for rom in (BIOS, VGA_BIOS):
+        if not rom.is_file():
+            raise BootllamaError(f"{rom} is missing (Debian seabios): {INSTALL_HINT}")
+    return BIOS, VGA_BIOS
+
+
+def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, timeout: float = 600.0,
+         on_bytes: Callable[[bytes], None] | None = None) -> RunResult:
+    """Boot ``image`` in v86; return the story bytes, timings and the forward-pass count.
+
+    Raises BootllamaError when node, v86 or the BIOS is missing, on a timeout, a disk error or
+    any exit code other than "finished".
+    """
+    if not timeout > 0:
+        raise BootllamaError(f"timeout must be positive, not {timeout}")
+    if not Path(image).is_file():
+        raise BootllamaError(f"image {image} does not exist")
+    bios, vga = bios_files()
+    cmd = [node_binary(), str(harness()), str(v86_dir()), os.fspath(image), str(memory_mib), str(bios),
+           str(vga), f"{timeout:g}"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # the harness stops itself at the timeout; this one is the guard against a stuck node
+        serial = read_serial(proc, chunks, timeout + 30, "v86", on_bytes)
+        code = proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+    lines = err.splitlines()
+    try:
+        summary = json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        summary = None
+    if not isinstance(summary, dict):
+        detail = f": {lines[-1]}" if lines else ""
+        raise BootllamaError(f"the v86 harness failed (exit code {code}){detail}")
+    status = summary.get("status")
+    beats = int(summary.get("beats", 0))
+    dots = bytes(serial.dots)
+    if status == "timeout":
+        raise BootllamaError(f"the sector did not finish within {timeout:g} s on v86 "
+                             f"({len(dots)} of {chunks} progress dots, {len(serial.text)} bytes of text)")
+    if status is None:
+        raise BootllamaError(f"the sector halted on v86 without an exit code after {len(serial.text)} bytes")
+    if status != EXIT_DONE:
+        raise BootllamaError(describe_exit(int(status), "v86", serial.printed))
+    if dots != b"." * chunks:
+        raise BootllamaError(f"unexpected loader output {dots[:20]!r} on v86")
+    load, gen = serial.timings()
+    return RunResult(bytes(serial.text), "v86", load, gen, beats, int(status), dots)
