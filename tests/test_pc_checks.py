@@ -34,7 +34,7 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1347, ("SAMPLING",): 1471, ("CPU486",): 1331, ("CPU486", "SAMPLING"): 1497}
+BUDGETS = {(): 1340, ("SAMPLING",): 1464, ("CPU486",): 1329, ("CPU486", "SAMPLING"): 1495}
 
 
 @pytest.mark.parametrize("defines", list(BUDGETS), ids=lambda d: "+".join(d) or "greedy")

@@ -125,15 +125,19 @@ def assemble(defines: tuple[str, ...] = (), source: Path | None = None) -> Engin
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "sector.bin")
         lst = Path(tmp, "sector.lst")
-        cmd = [nasm(), "-f", "bin", "-o", str(out), "-l", str(lst), f"-I{src.parent}{os.sep}"]
+        # NASM's map names every label it assembled with its address; the listing also shows
+        # labels of false %if branches, so a label counts only where the map puts it
+        pre = Path(tmp, "map.asm")
+        pre.write_text(f"[map symbols {Path(tmp, 'sector.map')}]\n")
+        cmd = [nasm(), "-f", "bin", "-o", str(out), "-l", str(lst), f"-P{pre}", f"-I{src.parent}{os.sep}"]
         cmd += [f"-D{d}" for d in defines] + [str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise BootllamaError(f"nasm failed: {proc.stderr.strip().splitlines()[0]}")
         code = out.read_bytes()
         listing = lst.read_text()
-        sizes = size_table(listing, len(code))
-        symbols = {name: ORG + off for off, name in label_offsets(listing)}
+        symbols = {name: int(addr, 16) for addr, name in _MAP_LABEL.findall(Path(tmp, "sector.map").read_text())}
+        sizes = size_table(listing, len(code), symbols)
     if len(code) % SECTOR or code[510:512] != b"\x55\xaa":
         raise BootllamaError("assembled engine is not a boot sector (no 0x55AA at byte 510)")
     return Engine(code, sizes, defines, symbols)
@@ -142,13 +146,15 @@ def assemble(defines: tuple[str, ...] = (), source: Path | None = None) -> Engin
 # listing lines: line number, [address, bytes], [<n> for included files], source
 _LABEL = re.compile(r"\s*\d+\s+(?:<\d+>\s+)?([A-Za-z_]\w*):")
 _CODE = re.compile(r"\s*\d+\s+([0-9A-F]{8})\s+([0-9A-F]+|\[|\()")
+_MAP_LABEL = re.compile(r"\s+([0-9A-F]+)\s+[0-9A-F]+\s+([A-Za-z_]\w*)$", re.M)  # a top-level label in the map
 
 
 ORG = 0x7C00
 
 
-def label_offsets(listing: str) -> list[tuple[int, str]]:
-    """(offset, name) of every top-level label in a NASM listing, in address order."""
+def label_offsets(listing: str, symbols: dict[str, int] | None = None) -> list[tuple[int, str]]:
+    """(offset, name) of every top-level label in a NASM listing, in address order; with
+    ``symbols`` (NASM's map: name -> address), only the labels at the address the map gives."""
     found: list[tuple[int, str]] = []
     pending: list[str] = []
     for line in listing.splitlines():
@@ -160,16 +166,18 @@ def label_offsets(listing: str) -> list[tuple[int, str]]:
         if m and pending:
             found += [(int(m.group(1), 16), name) for name in pending]
             pending = []
+    if symbols is not None:
+        found = [(off, name) for off, name in found if symbols.get(name) == ORG + off]
     return sorted(found)
 
 
-def size_table(listing: str, total: int) -> list[tuple[str, int]]:
+def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) -> list[tuple[str, int]]:
     """Bytes per top-level label, from a NASM listing (local .labels fold into their parent).
 
     Trailing zero padding (``times``/``align``) is excluded: the table counts what the engine
     uses.  The signature counts as its own row.
     """
-    starts = label_offsets(listing)
+    starts = label_offsets(listing, symbols)
     pads: list[int] = []
     for line in listing.splitlines():
         m = _CODE.match(line)
@@ -197,7 +205,7 @@ def size_table(listing: str, total: int) -> list[tuple[str, int]]:
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
     "loader": ("start", "init", "load", "exptab", "gdtr", "signature"),
-    "guards' messages": ("diskfail", "a20fail", "cpufail", "die"),
+    "guards' messages": ("diskfail", "cpufail", "die"),
     "generate loop": ("gen", "done", "exit"),
     "printing": ("print", "putc"),
     "forward pass": ("forward", "exp", "rope", "nextw", "rmsnorm", "mvw", "mvwb", "mvwn", "mv",

@@ -62,6 +62,13 @@
 bits 16
 org 0x7c00
 
+%ifdef CPU486                   ; the 486 build's guards, and the A20 test
+  %define NEXTW_IN_TAIL         ; build's, leave no room for nextw in
+%endif                          ; sector 0
+%ifdef A20OFF
+  %define NEXTW_IN_TAIL
+%endif
+
 PRE     equ 0x7E00              ; the boot read: tail sectors, manifest, header
 VARS    equ PRE + TAIL*512 + 512 ; the header, read in place
 XBUF    equ 0x8800              ; x, the residual stream (dim <= 1024), above
@@ -135,8 +142,8 @@ start:
     push byte 1                 ; LBA: the tail sectors, the manifest, ...
     push word PRE >> 4          ; buffer segment
     push ax                     ; buffer offset 0
-    push word CHUNK             ; sector count
-    push word 16                ; DAP size
+    push byte CHUNK             ; sector count (push byte: 1 byte shorter)
+    push byte 16                ; DAP size
     mov si, sp
     mov ah, 0x42                ; extended read; DL is still the boot drive
     int 0x13                    ; tail code, manifest and header to PRE
@@ -148,7 +155,7 @@ start:
 
 init:
     push dx                     ; (DL: the boot drive, for the reads below)
-    mov ax, 3
+    mov al, 3                   ; (ah = 0: the read's status)
     int 0x10                    ; text mode 3: clears the screen
     mov dx, 0x3fb               ; COM1 line control: 8 data bits, no parity,
     mov al, 3                   ; 1 stop bit, before the first byte out
@@ -166,9 +173,8 @@ init:
     xor eax, eax
     inc ax
     cpuid
-    not edx
-    test edx, 3 << 25           ; SSE and SSE2 (exp's doubles)
-    jnz cpufail
+    bt edx, 26                  ; SSE2 (exp's doubles; every CPU with it has
+    jnc cpufail                 ; SSE too)
     mov eax, cr4
     or ax, 0x200                ; CR4.OSFXSR: allow SSE
     mov cr4, eax
@@ -190,8 +196,9 @@ init:
     push byte -1
     pop fs
     inc word [fs:0x7e0e]        ; 0x107DFE: 0x7DFE (our 0xAA55) if A20 is off
-    cmp word [0x7dfe], 0AA55h   
-    jne a20fail
+    mov si, m_a20
+    cmp byte [0x7dfe], 0x55     ; (the inc would have made it 0x56)
+    jne die
     xor ebx, ebx                ; E820: from the first record
 .e820:
     mov di, ATTBUF
@@ -204,8 +211,8 @@ init:
 %else
     jc .memfail                 ; (every BIOS of an SSE2 PC has E820)
 %endif
-    cmp byte [di+16], 1
-    jne .next                   ; not usable RAM
+    dec byte [di+16]            ; type 1: usable RAM (the record is ours)
+    jnz .next
     cmp dword [di+2], 0x10
     ja .next                    ; starts above 1 MiB (bytes 2..5 of the base)
     mov eax, [di]
@@ -255,9 +262,6 @@ load:
 diskfail:
     mov si, m_disk
     jmp die
-a20fail:
-    mov si, m_a20
-    jmp die
 cpufail:
     mov si, m_cpu
 die:
@@ -267,54 +271,6 @@ die:
     call putc
     jmp die
 
-
-; ---- print the piece of TOKEN after prev (cx), as run.c's safe_printf -----
-print:
-    push cx
-    mov esi, [bp+M_TOK]
-    mov cx, [bp+TOKEN]
-    inc cx                      ; walk to the end of record TOKEN
-.walk:
-    a32 lodsd                   ; score
-    a32 lodsd                   ; len
-    add esi, eax
-    loop .walk
-    sub esi, eax                ; piece start
-    xchg cx, ax                 ; cx = len
-    pop ax
-    dec ax                      ; prev == BOS: strip one leading space
-    jnz .nostrip
-    a32 cmp byte [esi], ' '
-    jne .nostrip
-    inc esi
-    dec cx
-.nostrip:
-    mov ax, [bp+TOKEN]
-    sub ax, [bp+M_BYTE]         ; <0x00>..<0xFF> are ids M_BYTE..M_BYTE+255:
-    test ah, ah                 ; ah = 0 exactly for them (ids below borrow)
-    jz .one                     ; al: the raw byte
-    loop .all                   ; cx = len - 1: zero exactly for one byte
-    a32 lodsb                   ; a one-byte piece
-.one:                           ; one byte: only if isprint or isspace
-    push ax
-    sub al, 9
-    cmp al, 5                   ; \t \n \v \f \r: CF
-    jb .ok
-    sub al, 32-9
-    cmp al, 127-32              ; ' '..'~': CF
-.ok:
-    pop ax                      ; (flags kept)
-    jb putc                     ; print it (putc returns for us)
-    ret
-.all:
-    inc cx                      ; len again (0 wrapped to 0xFFFF and back)
-    jcxz .ret
-.emit:
-    a32 lodsb
-    call putc
-    loop .emit
-.ret:
-    ret
 
 ; ---- putc: al to COM1 and to the screen (BIOS teletype, CR before LF) ------
 ; then unreal: give DS and ES 4 GiB limits again, interrupts off
@@ -345,6 +301,55 @@ putc:
     pop ds                      ; restore them
     popad
     ret
+
+%ifndef NEXTW_IN_TAIL
+; ---- nextw: esi = the next address of the table ---------------------------
+nextw:
+    mov esi, [bp+TP]
+    a32 lodsd
+    mov [bp+TP], esi
+    xchg esi, eax
+    ret
+%endif
+
+; ---- attention: q_h = sum_t softmax(q_h . k_t / sqrtf(hs))_t v_t, then wo --
+attention:
+    call nextw                  ; esi = k of kv head 0 at t = 0
+    lea edi, [QBUF]             ; (ebx's high word is 0: xb from mvw)
+    mov cx, [bp+NKV]
+.kvh:
+    push cx
+    mov ax, [bp+NH]
+    cwd
+    div word [bp+NKV]
+    xchg cx, ax                 ; kv_mul query heads share a kv head
+.head:
+    pushad                      ; esi = k_h, edi = q_h
+    mov bx, di                  ; vec = q_h
+    mov di, ATTBUF              ; out = att
+    mov cx, [bp+HS]
+    push dword 4
+    pop eax                     ; column stride 4
+    mov edx, [bp+TSTR]          ; row stride: the next position
+    mov bp, [bp+POS]            ; rows = pos + 1
+    pushad
+    call mv                     ; att[t] = q_h . k_t
+    call softmax_att
+    popad
+    xchg cx, bp                 ; n = pos+1, rows = head_size
+    xchg eax, edx               ; column stride = position stride
+    xchg edi, ebx               ; vec = att, out = q_h
+    add esi, [VARS+KVDIM4]      ; v of the same kv head
+    call mv                     ; q_h[i] = sum_t att[t] v_t[i]
+    popad
+    add di, [bp+HS4]
+    loop .head
+    add esi, [bp+HS4]           ; the next kv head
+    pop cx
+    loop .kvh
+    mov bx, QBUF                ; vec = the attention output
+    mov cx, [bp+DIM]            ; n = dim
+    jmp tox                     ; x += wo @ it
 
 ; GDTR: the flat data descriptor is entry 127 (selector 0x3F8, the COM1
 ; port putc has in dx); entries 0..126 are whatever lies below it and are
@@ -464,6 +469,54 @@ exit:
 %endif
 .h: hlt
     jmp .h
+
+; ---- print the piece of TOKEN after prev (cx), as run.c's safe_printf -----
+print:
+    push cx
+    mov esi, [bp+M_TOK]
+    mov cx, [bp+TOKEN]
+    inc cx                      ; walk to the end of record TOKEN
+.walk:
+    a32 lodsd                   ; score
+    a32 lodsd                   ; len
+    add esi, eax
+    loop .walk
+    sub esi, eax                ; piece start
+    xchg cx, ax                 ; cx = len
+    pop ax
+    dec ax                      ; prev == BOS: strip one leading space
+    jnz .nostrip
+    a32 cmp byte [esi], ' '
+    jne .nostrip
+    inc esi
+    dec cx
+.nostrip:
+    mov ax, [bp+TOKEN]
+    sub ax, [bp+M_BYTE]         ; <0x00>..<0xFF> are ids M_BYTE..M_BYTE+255:
+    test ah, ah                 ; ah = 0 exactly for them (ids below borrow)
+    jz .one                     ; al: the raw byte
+    loop .all                   ; cx = len - 1: zero exactly for one byte
+    a32 lodsb                   ; a one-byte piece
+.one:                           ; one byte: only if isprint or isspace
+    push ax
+    sub al, 9
+    cmp al, 5                   ; \t \n \v \f \r: CF
+    jb .ok
+    sub al, 32-9
+    cmp al, 127-32              ; ' '..'~': CF
+.ok:
+    pop ax                      ; (flags kept)
+    jb putc                     ; print it (putc returns for us)
+    ret
+.all:
+    inc cx                      ; len again (0 wrapped to 0xFFFF and back)
+    jcxz .ret
+.emit:
+    a32 lodsb
+    call putc
+    loop .emit
+.ret:
+    ret
 
 ; ---- forward(TOKEN, POS) -> logits ----------------------------------------
 forward:
@@ -639,6 +692,7 @@ rope:
     ret
 
 
+%ifdef NEXTW_IN_TAIL
 ; ---- nextw: esi = the next address of the table ---------------------------
 nextw:
     mov esi, [bp+TP]
@@ -646,6 +700,7 @@ nextw:
     mov [bp+TP], esi
     xchg esi, eax
     ret
+%endif
 
 ; ---- rmsnorm: xb = w * (ss * x), w the next table address; then mvw ------
 ; Called like mvw (edi = out, the rows byte after the call): it falls into
@@ -771,45 +826,6 @@ tox:                            ; x += W @ vec (ebx), n = cx, rows = dim
     mov di, XBUF                ; (edi is hb2's end or in q: high word 0)
     mov ax, [bp+DIM]
     jmp mvwn
-
-; ---- attention: q_h = sum_t softmax(q_h . k_t / sqrtf(hs))_t v_t, then wo --
-attention:
-    call nextw                  ; esi = k of kv head 0 at t = 0
-    lea edi, [QBUF]             ; (ebx's high word is 0: xb from mvw)
-    mov cx, [bp+NKV]
-.kvh:
-    push cx
-    mov ax, [bp+NH]
-    cwd
-    div word [bp+NKV]
-    xchg cx, ax                 ; kv_mul query heads share a kv head
-.head:
-    pushad                      ; esi = k_h, edi = q_h
-    mov bx, di                  ; vec = q_h
-    mov di, ATTBUF              ; out = att
-    mov cx, [bp+HS]
-    push dword 4
-    pop eax                     ; column stride 4
-    mov edx, [bp+TSTR]          ; row stride: the next position
-    mov bp, [bp+POS]            ; rows = pos + 1
-    pushad
-    call mv                     ; att[t] = q_h . k_t
-    call softmax_att
-    popad
-    xchg cx, bp                 ; n = pos+1, rows = head_size
-    xchg eax, edx               ; column stride = position stride
-    xchg edi, ebx               ; vec = att, out = q_h
-    add esi, [VARS+KVDIM4]      ; v of the same kv head
-    call mv                     ; q_h[i] = sum_t att[t] v_t[i]
-    popad
-    add di, [bp+HS4]
-    loop .head
-    add esi, [bp+HS4]           ; the next kv head
-    pop cx
-    loop .kvh
-    mov bx, QBUF                ; vec = the attention output
-    mov cx, [bp+DIM]            ; n = dim
-    jmp tox                     ; x += wo @ it
 
 ; ---- softmax(esi[0..ecx) / st0) in place, as run.c; x87 stack left empty ---
 ; softmax_att: the attention row att[0..pos] / sqrtf(head_size)
