@@ -204,11 +204,11 @@ def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) 
 # What each routine of sector.asm is for: the size table sums them per part, which shows where
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
-    "loader": ("start", "init", "load", "exptab", "gdtr", "signature"),
-    "guards' messages": ("diskfail", "cpufail", "die"),
+    "loader": ("start", "init", "load", "dims", "gdtr", "signature"),
+    "guards": ("guards", "diskfail", "cpufail", "die"),
     "generate loop": ("gen", "done", "exit"),
     "printing": ("print", "putc"),
-    "forward pass": ("forward", "exp", "rope", "nextw", "rmsnorm", "mvw", "mvwb", "mvwn", "mv",
+    "forward pass": ("forward", "exptab", "exp", "rope", "nextw", "rmsnorm", "mvw", "mvwb", "mvwn", "mv",
                      "swiglu", "tox", "attention", "softmax_att", "softmax", "divmax"),
     "sampling": ("sample",),
 }

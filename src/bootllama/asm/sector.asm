@@ -162,6 +162,7 @@ init:
     out dx, al                  ; (a BIOS may leave the UART at 5 data bits)
 
 ; ---- guards: the CPU, A20, the memory; each stops with its message --------
+guards:
 %ifdef CPU486
     mov dword [7*4], cpufail    ; #NM: no FPU (CR0.EM set) -> the CPU message
     fninit
@@ -395,7 +396,7 @@ exptab:                         ; TAB[i] = 2^(i/32) as doubles, for exp
     fcompp                      ; empty the x87 stack
     fldcw [cw24]                ; x87 rounds to float32 precision
 
-    ; derived dimensions
+dims:                           ; the derived dimensions
     mov ax, [bp+DIM]
     cwd
     div word [bp+NH]
