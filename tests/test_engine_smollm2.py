@@ -104,3 +104,25 @@ def test_real_smollm2_boots_and_answers(tmp_path: Path, capfdbinary) -> None:  #
     result = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, accel="tcg", timeout=3600)
     assert result.text == want
     assert result.tokens == len(img.prompt_ids) - 1 + 8  # 36 prompt positions, 7 answer tokens, the stop
+
+
+def test_run_waits_longer_for_larger_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                            bytelevel_model: tuple[Path, Path]) -> None:
+    """`run`'s default timeout grows with the data and the steps (SmolLM2's 538 MB over its whole context
+    at TCG's ~0.5 tok/s needs over half an hour); --timeout still decides when given."""
+    from bootllama import engine
+
+    assert 600 <= engine.default_timeout(1_100_000, 512) < 700  # stories260K: the old 10 minutes
+    assert engine.default_timeout(538_322_204, 1024) > 4 * (1024 / 0.5 + 120)
+    seen: list[float] = []
+
+    def fake_boot(path, memory_mib, chunks, *, timeout, **kw) -> qemu.RunResult:  # type: ignore[no-untyped-def]
+        seen.append(timeout)
+        return qemu.RunResult(b"x\n", "tcg", 0.1, 0.1, 3, qemu.EXIT_DONE)
+
+    monkeypatch.setattr(engine.qemu, "boot", fake_boot)
+    ckpt, tok = bytelevel_model
+    assert main(["run", str(ckpt), "-z", str(tok), "-n", "50", "--accel", "tcg"]) == 0
+    assert seen[-1] == pytest.approx(engine.default_timeout(ckpt.stat().st_size, 50), abs=0.01)
+    assert main(["run", str(ckpt), "-z", str(tok), "-n", "50", "--accel", "tcg", "--timeout", "7"]) == 0
+    assert seen[-1] == 7

@@ -11,10 +11,22 @@ from pathlib import Path
 from bootllama import image, qemu
 from bootllama.errors import BootllamaError
 
-
 # --cpu NAME -> the engine's NASM defines, and the QEMU CPU model `run` gives that build
 CPUS = {"sse2": (), "486": ("CPU486",)}
 QEMU_CPU = {"sse2": None, "486": "486"}
+
+# run's default timeout: generous bounds on TCG's pace on a slow, shared machine (the 110M shape:
+# about 0.15 s per MB to load and 1.4 s per token for 419 MB of weights; SmolLM2's 538 MB: ~0.5 tok/s)
+BASE_TIMEOUT = 600.0
+LOAD_S_PER_MB = 0.5
+STEP_S_PER_MB = 0.02
+
+
+def default_timeout(data_bytes: int, steps: int) -> float:
+    """Seconds `run` waits by default: 600, plus time to load ``data_bytes`` and run ``steps``
+    forward passes over them, each about four times what TCG takes here."""
+    mb = data_bytes / 1e6
+    return BASE_TIMEOUT + mb * (LOAD_S_PER_MB + STEP_S_PER_MB * steps)
 
 
 def _check_settings(args: argparse.Namespace) -> None:
@@ -63,7 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
 
-        result = qemu.boot(path, lay.memory_mib, lay.chunks, accel=accel, timeout=args.timeout,
+        timeout = args.timeout or default_timeout(lay.tokenizer_addr - lay.checkpoint_addr, img.steps)
+        result = qemu.boot(path, lay.memory_mib, lay.chunks, accel=accel, timeout=timeout,
                            on_bytes=stream, cpu=QEMU_CPU[args.cpu])
     rate = f", {result.tokens} tokens, {result.tok_per_s:.1f} tok/s" if result.tokens else ""
     print(f"load {result.load_seconds:.2f} s, generation {result.gen_seconds:.2f} s{rate} "
@@ -90,7 +103,9 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # type
     add_generate_arguments(run)
     run.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"),
                      help="QEMU accelerator: hardware KVM if kvm_intel/kvm_amd is loaded, else TCG")
-    run.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up (default 600)")
+    run.add_argument("--timeout", type=float, default=None,
+                     help="seconds before giving up (default: 600 plus a bound on the model's load and steps; "
+                          "about 10 minutes for stories260K, 3 hours for SmolLM2's whole context)")
     run.add_argument("--image", metavar="IMAGE", help="also keep the built image at this path")
     _add_cpu(run)
     run.set_defaults(func=cmd_run)
