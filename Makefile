@@ -13,7 +13,8 @@ demo: setup
 test: setup
 	$(BIN)/ruff check src tests bench tools && $(BIN)/python -m pytest -q
 
-# checks over ~20 s each (the real SmolLM2-135M-Instruct: convert it, ask it questions)
+# checks over ~20 s each: libm over whole float ranges, the full engine sweep, the real
+# SmolLM2-135M-Instruct (convert it, ask it questions)
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import BYTELEVEL_PROMPT
 
-from bootllama import image, qemu
+from bootllama import engine, image, qemu
 from bootllama.chat import chat_messages, render_chat
 from bootllama.checkpoint import read_legacy_config
-from bootllama.cli import main
+from bootllama.cli import build_parser, main
 from bootllama.tokenizer import ByteLevelTokenizer, Tokenizer
 
 FRANCE = "What is the capital of France?"
@@ -48,25 +48,17 @@ def test_manifest_carries_stop_id_and_no_byte_pieces(tmp_path: Path, bytelevel_m
     (["-i", BYTELEVEL_PROMPT], True),  # the fixture's promise: 6 tokens, then the stop id 2
     (["--chat", "--system", "Be brief.", "-i", "Hi, what is the capital of France?", "-n", "80"], False),
     (["-t", "0.9", "-s", "42", "-i", "Once upon a time", "-n", "60"], False),
-    (["-t", "1.4", "-s", str(2**40 + 3)], False),
+    (["-t", "1.4", "-s", "4000000007"], False),  # atoi's int wraps negative: a sign-extended 64-bit seed
 ], ids=["greedy", "greedy-prompt-stops", "greedy-chat", "sampled-prompt", "sampled"])
 def test_engine_prints_what_generate_prints(tmp_path: Path, bytelevel_model: tuple[Path, Path],  # type: ignore[no-untyped-def]
                                             capfdbinary, argv: list[str], stops: bool) -> None:
     ckpt, tok = bytelevel_model
     want = _reference(capfdbinary, ckpt, tok, argv)
-    flags = [a for a in argv if a != "--chat"]
-    opts = dict(zip(flags[::2], flags[1::2], strict=True))
-    t = _tokenizer(ckpt, tok)
-    prompt: str | None = opts.get("-i")
+    # the image `bootllama build` makes of the same arguments (run.c's parsing of -s, -t, -n, --chat)
+    args = build_parser().parse_args(["build", str(ckpt), "-z", str(tok), *argv, "-o", str(tmp_path / "a.img")])
+    img = engine._build(args, args.output)
     if "--chat" in argv:
-        prompt = render_chat(t.chat_template, chat_messages(opts["-i"], opts.get("--system")))
-        ids = t.encode(prompt)
-        assert 1 in ids[1:] and 2 in ids[1:], "the chat prompt holds <|im_start|> and <|im_end|> mid-prompt"
-    steps = int(opts.get("-n", 0))
-    temperature = float(opts.get("-t", 0.0))
-    seed = int(opts.get("-s", 0))
-    img = image.build_image(ckpt, tok, tmp_path / "a.img", prompt=prompt, steps=steps, temperature=temperature,
-                            seed=seed)
+        assert 1 in img.prompt_ids[1:] and 2 in img.prompt_ids[1:], "<|im_start|> and <|im_end|> mid-prompt"
     result = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, timeout=300)
     assert result.text == want
     # one forward pass per position, until the step count or the pass that gives the stop id (the text
@@ -99,8 +91,6 @@ def test_run_waits_longer_for_larger_models(monkeypatch: pytest.MonkeyPatch, tmp
                                             bytelevel_model: tuple[Path, Path]) -> None:
     """`run`'s default timeout grows with the data and the steps (SmolLM2's 538 MB over its whole context
     at TCG's ~0.5 tok/s needs over half an hour); --timeout still decides when given."""
-    from bootllama import engine
-
     assert 600 <= engine.default_timeout(1_100_000, 512) < 700  # stories260K: the old 10 minutes
     assert engine.default_timeout(538_322_204, 1024) > 4 * (1024 / 0.5 + 120)
     seen: list[float] = []
