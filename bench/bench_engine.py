@@ -54,7 +54,7 @@ from bootllama.checkpoint import (
     write_legacy,
 )
 from bootllama.errors import BootllamaError
-from bootllama.reference import MathMode, Reference, Sampler, clamp_steps, generate
+from bootllama.reference import Reference, Sampler, clamp_steps, generate
 from bootllama.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,12 +195,10 @@ def chat_prompt(tok_path: Path, vocab_size: int, question: str) -> bytes:
 def measure_reference(ckpt: Path, tok_path: Path, steps: int, runs: int,
                       prompt: bytes | None = None) -> tuple[list[float], int, bytes]:
     """Reference tok/s per run, the forward-pass count, and the bytes it prints (greedy; ``bootllama
-    generate``'s default arithmetic, so RoPE from the tables of a checkpoint with another base)."""
-    from bootllama.cli import _default_rope
-
+    generate``'s default arithmetic: run.c's, RoPE for the base the checkpoint's tables were made with)."""
     model = load_checkpoint(ckpt)
     tok = Tokenizer.load(tok_path, model.config.vocab_size)
-    ref = Reference(model, MathMode(rope=_default_rope(model)))
+    ref = Reference(model)
     rates: list[float] = []
     passes, text = 0, b""
     for _ in range(runs):
