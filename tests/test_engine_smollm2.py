@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from conftest import BYTELEVEL_PROMPT
 
-from bootllama import engine, image, qemu
+from bootllama import engine, image
 from bootllama.chat import chat_messages, render_chat
 from bootllama.checkpoint import read_legacy_config
 from bootllama.cli import build_parser, main
+from bootllama.pcs import qemu
 from bootllama.tokenizer import ByteLevelTokenizer, Tokenizer
 
 FRANCE = "What is the capital of France?"
@@ -95,11 +96,11 @@ def test_run_waits_longer_for_larger_models(monkeypatch: pytest.MonkeyPatch, tmp
     assert engine.default_timeout(538_322_204, 1024) > 4 * (1024 / 0.5 + 120)
     seen: list[float] = []
 
-    def fake_boot(path, memory_mib, chunks, *, timeout, **kw) -> qemu.RunResult:  # type: ignore[no-untyped-def]
+    def fake_boot(name, path, layout, *, timeout, **kw) -> qemu.RunResult:  # type: ignore[no-untyped-def]
         seen.append(timeout)
         return qemu.RunResult(b"x\n", "tcg", 0.1, 0.1, 3, qemu.EXIT_DONE)
 
-    monkeypatch.setattr(engine.qemu, "boot", fake_boot)
+    monkeypatch.setattr(engine.pcs, "boot", fake_boot)
     ckpt, tok = bytelevel_model
     assert main(["run", str(ckpt), "-z", str(tok), "-n", "50", "--accel", "tcg"]) == 0
     assert seen[-1] == pytest.approx(engine.default_timeout(ckpt.stat().st_size, 50), abs=0.01)
