@@ -17,8 +17,8 @@ test: setup
 web: setup
 	$(BIN)/bootllama web -o site --serve
 
-# checks over ~20 s each (the real SmolLM2-135M-Instruct: convert it, ask it questions; the web
-# page's form)
+# checks over ~20 s each: libm over whole float ranges, the full engine sweep, the real
+# SmolLM2-135M-Instruct (convert it, ask it questions), the web page's form
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 

@@ -14,6 +14,8 @@ command -v qemu-system-i386 >/dev/null 2>&1 || missing+=(qemu-system-x86)
 command -v bochs >/dev/null 2>&1 || missing+=(bochs)
 [ -f /usr/share/bochs/BIOS-bochs-latest ] || missing+=(bochsbios)
 [ -f /usr/share/vgabios/vgabios.bin ] || missing+=(vgabios)
+# gcc compiles the C loop that tests and bench/libm_variants.py use to call glibc's float functions fast
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # v86 (the third PC and the web page's): Node and npm, SeaBIOS; the page's tests: Chromium
 command -v node >/dev/null 2>&1 || missing+=(nodejs)

@@ -200,14 +200,14 @@ def write_bytelevel_model(folder: Path, stop_after: int = 6) -> tuple[Path, Path
 
     from bootllama.checkpoint import write_legacy
     from bootllama.gguf_convert import rope_tables_base
-    from bootllama.reference import MathMode, Reference, Sampler, generate_tokens
+    from bootllama.reference import Reference, Sampler, generate_tokens
 
     tok = bytelevel_tokenizer()
     config = replace(BYTELEVEL_CONFIG, vocab_size=tok.vocab_size)
     model = random_model(config, seed=7)
     model.freq_cis_real[...], model.freq_cis_imag[...] = rope_tables_base(config.seq_len, config.head_size, 1e5)
     prompt = tok.encode(BYTELEVEL_PROMPT)
-    ref = Reference(model, MathMode(rope="table"))
+    ref = Reference(model)  # RoPE: run.c's values for the base the tables encode, as the image's
     out = list(generate_tokens(ref, prompt, len(prompt) + stop_after + 2, Sampler(config.vocab_size), stop_id=2))
     generated = out[len(prompt) - 1 :]
     x = generated[stop_after]

@@ -16,7 +16,7 @@ from bootllama.chat import chat_messages, render_chat
 from bootllama.checkpoint import load_checkpoint
 from bootllama.cli import main
 from bootllama.errors import BootllamaError
-from bootllama.reference import MathMode, Reference
+from bootllama.reference import Reference
 from bootllama.tokenizer import Tokenizer
 
 SMOL_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -48,7 +48,7 @@ def _greedy(checkpoint: Path, tokenizer: Path, prompt: str, steps: int = 40) -> 
     """An independent greedy loop: forward, argmax, stop at id 2 once past the prompt; run.c's printing."""
     m = load_checkpoint(checkpoint)
     tok = Tokenizer.load(tokenizer, m.config.vocab_size)
-    ref = Reference(m, MathMode(rope="table"))
+    ref = Reference(m)
     ids = tok.encode(prompt)
     out, token = [], ids[0]
     for pos in range(steps):
@@ -79,7 +79,7 @@ def _ids(ckpt: Path, tok: Path, prompt: str) -> list[int]:
 
     m = load_checkpoint(ckpt)
     t = Tokenizer.load(tok, m.config.vocab_size)
-    return list(generate_tokens(Reference(m, MathMode(rope="table")), t.encode(prompt), 0,
+    return list(generate_tokens(Reference(m), t.encode(prompt), 0,
                                 Sampler(m.config.vocab_size), stop_id=t.stop_id))
 
 
@@ -136,11 +136,19 @@ def test_model_cache_converts_once(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert main(["generate", "--model", "smollm2", "-i", "The", "-n", "5"]) == 0
 
 
-def test_default_rope_follows_the_tables(bytelevel_model: tuple[Path, Path], small_model) -> None:  # type: ignore[no-untyped-def]
-    from bootllama.cli import _default_rope
+def test_rope_base_follows_the_tables(bytelevel_model: tuple[Path, Path], small_model) -> None:  # type: ignore[no-untyped-def]
+    """A converted model's tables carry its base (100000 here): the reference (and the image)
+    rotate with run.c's values for that base; llama2.c's checkpoints keep run.c's 10000."""
+    from bootllama.libm import rope_base, rope_values
+    from bootllama.reference import model_rope
 
-    assert _default_rope(load_checkpoint(bytelevel_model[0])) == "table"
-    assert _default_rope(small_model) == "runc"
+    m = load_checkpoint(bytelevel_model[0])
+    c = m.config
+    assert rope_base(m.freq_cis_real, m.freq_cis_imag, c.head_size) == 100000.0
+    want = rope_values(c.head_size, c.seq_len, 100000.0)
+    got = model_rope(m)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    assert rope_base(small_model.freq_cis_real, small_model.freq_cis_imag, small_model.config.head_size) == 10000.0
 
 
 @pytest.mark.slow

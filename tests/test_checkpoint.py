@@ -22,7 +22,8 @@ from bootllama.checkpoint import (
     write_legacy,
 )
 from bootllama.errors import BootllamaError
-from bootllama.reference import Reference, rope_tables
+from bootllama.libm import rope_values
+from bootllama.reference import Reference
 
 STORIES = Config(dim=64, hidden_dim=172, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512, seq_len=512,
                  shared_classifier=True)
@@ -100,7 +101,7 @@ def test_version1_reads_and_converts(shared: bool, tmp_path: Path) -> None:
     write_v1(model, tmp_path / "v1.bin")
     v1 = load_checkpoint(tmp_path / "v1.bin")
     assert_same_weights(model, v1)  # random_model's tables are run.c's, as v1 loading computes them
-    real, imag = rope_tables(SMALL.seq_len, SMALL.head_size)
+    real, imag = rope_values(SMALL.head_size, SMALL.seq_len)
     assert np.array_equal(v1.freq_cis_real, real) and np.array_equal(v1.freq_cis_imag, imag)
     write_legacy(v1, tmp_path / "v0.bin")
     assert_same_weights(v1, load_checkpoint(tmp_path / "v0.bin"))

@@ -13,7 +13,7 @@ Three formats are read (``load_checkpoint`` tells them apart):
   float32 scale per group.
 
 Versions 1 and 2 carry no RoPE tables; they are filled in the way run.c computes RoPE
-(glibc ``powf``/``cosf``/``sinf``), see :func:`bootllama.reference.rope_tables`.
+(glibc ``powf``/``cosf``/``sinf``), see :func:`bootllama.libm.rope_values`.
 Only legacy files are written.
 """
 
@@ -73,6 +73,11 @@ class Config:
 
     def validate(self) -> None:
         """Raise BootllamaError (message without a file name) unless run.c could use this shape."""
+        self.validate_shape()
+        self.validate_head_size()
+
+    def validate_shape(self) -> None:
+        """Every check of validate() but the head size's parity."""
         for f in fields(self):
             if f.name == "shared_classifier":
                 continue
@@ -85,8 +90,12 @@ class Config:
             raise BootllamaError(
                 f"bad header: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
             )
+
+    def validate_head_size(self) -> None:
         if self.head_size % 2:
-            raise BootllamaError(f"bad header: head_size={self.head_size} (dim/n_heads) must be even for RoPE")
+            raise BootllamaError(
+                f"head_size={self.head_size} (dim={self.dim} / n_heads={self.n_heads}) is odd; run.c's RoPE "
+                "rotates pairs of values within a head, so the head size must be even")
 
     def header_ints(self) -> tuple[int, int, int, int, int, int, int]:
         return (self.dim, self.hidden_dim, self.n_layers, self.n_heads,
@@ -242,8 +251,17 @@ def read_legacy_config(path: StrPath) -> Config:
         )
     if len(head) < LEGACY_HEADER_SIZE:
         raise BootllamaError(f"{os.fspath(path)}: file is {size} bytes, too short for a checkpoint header")
-    config = _validated(path, _legacy_header(head),
-                        "not an ak42 checkpoint (bad magic) and not a valid legacy header")
+    config = _legacy_header(head)
+    try:
+        config.validate_shape()
+    except BootllamaError as e:
+        raise BootllamaError(
+            f"{os.fspath(path)}: not an ak42 checkpoint (bad magic) and not a valid legacy header: {e}") from None
+    # a legacy header in every other respect: say what is wrong with it, nothing about magic
+    try:
+        config.validate_head_size()
+    except BootllamaError as e:
+        raise BootllamaError(f"{os.fspath(path)}: {e}") from None
     _check_size(path, size, legacy_size(config), "legacy")
     return config
 
@@ -276,15 +294,15 @@ def _model_from(config: Config, tensors: dict[str, np.ndarray]) -> Model:
     if config.shared_classifier:
         tensors["wcls"] = tensors["token_embedding_table"]
     if "freq_cis_real" not in tensors:
-        from bootllama.reference import rope_tables
-
         # an ak42 file stores no RoPE tables, so its size does not bound seq_len: a corrupt
         # header must not make us compute (and hold) billions of factors
         entries = config.seq_len * (config.head_size // 2)
         if entries > MAX_ROPE_ENTRIES:
             raise BootllamaError(f"bad header: seq_len={config.seq_len} with head_size={config.head_size} "
                                  f"needs {entries} RoPE factors, more than {MAX_ROPE_ENTRIES}")
-        tensors["freq_cis_real"], tensors["freq_cis_imag"] = rope_tables(config.seq_len, config.head_size)
+        from bootllama.libm import rope_values  # NumPy: not needed to build an image
+
+        tensors["freq_cis_real"], tensors["freq_cis_imag"] = rope_values(config.head_size, config.seq_len)
     return Model(config=config, **tensors)
 
 
@@ -420,8 +438,6 @@ def random_model(
     The RoPE tables are the values run.c computes.
     """
     config.validate()
-    from bootllama.reference import rope_tables
-
     rng = np.random.default_rng(seed)
     c = config
 
@@ -440,7 +456,9 @@ def random_model(
         tensors[name] = normal(shape, weight_scale / np.sqrt(shape[-1]))
     tensors["rms_ffn_weight"] = norm_weights(shapes["rms_ffn_weight"])
     tensors["rms_final_weight"] = norm_weights(shapes["rms_final_weight"])
-    tensors["freq_cis_real"], tensors["freq_cis_imag"] = rope_tables(c.seq_len, c.head_size)
+    from bootllama.libm import rope_values  # NumPy: not needed to build an image
+
+    tensors["freq_cis_real"], tensors["freq_cis_imag"] = rope_values(c.head_size, c.seq_len)
     if not c.shared_classifier:
         tensors["wcls"] = normal(shapes["wcls"], 4.0 / np.sqrt(c.dim) if cls_std is None else cls_std)
     return _model_from(c, tensors)

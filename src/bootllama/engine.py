@@ -11,6 +11,15 @@ from pathlib import Path
 from bootllama import image, pcs
 from bootllama.errors import BootllamaError
 from bootllama.pcs import qemu
+from bootllama.runc_args import (
+    add_generate_arguments,
+    is_top_p,
+    load_prompt,
+    resolve_paths,
+    resolve_seed,
+    resolve_temperature,
+    resolve_topp,
+)
 
 # --cpu NAME -> the engine's NASM defines, and the QEMU CPU model `run` gives that build
 CPUS = {"sse2": (), "486": ("CPU486",)}
@@ -18,19 +27,16 @@ QEMU_CPU = {"sse2": None, "486": "486"}
 
 
 def _check_settings(args: argparse.Namespace) -> None:
-    from bootllama.cli import resolve_temperature
-
     args.temperature = resolve_temperature(args.temperature)
-    if args.temperature > 0 and args.topp != 1.0:
-        raise BootllamaError("top-p sampling runs in the reference only (`bootllama generate -p`); "
-                             "the engine samples with -p 1.0 (run.c's sample_mult)")
+    args.topp = resolve_topp(args.topp)
+    if is_top_p(args.temperature, args.topp):
+        raise BootllamaError(f"top-p sampling (-p {args.topp:g}) runs in the reference only (`bootllama generate`); "
+                             "the engine samples with -p 0 or -p 1 (run.c's sample_mult)")
     if args.steps < 0:
         args.steps = 0
 
 
 def _build(args: argparse.Namespace, out: str | os.PathLike[str]) -> image.Image:
-    from bootllama.cli import load_prompt, resolve_paths, resolve_seed
-
     _check_settings(args)
     checkpoint, tokenizer = resolve_paths(args)
     prompt = load_prompt(args, checkpoint, tokenizer)
@@ -79,8 +85,6 @@ def _add_cpu(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from bootllama.cli import add_generate_arguments
-
     build = subparsers.add_parser("build", help="write a bootable disk image (engine, manifest, model)")
     add_generate_arguments(build)
     build.add_argument("-o", dest="output", required=True, metavar="IMAGE", help="raw disk image to write")

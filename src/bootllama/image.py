@@ -9,11 +9,20 @@ Disk layout (512-byte sectors)::
     ...              the prompt's token ids (int32, after the BOS, 0-terminated)
     ...              the address table: per layer, the addresses of its weight slices (and of
                      its k in the KV cache) in the order the engine uses them
+    ...              the RoPE rotation values run.c computes (cosf rows, then sinf rows, each
+                     [seq_len][head_size/2] float32; see rope_region)
     ...              zero padding: the loader reads whole chunks, Bochs wants whole cylinders
 
 The sector loads LBA D.. to physical address 1 MiB, so every file lands at a known address;
 the manifest holds those addresses (byte offsets, never arithmetic), the run settings, and
 where the KV cache and the logits go in the memory above the data.
+
+The rotation values are the one thing the builder computes rather than copies: run.c calls
+``powf``/``cosf``/``sinf`` for them, and glibc's ``cosf``/``sinf`` reduce arguments of 120 and
+more with a table of 2/pi bits, more code than the sector has room for. They depend on the header
+alone (head size, seq_len, and the RoPE base: 10000 as in run.c, or the base a converted
+model's freq_cis tables encode), and are computed with ``bootllama.libm``'s port of glibc, the
+same function the reference uses; the checkpoint's own freq_cis tables stay on the disk unread.
 """
 
 from __future__ import annotations
@@ -29,10 +38,14 @@ import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bootllama.checkpoint import Config, atomic_write, legacy_layout, read_legacy_config, tensor_shapes
 from bootllama.errors import BootllamaError
 from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SECTOR = 512
 CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
@@ -228,6 +241,16 @@ class Layout:
     last_lba: int
     disk_sectors: int
     table_addr: int = 0  # the engine's per-layer address table (see table())
+    rope_addr: int = 0  # run.c's rotation values: fcr rows, then fci rows (see rope_region())
+
+    @property
+    def rope_row_bytes(self) -> int:
+        return 4 * (self.config.head_size // 2)
+
+    @property
+    def rope_fi_offset(self) -> int:
+        """Bytes from fcr row 0 to fci row 0 (the manifest's M_FI)."""
+        return self.config.seq_len * self.rope_row_bytes
 
     @property
     def chunks(self) -> int:
@@ -257,7 +280,8 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     tok = ckpt + _pad(checkpoint_size)
     prompt = tok + _pad(tokenizer_size)
     table = prompt + _pad(4 * (n_prompt + 1))
-    data_end = table + _pad(4 * (len(_LAYER_TABLE) * config.n_layers + len(_FINAL_TABLE)))
+    rope = table + _pad(4 * (len(_LAYER_TABLE) * config.n_layers + len(_FINAL_TABLE)))
+    data_end = rope + _pad(rope_bytes(config))
     logits = _pad(data_end, 4096)
     kv = _pad(logits + 4 * config.vocab_size, 4096)
     kv_bytes = config.seq_len * config.n_layers * 2 * config.kv_dim * 4
@@ -269,7 +293,40 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     last_lba = data_lba + (data_end - DATA) // SECTOR - 1
     read_end = data_lba + ((last_lba - data_lba) // CHUNK + 1) * CHUNK
     disk = _pad(read_end, CYLINDER)
-    return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk, table)
+    return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk, table, rope)
+
+
+def rope_bytes(config: Config) -> int:
+    """Size of the rotation-value region: fcr and fci, each seq_len x head_size/2 float32."""
+    return 2 * config.seq_len * (config.head_size // 2) * 4
+
+
+def read_freq_cis(checkpoint: str | os.PathLike[str], config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """The checkpoint's freq_cis_real and freq_cis_imag tables, read from their place in the file."""
+    import numpy as np  # here: the web page builds images under Pyodide, without NumPy (it passes rope=)
+
+    lay = legacy_layout(config)
+    shape = (config.seq_len, config.head_size // 2)
+    tables = []
+    with open(checkpoint, "rb") as f:
+        for name in ("freq_cis_real", "freq_cis_imag"):
+            f.seek(lay[name][0])
+            data = f.read(4 * shape[0] * shape[1])
+            tables.append(np.frombuffer(data, dtype="<f4").reshape(shape))
+    return tables[0], tables[1]
+
+
+def rope_region(checkpoint: str | os.PathLike[str], config: Config) -> bytes:
+    """The rotation values the engine reads: run.c's fcr rows, then its fci rows (float32 LE).
+
+    bootllama.libm.checkpoint_rope computes them from the header (and the base the checkpoint's
+    tables encode, 10000 for llama2.c's), the function the reference uses."""
+    import numpy as np
+
+    from bootllama.libm import checkpoint_rope
+
+    fcr, fci = checkpoint_rope(*read_freq_cis(checkpoint, config), config.head_size)
+    return np.ascontiguousarray(fcr, dtype="<f4").tobytes() + np.ascontiguousarray(fci, dtype="<f4").tobytes()
 
 
 # The address table the engine walks through one forward pass: per layer, the addresses of
@@ -308,11 +365,10 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
     """
     lay = legacy_layout(layout.config)
     base = layout.checkpoint_addr
-    fr = base + lay["freq_cis_real"][0]
-    fi = base + lay["freq_cis_imag"][0]
     fields = bytes(36) + struct.pack("<IHHI", layout.memory_end, stop_id,
                                      NO_BYTE_PIECES if byte_base is None else byte_base, layout.kv_addr)
-    fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], fr, fi - fr,
+    fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], layout.rope_addr,
+                          layout.rope_fi_offset,
                           layout.tokenizer_addr + 4, layout.logits_addr, layout.prompt_addr,
                           steps, temperature, seed & (2**64 - 1),
                           DATA + layout.chunks * CHUNK * SECTOR)  # where the loader stops
@@ -333,8 +389,11 @@ class Image:
 def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.PathLike[str],
                 out: str | os.PathLike[str], prompt: str | bytes | None = None, steps: int = 0,
                 temperature: float = 0.0, seed: int = 0,
-                engine: Engine | None = None) -> Image:
-    """Lay out a bootable raw disk image (written atomically)."""
+                engine: Engine | None = None, rope: bytes | None = None) -> Image:
+    """Lay out a bootable raw disk image (written atomically).
+
+    ``rope``, when given, is ``rope_region(checkpoint, config)`` computed before (the web page
+    ships it, so that it builds images without NumPy)."""
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
@@ -351,6 +410,10 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         engine = assemble(("SAMPLING",) if temperature > 0 else ())
     if temperature > 0 and "sample" not in engine.symbols:
         raise BootllamaError("this engine build samples greedily only; assemble it with -DSAMPLING")
+    if rope is None:
+        rope = rope_region(checkpoint, config)
+    elif len(rope) != rope_bytes(config):
+        raise BootllamaError(f"the rotation values are {len(rope)} bytes; this checkpoint's are {rope_bytes(config)}")
     ckpt_size = os.path.getsize(checkpoint)
     tok_size = os.path.getsize(tokenizer_path)
     layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1)
@@ -364,6 +427,7 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         f.write(prompt_bytes + bytes(_pad(len(prompt_bytes)) - len(prompt_bytes)))
         table_bytes = table(layout)
         f.write(table_bytes + bytes(_pad(len(table_bytes)) - len(table_bytes)))
+        f.write(rope + bytes(_pad(len(rope)) - len(rope)))
         f.truncate(layout.disk_sectors * SECTOR)
     return Image(Path(out), layout, engine, ids, steps)
 

@@ -94,13 +94,18 @@ def run_probe(checkpoint: str | os.PathLike[str], tokenizer: str | os.PathLike[s
     return Probe(kv.reshape(steps, c.n_layers, 2, c.kv_dim).copy(), x, logits, out[lay.chunks:])
 
 
+# The engine's arithmetic is run.c's: RoPE from the builder's rotation values (the reference's
+# default) and exp as glibc's generic expf.
+ENGINE_MATH = MathMode()
+
+
 def compare(checkpoint: str | os.PathLike[str], tokenizer: str | os.PathLike[str],
             steps: int) -> list[tuple[str, float]]:
     """Run the engine and the reference (with the engine's math) side by side, greedily from
     BOS for ``steps`` positions; return (name, max abs difference) in forward() order."""
     probe = run_probe(checkpoint, tokenizer, steps)
     model = load_checkpoint(checkpoint)
-    ref = Reference(model, MathMode(rope="table", exp="exact"))
+    ref = Reference(model, ENGINE_MATH)
     c = model.config
     token = 1
     trace: dict[str, np.ndarray] = {}

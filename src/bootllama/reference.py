@@ -4,30 +4,28 @@ run.c is built with ``gcc -O3`` and no fast-math, so every sum is a sequential f
 in index order, every operation rounds to float32, and nothing is fused. This module
 keeps that order: dot products are sequential sums (``np.add.accumulate``, or adding one
 column at a time), never ``np.dot``/``@``/``np.sum``, which reorder. The transcendental
-functions are glibc's own: ``powf``/``cosf``/``sinf`` are called through ctypes, and
-``expf`` is a vectorised copy of glibc's algorithm that hands the rare inputs it cannot
-prove it rounds identically (results near a float32 rounding boundary, or outside
-[-87, 87]) back to the real ``expf``.
+functions are glibc's generic ``expf``, ``powf``, ``cosf`` and ``sinf`` as ported in
+:mod:`bootllama.libm` (the host's libm is never called, so the output does not depend on it),
+and RoPE is :func:`bootllama.libm.rope_values` with the base of :func:`bootllama.libm.rope_base`
+(10000, as run.c, unless the checkpoint's tables clearly encode another base). The disk image
+carries the same rotation values, so the engine and the reference share one arithmetic.
 
-``MathMode`` swaps in the alternatives an engine may use: RoPE factors from the
-checkpoint's freq_cis tables, or correctly rounded exp/pow/cos/sin (float64 results rounded
-once to float32), which is what an x87 engine computes.
+``MathMode`` keeps two diagnosis switches: RoPE factors from the checkpoint's freq_cis tables
+(``rope="table"``), and a correctly rounded exp (``exp="exact"``, float64 rounded once), which
+is what the engine computed before it used glibc's expf algorithm.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import BinaryIO, Literal
 
 import numpy as np
 
 from bootllama.checkpoint import Config, Model
 from bootllama.errors import BootllamaError
+from bootllama.libm import checkpoint_rope, expf, rope_values
 from bootllama.tokenizer import BOS, Tokenizer
 
 F = np.float32
@@ -35,196 +33,51 @@ _ZERO = F(0.0)
 _ONE = F(1.0)
 _EPS = F(1e-5)
 
-RopeMode = Literal["runc", "table", "exact"]
+RopeMode = Literal["runc", "table"]
 ExpMode = Literal["runc", "exact"]
 
 
 @dataclass(frozen=True)
 class MathMode:
-    """Which transcendental results the reference uses.
+    """Which transcendental results the reference uses (the defaults are run.c's).
 
-    rope: "runc" (glibc powf/cosf/sinf, what run.c does), "table" (the checkpoint's
-    freq_cis_real/imag rows), "exact" (run.c's float32 steps, each libm call correctly rounded).
-    exp: "runc" (glibc expf) or "exact" (correctly rounded exp).
+    rope: "runc" (run.c's powf/cosf/sinf values, base from rope_base) or "table" (the
+    checkpoint's freq_cis_real/imag rows). exp: "runc" (glibc's expf) or "exact" (correctly
+    rounded exp).
     """
 
     rope: RopeMode = "runc"
     exp: ExpMode = "runc"
 
     def __post_init__(self) -> None:
-        if self.rope not in ("runc", "table", "exact"):
-            raise BootllamaError(f"unknown rope mode {self.rope!r} (runc, table, exact)")
+        if self.rope not in ("runc", "table"):
+            raise BootllamaError(f"unknown rope mode {self.rope!r} (runc, table)")
         if self.exp not in ("runc", "exact"):
             raise BootllamaError(f"unknown exp mode {self.exp!r} (runc, exact)")
 
 
-# ----------------------------------------------------------------------------------------
-# libm
-
-
-def _load_libm() -> ctypes.CDLL:
-    for name in ("libm.so.6", ctypes.util.find_library("m")):
-        if name:
-            try:
-                return ctypes.CDLL(name)
-            except OSError:
-                continue
-    return ctypes.CDLL(None)
-
-
-_libm = _load_libm()
-
-
-def _float_fn(name: str, nargs: int) -> Callable[..., float]:
-    fn = getattr(_libm, name)
-    fn.restype = ctypes.c_float
-    fn.argtypes = [ctypes.c_float] * nargs
-    return fn  # type: ignore[no-any-return]
-
-
-libm_expf = _float_fn("expf", 1)
-libm_powf = _float_fn("powf", 2)
-libm_cosf = _float_fn("cosf", 1)
-libm_sinf = _float_fn("sinf", 1)
-
-# glibc's expf (the algorithm shared with exp2f/powf since glibc 2.27): with N = 32,
-# k = round(x * N/ln2), r = x * N/ln2 - k, exp(x) ~= 2^(k/N) * (1 + C2 r + C1 r^2 + C0 r^3),
-# all in double, one rounding to float at the end.
-_N = 32
-_EXP2_TAB = (
-    np.array([2.0 ** (i / _N) for i in range(_N)], dtype=np.float64).view(np.uint64)
-    - (np.arange(_N, dtype=np.uint64) << np.uint64(52 - 5))
-)
-_INVLN2N = float.fromhex("0x1.71547652b82fep+0") * _N
-_SHIFT = float.fromhex("0x1.8p+52")
-_C0 = float.fromhex("0x1.c6af84b912394p-5") / _N**3
-_C1 = float.fromhex("0x1.ebfce50fac4f3p-3") / _N**2
-_C2 = float.fromhex("0x1.62e42ff0c52d6p-1") / _N
-# The double result may differ from glibc's by a few ulps (FMA contraction in glibc's
-# FMA build); only results this close to a float32 rounding boundary could round apart.
-_GUARD = 2.0**-16  # in float32 ulps, i.e. 2^-40 relative
-_EXP_SAFE = 87.0  # |x| below this: finite, normal float32 result
-
-
-def _expf_double(x: np.ndarray) -> np.ndarray:
-    xd = x.astype(np.float64)
-    z = _INVLN2N * xd
-    kd = z + _SHIFT
-    ki = kd.view(np.uint64)
-    kd = kd - _SHIFT
-    r = z - kd
-    s = (_EXP2_TAB[ki % np.uint64(_N)] + (ki << np.uint64(52 - 5))).view(np.float64)
-    y = (_C0 * r + _C1) * (r * r) + (_C2 * r + 1.0)
-    return np.asarray(y * s)
-
-
-def _expf_libm_each(x: np.ndarray) -> np.ndarray:
-    return np.array([libm_expf(float(v)) for v in x.ravel()], dtype=F).reshape(x.shape)
-
-
-def _expf_vector(x: np.ndarray) -> np.ndarray:
-    safe = np.abs(x) < F(_EXP_SAFE)
-    y = _expf_double(np.where(safe, x, _ZERO))
-    out = y.astype(F)
-    mant, _ = np.frexp(y)
-    ulps = mant * 2.0**24
-    hard = ~safe | (np.abs(ulps - np.floor(ulps) - 0.5) < _GUARD)
-    if hard.any():
-        out[hard] = _expf_libm_each(x[hard])
-    return out
-
-
-@lru_cache(maxsize=1)
-def _vector_expf_agrees() -> bool:
-    """Whether this libm's expf is the algorithm _expf_double copies (checked on 20k inputs)."""
-    rng = np.random.default_rng(12345)
-    probe = np.concatenate([
-        np.linspace(-_EXP_SAFE, _EXP_SAFE, 10001, dtype=F),
-        rng.uniform(-20, 5, 10000).astype(F),
-    ])
-    return bool(np.array_equal(_expf_vector(probe).view(np.uint32), _expf_libm_each(probe).view(np.uint32)))
-
-
-def expf(x: np.ndarray | float) -> np.ndarray:
-    """glibc's expf, elementwise, bit for bit (float32 array in, float32 array out)."""
-    arr = np.asarray(x, dtype=F)
-    if arr.size == 0:
-        return arr.copy()
-    if _vector_expf_agrees():
-        return _expf_vector(arr)
-    return _expf_libm_each(arr)
-
-
 def expf_exact(x: np.ndarray | float) -> np.ndarray:
-    """Correctly rounded exp: computed in float64, rounded once to float32."""
+    """Correctly rounded exp: computed in float64, rounded once to float32 (a diagnosis mode)."""
     return np.exp(np.asarray(x, dtype=F).astype(np.float64)).astype(F)
 
 
-# ----------------------------------------------------------------------------------------
-# RoPE
+def rope_tables(seq_len: int, head_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """run.c's rotation values with its base 10000: (fcr, fci) [seq_len][head_size/2]."""
+    return rope_values(head_size, seq_len)
 
 
-@lru_cache(maxsize=64)
-def _rope_freqs(head_size: int, exact: bool) -> np.ndarray:
-    """run.c's freq = 1.0f / powf(10000.0f, head_dim / (float)head_size) for each pair."""
-    exps = np.arange(0, head_size, 2).astype(F) / F(head_size)
-    if exact:
-        pw = np.array([math.pow(10000.0, float(e)) for e in exps], dtype=F)
-    else:
-        pw = np.array([libm_powf(10000.0, float(e)) for e in exps], dtype=F)
-    return _ONE / pw
+def rope_row(pos: int, head_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """run.c's rotation values (base 10000) at one position: (fcr, fci) [head_size/2]."""
+    fcr, fci = rope_values(head_size, pos + 1)
+    return fcr[pos], fci[pos]
 
 
-@lru_cache(maxsize=65536)
-def _rope_row(pos: int, head_size: int, exact: bool) -> tuple[np.ndarray, np.ndarray]:
-    val = F(pos) * _rope_freqs(head_size, exact)
-    if exact:
-        fcr = np.array([math.cos(float(v)) for v in val], dtype=F)
-        fci = np.array([math.sin(float(v)) for v in val], dtype=F)
-    else:
-        fcr = np.array([libm_cosf(float(v)) for v in val], dtype=F)
-        fci = np.array([libm_sinf(float(v)) for v in val], dtype=F)
-    fcr.flags.writeable = False
-    fci.flags.writeable = False
-    return fcr, fci
+def model_rope(model: Model) -> tuple[np.ndarray, np.ndarray]:
+    """The rotation values run.c uses for ``model``: (fcr, fci), float32 [seq_len][head_size/2].
 
-
-def rope_row(pos: int, head_size: int, mode: Literal["runc", "exact"] = "runc") -> tuple[np.ndarray, np.ndarray]:
-    """(cos, sin) of each of the head_size/2 rotation angles at ``pos``, as run.c computes them."""
-    return _rope_row(int(pos), int(head_size), mode == "exact")
-
-
-# glibc's sinf/cosf are within 0.56 ulp: they can round away from the correctly rounded
-# result only when the true value lies within 0.06 ulp of a float32 rounding midpoint.
-_TRIG_GUARD = 0.1  # float32 ulps around a midpoint where libm itself is asked
-
-
-def _near_midpoint(y: np.ndarray, guard: float) -> np.ndarray:
-    mant, _ = np.frexp(y)
-    ulps = np.abs(mant) * 2.0**24
-    return np.abs(ulps - np.floor(ulps) - 0.5) < guard
-
-
-def rope_tables(
-    seq_len: int, head_size: int, mode: Literal["runc", "exact"] = "runc"
-) -> tuple[np.ndarray, np.ndarray]:
-    """freq_cis_real/imag tables [seq_len, head_size//2] holding run.c's RoPE factors.
-
-    Vectorised: the angles are run.c's float32 products; cos/sin are taken in float64 and
-    rounded once, and only the entries near a rounding midpoint (where glibc's result may
-    differ from the correctly rounded one) are asked of libm, so a long context stays fast.
+    The builder writes exactly these into the disk image, and the reference rotates with them.
     """
-    exact = mode == "exact"
-    val = np.arange(seq_len, dtype=F)[:, None] * _rope_freqs(int(head_size), exact)[None, :]
-    tables = []
-    for fn64, fn32 in ((np.cos, libm_cosf), (np.sin, libm_sinf)):
-        y = fn64(val.astype(np.float64))
-        out = y.astype(F)
-        if not exact:
-            hard = _near_midpoint(y, _TRIG_GUARD)
-            out[hard] = [fn32(float(v)) for v in val[hard]]
-        tables.append(out.reshape(seq_len, head_size // 2))
-    return tables[0], tables[1]
+    return checkpoint_rope(model.freq_cis_real, model.freq_cis_imag, model.config.head_size)
 
 
 # ----------------------------------------------------------------------------------------
@@ -297,6 +150,10 @@ class Reference:
         self.config: Config = model.config
         self.math = math or MathMode()
         self._exp = _exp_fn(self.math.exp)
+        if self.math.rope == "table":
+            self._fcr, self._fci = model.freq_cis_real, model.freq_cis_imag
+        else:
+            self._fcr, self._fci = model_rope(model)
         c = self.config
         self._qkv = [MatVec(np.concatenate([model.wq[l], model.wk[l], model.wv[l]])) for l in range(c.n_layers)]
         self._wo = [MatVec(model.wo[l]) for l in range(c.n_layers)]
@@ -315,9 +172,7 @@ class Reference:
 
     def rope(self, pos: int) -> tuple[np.ndarray, np.ndarray]:
         """(fcr, fci) for each pair of a head at ``pos``, under this reference's MathMode."""
-        if self.math.rope == "table":
-            return self.model.freq_cis_real[pos], self.model.freq_cis_imag[pos]
-        return rope_row(pos, self.config.head_size, self.math.rope)
+        return self._fcr[pos], self._fci[pos]
 
     def forward(self, token: int, pos: int, trace: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Logits for ``token`` at ``pos`` (the KV cache must hold positions 0..pos-1).

@@ -9,6 +9,7 @@ to compare with the NumPy reference bit for bit.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,9 +61,13 @@ class Machine:
         uc.reg_write(UC_X86_REG_CR4, uc.reg_read(UC_X86_REG_CR4) | 0x200)  # OSFXSR: SSE on
         uc.reg_write(UC_X86_REG_CR0, uc.reg_read(UC_X86_REG_CR0) & ~0x4)  # EM off: x87/SSE on
         m = cls(engine, uc)
-        # the sector's x87 setting: fninit, then control word 0x007F (24-bit precision)
-        uc.mem_write(0x0700, (0x007F).to_bytes(2, "little"))
-        m.run_code(b"\xdb\xe3\xd9\x2e\x00\x07")
+        # what the sector does once loaded: exp's table, the x87 at 24-bit precision, the
+        # derived dimensions (of a small header, which a test may overwrite); it stops at gen
+        uc.mem_write(engine.vars_at, struct.pack("<7i", 64, 128, 2, 4, 2, 512, 32))
+        uc.reg_write(UC_X86_REG_EBP, engine.vars_at)
+        uc.reg_write(UC_X86_REG_ECX, 0)
+        uc.reg_write(UC_X86_REG_ESP, STACK)
+        uc.emu_start(engine.symbols["exptab"], engine.symbols["gen"])
         return m
 
     def run_code(self, code: bytes) -> None:

@@ -25,7 +25,8 @@ from bootllama.pcs import v86
 from bootllama.pcs.base import GUARDS
 
 # bootllama's modules the page imports (pagebuild and what it imports; no NumPy among them)
-PAGE_MODULES = ("__init__.py", "errors.py", "checkpoint.py", "tokenizer.py", "image.py", "cli.py", "pagebuild.py")
+PAGE_MODULES = ("__init__.py", "errors.py", "checkpoint.py", "tokenizer.py", "image.py", "runc_args.py",
+                "pagebuild.py")
 PYODIDE_FILES = ("pyodide.js", "pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json",
                  "package.json")
 COMMON_LICENSES = Path("/usr/share/common-licenses")
@@ -66,7 +67,7 @@ def _licenses(v86_pkg: Path, pyodide_pkg: Path) -> str:
 
 def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
     """Write the site into ``out`` (created; files bootllama writes are replaced)."""
-    from bootllama.cli import resolve_paths
+    from bootllama.runc_args import resolve_paths
 
     checkpoint, tokenizer = resolve_paths(args)
     for path in (checkpoint, tokenizer):
@@ -96,13 +97,18 @@ def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
         eng = image.assemble(defines)
         (out / "engine" / f"{kind}.bin").write_bytes(eng.code)
         engines[kind] = pagebuild.engine_spec(eng, f"engine/{kind}.bin")
+    config = image.read_legacy_config(checkpoint)
+    (out / "model" / "rope.bin").write_bytes(image.rope_region(checkpoint, config))  # needs NumPy: done here
     meta: dict[str, object] = {"checkpoint": ckpt_name, "tokenizer": tok_name, "engines": engines,
-                               "seq_len": image.read_legacy_config(checkpoint).seq_len,
+                               "rope": "model/rope.bin",
+                               "modules": [f"py/bootllama/{name}" for name in PAGE_MODULES],
+                               "seq_len": config.seq_len,
                                "guards": GUARDS}  # the sector's exit codes, for the page's messages
     (out / "site.json").write_text(json.dumps(meta, indent=1) + "\n")
     (out / "LICENSES.txt").write_text(_licenses(v86_pkg, pyodide_pkg))
     # the image for the settings given: the page boots it at once when its URL names no others
-    built = pagebuild.build(out, out / "boot.img", args.prompt, args.steps, args.temperature, args.seed)
+    built = pagebuild.build(out, out / "boot.img", args.prompt, str(args.steps), repr(args.temperature),
+                            str(args.seed))
     settings = {"i": args.prompt or "", "n": args.steps, "t": built["temperature"],
                 "s": built["seed"] if built["temperature"] else args.seed}
     (out / "boot.json").write_text(json.dumps({"settings": settings, **built}, indent=1) + "\n")
@@ -138,11 +144,14 @@ def serve(out: Path, port: int = 0) -> None:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
+    from bootllama.runc_args import is_top_p, resolve_temperature, resolve_topp
+
     out = Path(args.output)
-    if args.steps < 0:
-        args.steps = 0
-    if args.topp != 1.0:
-        raise BootllamaError("the page samples with -p 1.0 (run.c's sample_mult); top-p runs in the reference only")
+    if is_top_p(resolve_temperature(args.temperature), resolve_topp(args.topp)):
+        raise BootllamaError(f"top-p sampling (-p {args.topp:g}) runs in the reference only (`bootllama generate`); "
+                             "the page samples with -p 0 or -p 1 (run.c's sample_mult)")
+    if getattr(args, "chat", False) or getattr(args, "model", None):
+        raise BootllamaError("the web page boots llama2.c checkpoints without --chat or --model")
     built = write_site(args, out)
     print(f"wrote {out}: {site_size(out)} bytes; the page boots {built['steps']} steps "
           f"({built['prompt_tokens']} prompt tokens) at once", file=sys.stderr)
@@ -152,7 +161,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def add_web_command(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from bootllama.cli import add_generate_arguments
+    from bootllama.runc_args import add_generate_arguments
 
     web = subparsers.add_parser("web", help="write a static web site that boots the engine in the browser (v86)")
     add_generate_arguments(web)

@@ -199,7 +199,11 @@ init:
     mov edx, 0x534d4150         ; 'SMAP'
     mov cl, 24
     int 0x15
+%ifdef CPU486
     jc .m88                     ; no E820 (or its end): int 15h 88h
+%else
+    jc .memfail                 ; (every BIOS of an SSE2 PC has E820)
+%endif
     cmp byte [di+16], 1
     jne .next                   ; not usable RAM
     cmp dword [di+2], 0x10
@@ -215,7 +219,8 @@ init:
 .memfail:
     mov si, m_mem
     jmp die
-.m88:
+%ifdef CPU486
+.m88:                           ; a 486's BIOS may predate E820
     mov ah, 0x88
     int 0x15                    ; ax = KiB above 1 MiB (at most 64 MiB)
     jc .memfail
@@ -224,6 +229,7 @@ init:
     shl eax, 10                 ; the end of that memory
     cmp eax, [bp+M_NEED]
     jb .memfail
+%endif
 .ok:
     pop dx
     mov edi, DATA
@@ -260,6 +266,55 @@ die:
     jb exit
     call putc
     jmp die
+
+
+; ---- print the piece of TOKEN after prev (cx), as run.c's safe_printf -----
+print:
+    push cx
+    mov esi, [bp+M_TOK]
+    mov cx, [bp+TOKEN]
+    inc cx                      ; walk to the end of record TOKEN
+.walk:
+    a32 lodsd                   ; score
+    a32 lodsd                   ; len
+    add esi, eax
+    loop .walk
+    sub esi, eax                ; piece start
+    xchg cx, ax                 ; cx = len
+    pop ax
+    dec ax                      ; prev == BOS: strip one leading space
+    jnz .nostrip
+    a32 cmp byte [esi], ' '
+    jne .nostrip
+    inc esi
+    dec cx
+.nostrip:
+    mov ax, [bp+TOKEN]
+    sub ax, [bp+M_BYTE]         ; <0x00>..<0xFF> are ids M_BYTE..M_BYTE+255:
+    test ah, ah                 ; ah = 0 exactly for them (ids below borrow)
+    jz .one                     ; al: the raw byte
+    loop .all                   ; cx = len - 1: zero exactly for one byte
+    a32 lodsb                   ; a one-byte piece
+.one:                           ; one byte: only if isprint or isspace
+    push ax
+    sub al, 9
+    cmp al, 5                   ; \t \n \v \f \r: CF
+    jb .ok
+    sub al, 32-9
+    cmp al, 127-32              ; ' '..'~': CF
+.ok:
+    pop ax                      ; (flags kept)
+    jb putc                     ; print it (putc returns for us)
+    ret
+.all:
+    inc cx                      ; len again (0 wrapped to 0xFFFF and back)
+    jcxz .ret
+.emit:
+    a32 lodsb
+    call putc
+    loop .emit
+.ret:
+    ret
 
 ; ---- putc: al to COM1 and to the screen (BIOS teletype, CR before LF) ------
 ; then unreal: give DS and ES 4 GiB limits again, interrupts off
@@ -409,54 +464,6 @@ exit:
 %endif
 .h: hlt
     jmp .h
-
-; ---- print the piece of TOKEN after prev (cx), as run.c's safe_printf -----
-print:
-    push cx
-    mov esi, [bp+M_TOK]
-    mov cx, [bp+TOKEN]
-    inc cx                      ; walk to the end of record TOKEN
-.walk:
-    a32 lodsd                   ; score
-    a32 lodsd                   ; len
-    add esi, eax
-    loop .walk
-    sub esi, eax                ; piece start
-    xchg cx, ax                 ; cx = len
-    pop ax
-    dec ax                      ; prev == BOS: strip one leading space
-    jnz .nostrip
-    a32 cmp byte [esi], ' '
-    jne .nostrip
-    inc esi
-    dec cx
-.nostrip:
-    mov ax, [bp+TOKEN]
-    sub ax, [bp+M_BYTE]         ; <0x00>..<0xFF> are ids M_BYTE..M_BYTE+255:
-    test ah, ah                 ; ah = 0 exactly for them (ids below borrow)
-    jz .one                     ; al: the raw byte
-    loop .all                   ; cx = len - 1: zero exactly for one byte
-    a32 lodsb                   ; a one-byte piece
-.one:                           ; one byte: only if isprint or isspace
-    push ax
-    sub al, 9
-    cmp al, 5                   ; \t \n \v \f \r: CF
-    jb .ok
-    sub al, 32-9
-    cmp al, 127-32              ; ' '..'~': CF
-.ok:
-    pop ax                      ; (flags kept)
-    jb putc                     ; print it (putc returns for us)
-    ret
-.all:
-    inc cx                      ; len again (0 wrapped to 0xFFFF and back)
-    jcxz .ret
-.emit:
-    a32 lodsb
-    call putc
-    loop .emit
-.ret:
-    ret
 
 ; ---- forward(TOKEN, POS) -> logits ----------------------------------------
 forward:

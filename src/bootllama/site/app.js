@@ -33,17 +33,11 @@ async function sha256(bytes) {
     return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-// The settings in a URL or the form, checked as run.c's flags; returns [settings, error].
-function checkSettings(raw) {
-    const out = { i: raw.i ?? "", n: (raw.n ?? "0").trim() || "0", t: (raw.t ?? "0").trim() || "0",
-                  s: (raw.s ?? "0").trim() || "0" };
-    if (!/^[+-]?\d+$/.test(out.n)) return [null, `steps must be a whole number, not "${out.n}"`];
-    const t = Number(out.t);
-    if (!Number.isFinite(t)) return [null, `temperature must be a number, not "${out.t}"`];
-    if (!/^\d+$/.test(out.s) || BigInt(out.s) >= 1n << 64n) {
-        return [null, `seed must be a whole number from 0 to 2^64-1, not "${out.s}"`];
-    }
-    return [out, null];
+// The settings in a URL or the form, as strings: bootllama's own Python parses them as
+// `bootllama build -i -n -t -s` does (run.c's atoi and atof) and says what is wrong.
+function readSettings(raw) {
+    return { i: raw.i ?? "", n: (raw.n ?? "").trim() || "0", t: (raw.t ?? "").trim() || "0",
+             s: (raw.s ?? "").trim() || "0" };
 }
 
 function fillForm(settings) {
@@ -66,8 +60,7 @@ async function python() {
             const meta = await siteMeta();
             const files = ["site.json", meta.checkpoint, meta.tokenizer,
                            ...Object.values(meta.engines).map((e) => e.file),
-                           ...["__init__", "errors", "checkpoint", "tokenizer", "image", "cli", "pagebuild"]
-                               .map((m) => `py/bootllama/${m}.py`)];
+                           meta.rope, ...meta.modules];
             for (const file of files) {
                 const path = `${SITE}/${file}`;
                 py.FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
@@ -82,7 +75,7 @@ from bootllama.errors import BootllamaError
 
 def page_build(prompt, steps, temperature, seed):
     try:
-        return json.dumps(pagebuild.build("${SITE}", "/tmp/boot.img", prompt, int(steps), float(temperature), int(seed)))
+        return json.dumps(pagebuild.build("${SITE}", "/tmp/boot.img", prompt, steps, temperature, seed))
     except BootllamaError as e:
         return json.dumps({"error": str(e)})
 `);
@@ -209,8 +202,7 @@ async function boot(imageBytes, info) {
 }
 
 async function start(raw, fromUrl) {
-    const [settings, error] = checkSettings(raw);
-    if (error) { setStatus(error, true); return; }
+    const settings = readSettings(raw);
     try {
         if (fromUrl === "default") {
             const info = JSON.parse(new TextDecoder().decode(await fetchBytes("boot.json")));
@@ -231,8 +223,7 @@ async function start(raw, fromUrl) {
 $("settings").addEventListener("submit", (event) => {
     event.preventDefault();
     const raw = { i: $("prompt").value, n: $("steps").value, t: $("temperature").value, s: $("seed").value };
-    const [settings, error] = checkSettings(raw);
-    if (error) { setStatus(error, true); return; }
+    const settings = readSettings(raw);
     const query = new URLSearchParams(settings).toString().replace(/\+/g, "%20");
     history.pushState(null, "", `?${query}`);
     start(settings, "form");

@@ -1,0 +1,117 @@
+"""What a real PC needs, checked by the sector: an MBR a BIOS boots as a hard disk, and guards
+that stop with a message of their own instead of hanging or computing on garbage.
+
+* sector 0 is an MBR: boot code in its first 440 bytes, a disk signature, one active
+  partition entry of type 0xDA covering the data area, 0x55AA;
+* a CPU without SSE2 (QEMU's pentium) prints ``!CPU`` and exits with code 4; the 486 build
+  on QEMU's 486 prints the reference's text;
+* less memory than the run needs prints ``!RAM`` (code 5); a short disk ``!disk`` (code 2,
+  tests/test_guards.py cuts it everywhere);
+* A20: a build that first switches the gate off (port 0x92) still prints the story, so the
+  sector switches it on; the same build without the switching prints ``!A20`` (code 3).
+
+Each guard's run ends within seconds: QEMU's isa-debug-exit gives status 2 * code + 1.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bootllama import image, qemu
+from bootllama.checkpoint import load_checkpoint, packaged_path
+from bootllama.reference import Reference, Sampler, generate
+from bootllama.tokenizer import Tokenizer
+
+CKPT = packaged_path("stories260K.bin")
+TOK = packaged_path("tok512.bin")
+STEPS = 24
+
+# the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
+# a change that grows the engine fails here
+BUDGETS = {(): 1347, ("SAMPLING",): 1471, ("CPU486",): 1331, ("CPU486", "SAMPLING"): 1497}
+
+
+@pytest.mark.parametrize("defines", list(BUDGETS), ids=lambda d: "+".join(d) or "greedy")
+def test_code_bytes_within_budget(defines: tuple[str, ...]) -> None:
+    engine = image.assemble(defines)
+    assert engine.code_bytes <= BUDGETS[defines]
+    assert engine.code[image.MBR_SIGNATURE_AT:510] == bytes(70)  # the MBR's fields are the builder's
+
+
+def _build(tmp_path: Path, defines: tuple[str, ...] = (), **kw) -> image.Image:  # type: ignore[no-untyped-def]
+    return image.build_image(CKPT, TOK, tmp_path / "story.img", steps=STEPS, engine=image.assemble(defines), **kw)
+
+
+def _reference(prompt: str | None = None, temperature: float = 0.0, seed: int = 0) -> bytes:
+    model = load_checkpoint(CKPT)
+    sampler = Sampler(model.config.vocab_size, temperature, 1.0, seed)
+    return generate(Reference(model), Tokenizer.load(TOK, model.config.vocab_size), prompt, steps=STEPS,
+                    sampler=sampler)
+
+
+def _qemu(img: image.Image, memory_mib: int | None = None, cpu: str | None = None) -> tuple[int, bytes]:
+    """Boot with QEMU directly: (exit status, everything COM1 received, dots included)."""
+    cmd = qemu.qemu_command(img.path, memory_mib or img.layout.memory_mib, "tcg", cpu=cpu)
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    return proc.returncode, proc.stdout
+
+
+def test_sector_zero_is_an_mbr(tmp_path: Path) -> None:
+    img = _build(tmp_path, prompt="Hi")
+    data = img.path.read_bytes()
+    lay = img.layout
+    assert data[510:512] == b"\x55\xaa"
+    assert struct.unpack_from("<I", data, 440)[0] != 0  # a disk signature
+    entries = [data[446 + 16 * i: 462 + 16 * i] for i in range(4)]
+    assert entries[1:] == [bytes(16)] * 3
+    status, ptype = entries[0][0], entries[0][4]
+    first, count = struct.unpack_from("<II", entries[0], 8)
+    assert (status, ptype) == (0x80, 0xDA)
+    assert first == lay.data_lba and first + count == len(data) // 512  # the data area, inside the disk
+    assert first * 512 >= len(img.engine.code)  # after the engine's sectors
+    # CHS of the first sector, in the 16-head, 63-sector geometry the image is padded to
+    c, rest = divmod(first, 16 * 63)
+    h, s = divmod(rest, 63)
+    assert entries[0][1:4] == bytes((h, s + 1 | (c >> 2 & 0xC0), c & 0xFF))
+
+
+def test_cpu_without_sse2_gets_the_cpu_message(tmp_path: Path) -> None:
+    status, out = _qemu(_build(tmp_path), cpu="pentium")
+    assert (status, out) == (9, b"!CPU")
+
+
+@pytest.mark.parametrize(("prompt", "temperature"), [("Tom and Sue", 0.0), (None, 0.9)])
+def test_486_build_on_a_486_prints_the_reference(tmp_path: Path, prompt: str | None, temperature: float) -> None:
+    defines = ("CPU486", "SAMPLING") if temperature else ("CPU486",)
+    img = _build(tmp_path, defines, prompt=prompt, temperature=temperature, seed=7)
+    r = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, timeout=120, cpu="486")
+    assert r.text == _reference(prompt, temperature, 7)
+
+
+def test_sse_build_on_a_486_gets_the_cpu_message(tmp_path: Path) -> None:
+    status, out = _qemu(_build(tmp_path), cpu="486")
+    assert (status, out) == (9, b"!CPU")
+
+
+def test_too_little_memory_gets_the_memory_message(tmp_path: Path) -> None:
+    img = _build(tmp_path)
+    assert img.layout.memory_end > 2 << 20  # stories260K's run needs more than 2 MiB
+    status, out = _qemu(img, memory_mib=2)
+    assert (status, out) == (11, b"!RAM")
+    with pytest.raises(qemu.BootllamaError, match=r"!RAM \(the PC has less memory"):
+        qemu.boot(img.path, 2, img.layout.chunks, timeout=30)
+
+
+def test_a20_is_switched_on(tmp_path: Path) -> None:
+    img = _build(tmp_path, ("A20OFF",))
+    r = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, timeout=60)
+    assert r.text == _reference()
+
+
+def test_a20_left_off_gets_the_a20_message(tmp_path: Path) -> None:
+    status, out = _qemu(_build(tmp_path, ("A20OFF", "NOA20")))
+    assert (status, out) == (7, b"!A20")
