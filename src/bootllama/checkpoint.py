@@ -300,7 +300,7 @@ def _model_from(config: Config, tensors: dict[str, np.ndarray]) -> Model:
         if entries > MAX_ROPE_ENTRIES:
             raise BootllamaError(f"bad header: seq_len={config.seq_len} with head_size={config.head_size} "
                                  f"needs {entries} RoPE factors, more than {MAX_ROPE_ENTRIES}")
-        from bootllama.libm import rope_values  # NumPy: not needed to build an image
+        from bootllama.libm import rope_values  # (NumPy: not needed for headers and layouts)
 
         tensors["freq_cis_real"], tensors["freq_cis_imag"] = rope_values(config.head_size, config.seq_len)
     return Model(config=config, **tensors)
@@ -456,7 +456,7 @@ def random_model(
         tensors[name] = normal(shape, weight_scale / np.sqrt(shape[-1]))
     tensors["rms_ffn_weight"] = norm_weights(shapes["rms_ffn_weight"])
     tensors["rms_final_weight"] = norm_weights(shapes["rms_final_weight"])
-    from bootllama.libm import rope_values  # NumPy: not needed to build an image
+    from bootllama.libm import rope_values
 
     tensors["freq_cis_real"], tensors["freq_cis_imag"] = rope_values(c.head_size, c.seq_len)
     if not c.shared_classifier:

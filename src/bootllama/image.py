@@ -303,7 +303,7 @@ def rope_bytes(config: Config) -> int:
 
 def read_freq_cis(checkpoint: str | os.PathLike[str], config: Config) -> tuple[np.ndarray, np.ndarray]:
     """The checkpoint's freq_cis_real and freq_cis_imag tables, read from their place in the file."""
-    import numpy as np  # here: the web page builds images under Pyodide, without NumPy (it passes rope=)
+    import numpy as np  # here, not at the top: the web page builds images under Pyodide, without NumPy
 
     lay = legacy_layout(config)
     shape = (config.seq_len, config.head_size // 2)
@@ -320,7 +320,8 @@ def rope_region(checkpoint: str | os.PathLike[str], config: Config) -> bytes:
     """The rotation values the engine reads: run.c's fcr rows, then its fci rows (float32 LE).
 
     bootllama.libm.checkpoint_rope computes them from the header (and the base the checkpoint's
-    tables encode, 10000 for llama2.c's), the function the reference uses."""
+    tables encode, 10000 for llama2.c's), the function the reference uses. They depend on the model
+    alone, so the web page is given them once (``build_image(rope=...)``) instead of NumPy."""
     import numpy as np
 
     from bootllama.libm import checkpoint_rope
@@ -390,10 +391,8 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
                 out: str | os.PathLike[str], prompt: str | bytes | None = None, steps: int = 0,
                 temperature: float = 0.0, seed: int = 0,
                 engine: Engine | None = None, rope: bytes | None = None) -> Image:
-    """Lay out a bootable raw disk image (written atomically).
-
-    ``rope``, when given, is ``rope_region(checkpoint, config)`` computed before (the web page
-    ships it, so that it builds images without NumPy)."""
+    """Lay out a bootable raw disk image (written atomically). ``rope``: this checkpoint's
+    rope_region(), when the caller has it already."""
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
@@ -410,10 +409,6 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         engine = assemble(("SAMPLING",) if temperature > 0 else ())
     if temperature > 0 and "sample" not in engine.symbols:
         raise BootllamaError("this engine build samples greedily only; assemble it with -DSAMPLING")
-    if rope is None:
-        rope = rope_region(checkpoint, config)
-    elif len(rope) != rope_bytes(config):
-        raise BootllamaError(f"the rotation values are {len(rope)} bytes; this checkpoint's are {rope_bytes(config)}")
     ckpt_size = os.path.getsize(checkpoint)
     tok_size = os.path.getsize(tokenizer_path)
     layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1)
@@ -427,6 +422,10 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         f.write(prompt_bytes + bytes(_pad(len(prompt_bytes)) - len(prompt_bytes)))
         table_bytes = table(layout)
         f.write(table_bytes + bytes(_pad(len(table_bytes)) - len(table_bytes)))
+        if rope is None:
+            rope = rope_region(checkpoint, config)
+        elif len(rope) != rope_bytes(config):
+            raise BootllamaError("the rotation values given do not fit this checkpoint")
         f.write(rope + bytes(_pad(len(rope)) - len(rope)))
         f.truncate(layout.disk_sectors * SECTOR)
     return Image(Path(out), layout, engine, ids, steps)

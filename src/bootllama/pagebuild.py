@@ -1,11 +1,10 @@
 """The image the web page boots, built by the page itself under Pyodide with this code.
 
 The page (``bootllama web``) carries bootllama's own modules (this one, runc_args, image,
-checkpoint, tokenizer, errors), the two engine builds NASM assembled when the site was written
-(greedy and -DSAMPLING, with their symbols) and the checkpoint's rotation values (which need
-NumPy to compute), so the browser needs neither NASM nor NumPy and the image it boots is the
-one ``bootllama build`` writes for the same settings.  The page's settings are strings, parsed
-with the command line's own options (run.c's atoi and atof).
+checkpoint, tokenizer, errors), run.c's rotation values for its model (computed with NumPy when
+the site was written; they depend on the model alone) and the two engine builds NASM
+assembled then (greedy and -DSAMPLING, with their symbols), so the browser needs no NASM and the image it boots is
+the one ``bootllama build`` writes for the same settings.  Imports nothing that needs NumPy.
 """
 
 from __future__ import annotations
@@ -15,11 +14,10 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import NoReturn
 
 from bootllama import image
 from bootllama.errors import BootllamaError
-from bootllama.runc_args import add_generate_arguments, load_prompt, resolve_seed, resolve_temperature
+from bootllama.runc_args import atof, atoi, load_prompt, resolve_seed, resolve_temperature
 
 ENGINES = {"greedy": (), "sampling": ("SAMPLING",)}
 
@@ -40,23 +38,8 @@ def load_engine(site: Path, spec: dict[str, object]) -> image.Engine:
     return image.Engine(code=(site / str(spec["file"])).read_bytes(), **fields)  # type: ignore[arg-type]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise BootllamaError(message)
-
-
-def parse_settings(prompt: str | None, steps: str, temperature: str, seed: str) -> argparse.Namespace:
-    """The page's fields as ``bootllama build -i PROMPT -n STEPS -t TEMP -s SEED`` reads them."""
-    parser = _Parser(prog="bootllama web", add_help=False)
-    add_generate_arguments(parser)
-    argv = [f"-n={steps}", f"-t={temperature}", f"-s={seed}"]
-    if prompt is not None:
-        argv.append(f"-i={prompt}")
-    return parser.parse_args(argv)
-
-
-def build(site: str | os.PathLike[str], out: str | os.PathLike[str], prompt: str | None, steps: str,
-          temperature: str, seed: str) -> dict[str, object]:
+def build(site: str | os.PathLike[str], out: str | os.PathLike[str], prompt: str | None, steps: int | str,
+          temperature: float | str, seed: int | str) -> dict[str, object]:
     """Build the image for these settings (as ``bootllama build`` does) from the site's files.
 
     Returns what the page needs to boot it: memory, progress dots, steps, prompt tokens, and the
@@ -64,16 +47,21 @@ def build(site: str | os.PathLike[str], out: str | os.PathLike[str], prompt: str
     """
     site = Path(site)
     meta = json.loads((site / "site.json").read_text())
-    args = parse_settings(prompt, steps, temperature, seed)
-    temperature_f = resolve_temperature(args.temperature)
-    steps_n = max(0, args.steps)
-    seed_n, drawn = resolve_seed(args.seed)
-    kind = "sampling" if temperature_f > 0 else "greedy"
+    try:  # the URL's and the form's text as run.c's flags: atoi for -n and -s, atof for -t
+        steps, seed = atoi(str(steps)), atoi(str(seed))
+        temperature = atof(str(temperature))
+    except ValueError as e:
+        raise BootllamaError(str(e)) from None
+    temperature = resolve_temperature(temperature)
+    steps = max(0, steps)
+    seed, drawn = resolve_seed(seed)
+    kind = "sampling" if temperature > 0 else "greedy"
     engine = load_engine(site, meta["engines"][kind])
     checkpoint, tokenizer = site / meta["checkpoint"], site / meta["tokenizer"]
-    text = load_prompt(args, checkpoint, tokenizer)
-    img = image.build_image(checkpoint, tokenizer, out, prompt=text, steps=steps_n, temperature=temperature_f,
-                            seed=seed_n, engine=engine, rope=(site / meta["rope"]).read_bytes())
+    text = load_prompt(argparse.Namespace(prompt=prompt, chat=False, system=None), checkpoint, tokenizer)
+    img = image.build_image(checkpoint, tokenizer, out, prompt=text, steps=steps,
+                            temperature=temperature, seed=seed, engine=engine,
+                            rope=(site / meta["rope"]).read_bytes())
     return {"memory_mib": img.layout.memory_mib, "chunks": img.layout.chunks, "steps": img.steps,
-            "prompt_tokens": len(img.prompt_ids), "seed": seed_n, "seed_drawn": drawn,
-            "temperature": temperature_f}
+            "prompt_tokens": len(img.prompt_ids), "seed": seed, "seed_drawn": drawn,
+            "temperature": temperature}

@@ -146,9 +146,9 @@ def resolve_seed(seed: int) -> tuple[int, bool]:
 
 def _float32(name: str, value: float) -> float:
     """value as run.c's float variable holds it; NaN or infinite is an error."""
-    try:  # rounded to float32 without NumPy (the web page runs this under Pyodide, which has none)
-        f = float(struct.unpack("<f", struct.pack("<f", value))[0])
-    except OverflowError:
+    try:  # (struct, not NumPy: the web page imports this under Pyodide)
+        f = struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:  # beyond float32's range: run.c's float would be infinite
         f = math.inf
     if not math.isfinite(f):
         raise BootllamaError(f"{name} must be a finite float, got {value}")

@@ -97,18 +97,18 @@ def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
         eng = image.assemble(defines)
         (out / "engine" / f"{kind}.bin").write_bytes(eng.code)
         engines[kind] = pagebuild.engine_spec(eng, f"engine/{kind}.bin")
+    # run.c's rotation values depend on the model alone: computed here once, with NumPy
     config = image.read_legacy_config(checkpoint)
-    (out / "model" / "rope.bin").write_bytes(image.rope_region(checkpoint, config))  # needs NumPy: done here
+    (out / "model" / "rope.bin").write_bytes(image.rope_region(checkpoint, config))
     meta: dict[str, object] = {"checkpoint": ckpt_name, "tokenizer": tok_name, "engines": engines,
                                "rope": "model/rope.bin",
                                "modules": [f"py/bootllama/{name}" for name in PAGE_MODULES],
-                               "seq_len": config.seq_len,
+                               "seq_len": image.read_legacy_config(checkpoint).seq_len,
                                "guards": GUARDS}  # the sector's exit codes, for the page's messages
     (out / "site.json").write_text(json.dumps(meta, indent=1) + "\n")
     (out / "LICENSES.txt").write_text(_licenses(v86_pkg, pyodide_pkg))
     # the image for the settings given: the page boots it at once when its URL names no others
-    built = pagebuild.build(out, out / "boot.img", args.prompt, str(args.steps), repr(args.temperature),
-                            str(args.seed))
+    built = pagebuild.build(out, out / "boot.img", args.prompt, args.steps, args.temperature, args.seed)
     settings = {"i": args.prompt or "", "n": args.steps, "t": built["temperature"],
                 "s": built["seed"] if built["temperature"] else args.seed}
     (out / "boot.json").write_text(json.dumps({"settings": settings, **built}, indent=1) + "\n")
@@ -144,14 +144,11 @@ def serve(out: Path, port: int = 0) -> None:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    from bootllama.runc_args import is_top_p, resolve_temperature, resolve_topp
-
     out = Path(args.output)
-    if is_top_p(resolve_temperature(args.temperature), resolve_topp(args.topp)):
-        raise BootllamaError(f"top-p sampling (-p {args.topp:g}) runs in the reference only (`bootllama generate`); "
-                             "the page samples with -p 0 or -p 1 (run.c's sample_mult)")
-    if getattr(args, "chat", False) or getattr(args, "model", None):
-        raise BootllamaError("the web page boots llama2.c checkpoints without --chat or --model")
+    if args.steps < 0:
+        args.steps = 0
+    if args.topp != 1.0:
+        raise BootllamaError("the page samples with -p 1.0 (run.c's sample_mult); top-p runs in the reference only")
     built = write_site(args, out)
     print(f"wrote {out}: {site_size(out)} bytes; the page boots {built['steps']} steps "
           f"({built['prompt_tokens']} prompt tokens) at once", file=sys.stderr)

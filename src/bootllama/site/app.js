@@ -33,11 +33,15 @@ async function sha256(bytes) {
     return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-// The settings in a URL or the form, as strings: bootllama's own Python parses them as
-// `bootllama build -i -n -t -s` does (run.c's atoi and atof) and says what is wrong.
-function readSettings(raw) {
-    return { i: raw.i ?? "", n: (raw.n ?? "").trim() || "0", t: (raw.t ?? "").trim() || "0",
-             s: (raw.s ?? "").trim() || "0" };
+// The settings in a URL or the form, checked as run.c's flags; returns [settings, error].
+function checkSettings(raw) {
+    const out = { i: raw.i ?? "", n: (raw.n ?? "0").trim() || "0", t: (raw.t ?? "0").trim() || "0",
+                  s: (raw.s ?? "0").trim() || "0" };
+    if (!/^[+-]?\d+$/.test(out.n)) return [null, `steps must be a whole number, not "${out.n}"`];
+    const t = Number(out.t);
+    if (!Number.isFinite(t)) return [null, `temperature must be a number, not "${out.t}"`];
+    if (!/^[+-]?\d+$/.test(out.s)) return [null, `seed must be a whole number, not "${out.s}"`];
+    return [out, null];
 }
 
 function fillForm(settings) {
@@ -58,9 +62,8 @@ async function python() {
         pyodideReady = (async () => {
             const py = await loadPyodide({ indexURL: new URL("pyodide/", location.href).href });
             const meta = await siteMeta();
-            const files = ["site.json", meta.checkpoint, meta.tokenizer,
-                           ...Object.values(meta.engines).map((e) => e.file),
-                           meta.rope, ...meta.modules];
+            const files = ["site.json", meta.checkpoint, meta.tokenizer, meta.rope,
+                           ...Object.values(meta.engines).map((e) => e.file), ...meta.modules];
             for (const file of files) {
                 const path = `${SITE}/${file}`;
                 py.FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
@@ -202,7 +205,8 @@ async function boot(imageBytes, info) {
 }
 
 async function start(raw, fromUrl) {
-    const settings = readSettings(raw);
+    const [settings, error] = checkSettings(raw);
+    if (error) { setStatus(error, true); return; }
     try {
         if (fromUrl === "default") {
             const info = JSON.parse(new TextDecoder().decode(await fetchBytes("boot.json")));
@@ -223,7 +227,8 @@ async function start(raw, fromUrl) {
 $("settings").addEventListener("submit", (event) => {
     event.preventDefault();
     const raw = { i: $("prompt").value, n: $("steps").value, t: $("temperature").value, s: $("seed").value };
-    const settings = readSettings(raw);
+    const [settings, error] = checkSettings(raw);
+    if (error) { setStatus(error, true); return; }
     const query = new URLSearchParams(settings).toString().replace(/\+/g, "%20");
     history.pushState(null, "", `?${query}`);
     start(settings, "form");
