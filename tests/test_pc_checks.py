@@ -34,7 +34,7 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1340, ("SAMPLING",): 1464, ("CPU486",): 1329, ("CPU486", "SAMPLING"): 1495}
+BUDGETS = {(): 1341, ("SAMPLING",): 1465, ("CPU486",): 1328, ("CPU486", "SAMPLING"): 1494}
 
 
 @pytest.mark.parametrize("defines", list(BUDGETS), ids=lambda d: "+".join(d) or "greedy")

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 SECTOR = 512
+MANIFEST_LBA = 10  # sector.asm's MLBA: the manifest's sector, after the engine's and zeros
 CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
 DATA = 0x100000  # where the data area (the manifest) lands
 CYLINDER = 16 * 63  # sectors per cylinder of the geometry Bochs is given
@@ -94,9 +95,9 @@ class Engine:
 
     @property
     def vars_at(self) -> int:
-        """VARS (BP): where the checkpoint header lands in the boot read, right after the engine's
-        tail sectors and the manifest (sector.asm: PRE + TAIL*512 + 512)."""
-        return 0x7E00 + self.sectors * SECTOR
+        """VARS (BP): where the checkpoint header lands in the boot read, after the manifest
+        (sector.asm: 0x7C00 + MLBA*512 + 512)."""
+        return ORG + (MANIFEST_LBA + 1) * SECTOR
 
     @property
     def code_bytes(self) -> int:
@@ -276,14 +277,16 @@ def _pad(n: int, to: int = SECTOR) -> int:
 
 
 def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_size: int,
-         n_prompt: int) -> Layout:
+         n_prompt: int, manifest_lba: int = MANIFEST_LBA) -> Layout:
     for name, value, limit in (("dim", config.dim, MAX_DIM), ("hidden_dim", config.hidden_dim, MAX_HIDDEN),
                                ("seq_len", config.seq_len, MAX_SEQ)):
         if value > limit:
             raise BootllamaError(f"{name}={value} is larger than the engine's buffers allow ({limit})")
     if config.hidden_dim < config.dim:
         raise BootllamaError("hidden_dim smaller than dim is not supported by the engine's buffers")
-    data_lba = engine_sectors
+    # the manifest lands in the page after the engine's code (sector.asm's MLBA): the engine's
+    # sectors, then zeros up to it
+    data_lba = max(engine_sectors, manifest_lba)
     ckpt = DATA + SECTOR
     tok = ckpt + _pad(checkpoint_size)
     prompt = tok + _pad(tokenizer_size)
@@ -423,6 +426,7 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     man = manifest(layout, ids, steps, temperature, seed, stop_id=stop_id, byte_base=byte_base)
     with atomic_write(out) as f:
         f.write(mbr(engine.code, layout, zlib.crc32(man)))
+        f.write(bytes(layout.data_lba * SECTOR - len(engine.code)))  # zeros up to the manifest's LBA
         f.write(man)
         _copy_padded(checkpoint, f)
         _copy_padded(tokenizer_path, f)

@@ -31,22 +31,23 @@
 ;
 ; Memory map (physical)
 ;   0x00018          IVT entry 6 (#UD; the 486 build: 7, #NM): the CPU message
+;   0x00500-0x00FFF  the stack (its top at 0x1000)
 ;   0x01000          Q: q, then the attention output (dim <= 1024 floats)
 ;   0x02000          ATT: one head's attention scores (seq_len <= 1024); the
 ;                    E820 record while the memory is checked
 ;   0x03000          TAB: exp's 2^(i/32), 32 doubles (then 2.0, whose zero
 ;                    low bytes the 486 exp uses), exp's scratch
-;   0x07000          top of the stack (grows down, off the code's page)
-;   0x07C00          sector 0, then at 0x7E00 the TAIL tail sectors
-;   PRE+TAIL*512     the manifest sector, read in place: its last 128 bytes
-;                    are the fields at [bp-128..-1] (the last 32, zeros on
-;                    the disk, hold the work variables)
-;   VARS = BP        the checkpoint header [bp+0..27]
-;   0x08E00-0x10DFF  disk bounce buffer while loading; then activations,
-;                    reached from one another by displacements:
-;                    X 0x8800 (dim <= 1024), XB 0x9800 (4 KiB above x;
-;                    max(dim, hidden_dim) <= 2048), HB 0xB800 (8 KiB above
-;                    xb), HB2 0xD800 (8 KiB above hb; ends at 0xF800)
+;   0x04000          X: x, the residual stream (dim <= 1024)
+;   0x05000-0x06FFF  XB: xb (4 KiB above x; max(dim, hidden_dim) <= 2048)
+;   0x07C00          sector 0, then at 0x7E00 the TAIL tail sectors: code,
+;                    and nothing the engine writes, in pages 0x7000-0x8FFF
+;   0x09000          the manifest sector (LBA MLBA), read in place: its last
+;                    128 bytes are the fields at [bp-128..-1] (the last 32,
+;                    zeros on the disk, hold the work variables)
+;   0x09200 = VARS   the checkpoint header [bp+0..27] (BP)
+;   0x0A000-0x0BFFF  HB: hb (hidden_dim <= 2048)
+;   0x0C000-0x0DFFF  HB2: hb2, 8 KiB above hb
+;   0x10E00-0x18DFF  the disk bounce buffer while loading
 ;   0x100000         the manifest sector, the checkpoint at 0x100200, the
 ;                    tokenizer, the prompt ids, the address table, the RoPE
 ;                    values; the KV cache and the logits where the manifest
@@ -70,19 +71,24 @@ org 0x7c00
 %endif
 
 PRE     equ 0x7E00              ; the boot read: tail sectors, manifest, header
-VARS    equ PRE + TAIL*512 + 512 ; the header, read in place
-XBUF    equ 0x8800              ; x, the residual stream (dim <= 1024), above
-                                ; the header for up to 3 tail sectors
-XBBUF   equ XBUF + 0x1000       ; xb (rmsnorm finds x 4 KiB below its output)
-HBBUF   equ XBBUF + 0x2000      ; hb (swiglu finds xb 8 KiB below it)
+MLBA    equ 10                  ; the manifest's LBA: it lands at 0x9000, the
+                                ; page after the code's, so that writes to
+                                ; the work variables never hit a page of code
+                                ; (QEMU and v86 translate such a page again)
+VARS    equ 0x7C00 + MLBA*512 + 512 ; the header, read in place
+XBUF    equ 0x4000              ; x, the residual stream (dim <= 1024)
+XBBUF   equ XBUF + 0x1000       ; xb (rmsnorm finds x 4 KiB below its output);
+                                ; max(dim, hidden_dim) <= 2048, ends at 0x7000
+HBBUF   equ 0xA000              ; hb (swiglu finds xb 20 KiB below it)
 HB2BUF  equ HBBUF + 0x2000      ; hb2 (swiglu finds it 8 KiB above hb); ends
-                                ; at 0xF800: hidden_dim <= 2048
+                                ; at 0xE000: hidden_dim <= 2048
 QBUF    equ 0x1000              ; q, then the attention output in its place
 ATTBUF  equ 0x2000              ; attention scores of one head (seq <= 1024)
 TAB     equ 0x3000              ; exp's table: 2^(i/32), i < 32, then 2.0
 SCALE   equ TAB + 256           ; (486 exp) 2^floor(k/32) is built here
 KD      equ SCALE + 8           ; (486 exp) kd's bits
-BOUNCE  equ PRE + 0x1000        ; the DAP's segment + 0x100 (one inc)
+BOUNCE  equ 0x10E00             ; the disk bounce buffer (32 KiB): segment
+                                ; 0x10E0, one byte from PRE's 0x07E0
 CHUNK   equ 64                  ; sectors per int 13h read (32 KiB)
 DATA    equ 0x100000            ; the manifest lands here
 
@@ -133,7 +139,7 @@ start:
     mov ds, ax
     mov es, ax
     mov ss, ax
-    mov sp, 0x7000
+    mov sp, 0x1000              ; (the stack grows down from 0x1000)
     mov bp, VARS
     lgdt [gdtr]                 ; before the first putc, which uses it
     push ax                     ; DAP on the stack: LBA high
@@ -149,11 +155,24 @@ start:
     int 0x13                    ; tail code, manifest and header to PRE
                                 ; (64 sectors: 0x7E00..0xFDFF; the rest is
                                 ; checkpoint data, loaded again to DATA)
-    jc diskfail
-    inc byte [si+7]             ; the same DAP: buffer segment 0x7E0 -> BOUNCE
-    add byte [si+8], TAIL       ; LBA 1 + TAIL: the manifest again, for DATA
+    jnc init                    ; (the messages sit here, within short jumps)
+
+; ---- the guards' messages: print one, then exit with its code ------------
+diskfail:
+    mov si, m_disk
+    jmp die
+cpufail:
+    mov si, m_cpu
+die:
+    lodsb
+    cmp al, 32                  ; the code byte ends the message
+    jb exit
+    call putc
+    jmp die
 
 init:
+    mov byte [si+7], BOUNCE >> 12 ; the same DAP: buffer segment -> BOUNCE
+    add byte [si+8], MLBA - 1   ; LBA MLBA: the manifest again, for DATA
     push dx                     ; (DL: the boot drive, for the reads below)
     mov al, 3                   ; (ah = 0: the read's status)
     int 0x10                    ; text mode 3: clears the screen
@@ -179,7 +198,6 @@ guards:
     mov eax, cr4
     or ax, 0x200                ; CR4.OSFXSR: allow SSE
     mov cr4, eax
-    xorps xmm7, xmm7            ; exp keeps the low 48 bits of xmm7 zero
 %endif
     xor ecx, ecx                ; ECX's high word is 0 from here on
 %ifdef A20OFF
@@ -251,26 +269,13 @@ load:
     add dword [si+8], CHUNK
     mov al, '.'
     call putc                   ; progress, and back to unreal mode
-    lea esi, [BOUNCE]           ; (lea: a 16-bit address zero-extended, 1 byte
-                                ; shorter than mov esi, imm32)
+    mov esi, BOUNCE
     mov cx, CHUNK*128           ; ecx = CHUNK*128 dwords (its high word is 0)
     a32 rep movsd
     cmp edi, [bp+M_END]
     jb load
     jmp exptab                  ; (the rest of the engine is in the tail)
 
-; ---- the guards' messages: print one, then exit with its code ------------
-diskfail:
-    mov si, m_disk
-    jmp die
-cpufail:
-    mov si, m_cpu
-die:
-    lodsb
-    cmp al, 32                  ; the code byte ends the message
-    jb exit
-    call putc
-    jmp die
 
 
 ; ---- putc: al to COM1 and to the screen (BIOS teletype, CR before LF) ------
@@ -368,9 +373,6 @@ m_a20:  db "!A20", E_A20
 m_cpu:  db "!CPU", E_CPU
 m_mem:  db "!RAM", E_MEM
 
-%if VARS + 28 > XBUF
-  %error "the engine's tail sectors push the checkpoint header into x"
-%endif
 ; ---- the MBR's fields: the builder writes the disk signature and the entry
     times 440-($-$$) db 0       ; boot code ends here
     times 6 db 0                ; disk signature (4 bytes), 2 reserved
@@ -378,6 +380,9 @@ m_mem:  db "!RAM", E_MEM
     dw 0xaa55                   ; the tail sectors follow
 ; ---- after loading: exp's table, the derived dimensions ------------------
 exptab:                         ; TAB[i] = 2^(i/32) as doubles, for exp
+%ifndef CPU486
+    xorps xmm7, xmm7            ; exp keeps the low 48 bits of xmm7 zero
+%endif
     fninit                      ; (precision: 64 bits)
     fld1
     fadd st0                    ; 2
@@ -806,7 +811,7 @@ mv:
 
 ; ---- swiglu: xb = hb * (1 / (1 + expf(-hb))) * hb2, then x += w2 @ xb -----
 swiglu:
-    mov si, HBBUF               ; xb is 4 KiB below hb, hb2 4 KiB above;
+    mov si, HBBUF               ; xb is below hb, hb2 8 KiB above;
     mov cx, [bp+HID]            ; exp's scratch [edi] is past hb2's end
     push cx
 .s:
@@ -819,7 +824,7 @@ swiglu:
     fdivrp                      ; 1/(1+e) val
     fmulp
     fmul dword [si+0x2000]      ; hb2
-    fstp dword [si-0x2000]      ; xb
+    fstp dword [si-(HBBUF-XBBUF)] ; xb
     lodsd
     loop .s
     pop cx                      ; n = hidden_dim; ebx is still xb from w3
@@ -898,3 +903,6 @@ eps:    dd 1e-5
     align 512, db 0
 engine_end:
 TAIL    equ (engine_end - $$) / 512 - 1   ; sectors after this one
+%if PRE + TAIL*512 > 0x7C00 + MLBA*512
+  %error "the engine's tail sectors run into the manifest's sector"
+%endif
