@@ -83,9 +83,13 @@ VARIANTS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
                       + ".col2:\n" + STEP + "    loop .col2\n    popad\n")]),
     "addss": ("a second addss per product term", "product",
               [("    addss xmm0, xmm1\n", "    addss xmm2, xmm1\n    addss xmm0, xmm1\n")]),
-    "mulss": ("a second mulss per product term", "product",
-              [("    addss xmm0, xmm1\n", "    movaps xmm2, xmm1\n    mulss xmm2, xmm1\n"
-                                          "    addss xmm0, xmm1\n")]),
+    # the same product again (w * x into xmm2): squaring the product instead would make some
+    # results subnormal, which QEMU computes on a slower path than the engine's own products
+    "mulss": ("a second mulss per product term (the same w*x into xmm2)", "product",
+              [("    a32 mulss xmm1, [ebx]\n", "    movaps xmm2, xmm1\n    a32 mulss xmm2, [ebx]\n"
+                                               "    a32 mulss xmm1, [ebx]\n")]),
+    "movaps": ("an SSE register copy per product term (the mulss row's own overhead)", "product",
+               [("    a32 mulss xmm1, [ebx]\n", "    movaps xmm2, xmm1\n    a32 mulss xmm1, [ebx]\n")]),
     "fdiv": ("a second x87 division per divmax element", "fdiv",
              [("    fdiv st2\n", "    fld st0\n    fdiv st3\n    fstp st0\n    fdiv st2\n")]),
     "fld/fstp": ("an x87 copy and pop per element-wise fmul (the next row's own overhead)", "x87_fmul",
