@@ -92,6 +92,9 @@ VARIANTS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
                [("    a32 mulss xmm1, [ebx]\n", "    movaps xmm2, xmm1\n    a32 mulss xmm1, [ebx]\n")]),
     "fdiv": ("a second x87 division per divmax element", "fdiv",
              [("    fdiv st2\n", "    fld st0\n    fdiv st3\n    fstp st0\n    fdiv st2\n")]),
+    "divmax": ("a third divmax per attention row, by 1.0 (exact): its x87 fld, fcomi, fdiv, fstp per score",
+               "score", [("    call divmax                 ; x /= sum\n",
+                          "    call divmax                 ; x /= sum\n    emms\n    fld1\n    call divmax\n")]),
     "fld/fstp": ("an x87 copy and pop per element-wise fmul (the next row's own overhead)", "x87_fmul",
                  _x87(False)),
     "x87 fmul": ("a second x87 fmul per element-wise fmul (rmsnorm, swiglu)", "x87_fmul", _x87(True)),
@@ -107,6 +110,7 @@ def counts(config: Config, tokens: int) -> dict[str, float]:
     att = c.n_layers * c.n_heads * (tokens + 1) / 2  # attention scores per pass: heads x (pos + 1)
     return {
         "softmax_exp": att,
+        "score": att,
         "exp": att + c.n_layers * c.hidden_dim,
         "product": c.n_layers * (c.dim * (2 * c.dim + 2 * kv_dim) + 3 * c.dim * c.hidden_dim)
         + c.dim * c.vocab_size + 2 * att * hs,
