@@ -9,12 +9,15 @@ model's shape and the story's length), its cost each time. Rates are QEMU's own 
 forward pass (the machine is shared; wall-clock tokens/s are shown beside them).
 
 The variants: exp twice (softmax's calls, or all), a second mulsd and addsd inside exp, the
-products' mulss and addss, the whole dot-product loop twice, divmax's fdiv, and the element-wise
-x87 fmuls of rmsnorm and swiglu; "movapd" and "fld/fstp" measure the doublings' own copies.
-The patches are text replacements that must each match once (tests/test_cost_probe.py).
+products' mulss and addss, the whole dot-product loop twice, divmax's fdiv (and an SSE divss
+beside it, for comparison), a whole third divmax per attention row (its x87 work per score),
+and the element-wise x87 fmuls of rmsnorm and swiglu; "movapd", "movaps" and "fld/fstp"
+measure the doublings' own copies. The patches are text replacements that must each match
+once (tests/test_cost_probe.py).
 
     python bench/cost_probe.py               # 3 rounds, writes bench/costs.md
     python bench/cost_probe.py --runs 5
+    python bench/cost_probe.py --only 'fdiv,divss' --output /tmp/costs.md
 """
 
 from __future__ import annotations
