@@ -401,9 +401,11 @@ class Image:
 def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.PathLike[str],
                 out: str | os.PathLike[str], prompt: str | bytes | None = None, steps: int = 0,
                 temperature: float = 0.0, seed: int = 0,
-                engine: Engine | None = None, rope: bytes | None = None) -> Image:
+                engine: Engine | None = None, rope: bytes | None = None,
+                manifest_lba: int = MANIFEST_LBA) -> Image:
     """Lay out a bootable raw disk image (written atomically). ``rope``: this checkpoint's
-    rope_region(), when the caller has it already."""
+    rope_region(), when the caller has it already; ``manifest_lba``: for engines from before
+    MLBA (bench/speedup.py's old one reads its manifest right after its sectors)."""
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
@@ -422,7 +424,7 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         raise BootllamaError("this engine build samples greedily only; assemble it with -DSAMPLING")
     ckpt_size = os.path.getsize(checkpoint)
     tok_size = os.path.getsize(tokenizer_path)
-    layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1)
+    layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba)
     man = manifest(layout, ids, steps, temperature, seed, stop_id=stop_id, byte_base=byte_base)
     with atomic_write(out) as f:
         f.write(mbr(engine.code, layout, zlib.crc32(man)))
