@@ -35,10 +35,7 @@ def model():  # type: ignore[no-untyped-def]
     return load_checkpoint(CKPT)
 
 
-# v86's whole default story takes about 20 s of CPU since the engine's glibc expf (SSE2 doubles):
-# behind slow; its prompted and sampled stories below stay in make test
-@pytest.mark.parametrize("name", ["qemu", "qemu-ahci", "qemu-usb-ehci", "qemu-usb-xhci",
-                                  pytest.param("v86", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["qemu", "qemu-ahci", "qemu-usb-ehci", "qemu-usb-xhci", "v86"])
 def test_default_story_on_every_pc(name: str, default_image: image.Image) -> None:
     result = pcs.boot(name, default_image.path, default_image.layout, timeout=300)
     assert result.text == shared_file("oracles/stories260K_greedy.txt").read_bytes()

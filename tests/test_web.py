@@ -89,7 +89,6 @@ def _built_sha(tmp_path: Path, *flags: str) -> str:
     return hashlib.sha256(out.read_bytes()).hexdigest()
 
 
-@pytest.mark.slow  # the whole default story: about 20 s of CPU in v86 (the URL test below stays in make test)
 def test_page_prints_the_default_story(browser, base_url: str, site: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     page = browser.new_page()
     page.goto(base_url)
