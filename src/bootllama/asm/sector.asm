@@ -63,12 +63,6 @@
 bits 16
 org 0x7c00
 
-%ifdef CPU486                   ; the 486 build's guards, and the A20 test
-  %define NEXTW_IN_TAIL         ; build's, leave no room for nextw in
-%endif                          ; sector 0
-%ifdef A20OFF
-  %define NEXTW_IN_TAIL
-%endif
 
 PRE     equ 0x7E00              ; the boot read: tail sectors, manifest, header
 MLBA    equ 10                  ; the manifest's LBA: it lands at 0x9000, the
@@ -308,15 +302,6 @@ putc:
     popad
     ret
 
-%ifndef NEXTW_IN_TAIL
-; ---- nextw: esi = the next address of the table ---------------------------
-nextw:
-    mov esi, [bp+TP]
-    a32 lodsd
-    mov [bp+TP], esi
-    xchg esi, eax
-    ret
-%endif
 
 ; ---- attention: q_h = sum_t softmax(q_h . k_t / sqrtf(hs))_t v_t, then wo --
 attention:
@@ -698,7 +683,6 @@ rope:
     ret
 
 
-%ifdef NEXTW_IN_TAIL
 ; ---- nextw: esi = the next address of the table ---------------------------
 nextw:
     mov esi, [bp+TP]
@@ -706,7 +690,6 @@ nextw:
     mov [bp+TP], esi
     xchg esi, eax
     ret
-%endif
 
 ; ---- rmsnorm: xb = w * (ss * x), w the next table address; then mvw ------
 ; Called like mvw (edi = out, the rows byte after the call): it falls into
