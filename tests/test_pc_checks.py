@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from bootllama import image, qemu
+from bootllama import image
 from bootllama.checkpoint import load_checkpoint, packaged_path
+from bootllama.pcs import qemu
 from bootllama.reference import Reference, Sampler, generate
 from bootllama.tokenizer import Tokenizer
 

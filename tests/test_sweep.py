@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 from conftest import shared_file
 
-from bootllama import image, qemu
+from bootllama import image
 from bootllama.checkpoint import Config, load_checkpoint, packaged_path, random_model, write_legacy
+from bootllama.pcs import qemu
 from bootllama.reference import MathMode, Reference, Sampler, generate
 from bootllama.tokenizer import Tokenizer
 
