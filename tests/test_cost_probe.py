@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from bootllama import image
+from bootllama.checkpoint import Config
+from bootllama.errors import BootllamaError
 
 PROBE = Path(__file__).resolve().parents[1] / "bench" / "cost_probe.py"
 
@@ -21,6 +23,7 @@ def _probe():  # type: ignore[no-untyped-def]
 
 
 cost_probe = _probe()
+STORIES260K = Config(dim=64, hidden_dim=172, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512, seq_len=512)
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +34,29 @@ def base_used() -> int:
 @pytest.mark.parametrize("name", list(cost_probe.VARIANTS))
 def test_variant_patches_and_assembles(name: str, tmp_path: Path, base_used: int) -> None:
     base = image.asm_source().read_text()
-    _, patches = cost_probe.VARIANTS[name]
+    _, counted, patches = cost_probe.VARIANTS[name]
     src = tmp_path / "sector.asm"
     src.write_text(cost_probe.variant_source(base, patches))
     text = src.read_text()
-    assert all(new in text for _, new in [cost_probe.LOADER, *patches])
-    # every variant adds code (the loader line is one byte longer); none removes any
-    assert image.assemble(source=src).used > base_used
+    assert all(new in text for _, new in patches)
+    used = image.assemble(source=src).used
+    if name == "base":
+        assert not patches and used == base_used
+    else:  # every other variant adds code and says what its per-token count counts
+        assert used > base_used
+        assert counted in cost_probe.counts(STORIES260K, 100)
+
+
+def test_a_changed_sector_is_reported() -> None:
+    with pytest.raises(BootllamaError, match="no single 'call exp"):
+        cost_probe.variant_source("nop\n", cost_probe.VARIANTS["exp (softmax)"][2])
+
+
+def test_counts_of_stories260k() -> None:
+    # one forward pass at position 0 (tokens = 1): one attention score per head and layer
+    n = cost_probe.counts(STORIES260K, 1)
+    assert n["softmax_exp"] == 5 * 8
+    assert n["exp"] == 5 * 8 + 5 * 172
+    assert n["product"] == 5 * (64 * (128 + 64) + 3 * 64 * 172) + 64 * 512 + 2 * 40 * 8
+    assert n["fdiv"] == 512 + 80
+    assert n["x87_fmul"] == 3 * 64 * 11 + 5 * 172

@@ -79,7 +79,7 @@ def run_exp(m: Machine, x: np.ndarray) -> np.ndarray:
     body += b"\x0f\x85" + struct.pack("<h", (loop_at + len(code)) - (jnz_at + 4))
     prog = code + body + b"\xf4"
     m.write(loop_at, prog)
-    m.uc.reg_write(UC_X86_REG_ESP, 0x7000)
+    m.uc.reg_write(UC_X86_REG_ESP, 0x1000)
     m.uc.emu_start(loop_at, loop_at + len(prog) - 1)
     return np.frombuffer(m.read(IN_AT, 4 * len(x)), dtype="<f4").copy()
 

@@ -25,6 +25,19 @@ from bootllama.runc_args import (
 CPUS = {"sse2": (), "486": ("CPU486",)}
 QEMU_CPU = {"sse2": None, "486": "486"}
 
+# run's default timeout: generous bounds on TCG's pace on a slow, shared machine (the 110M shape:
+# about 0.15 s per MB to load and 1.4 s per token for 419 MB of weights; SmolLM2's 538 MB: ~0.5 tok/s)
+BASE_TIMEOUT = 600.0
+LOAD_S_PER_MB = 0.5
+STEP_S_PER_MB = 0.02
+
+
+def default_timeout(data_bytes: int, steps: int) -> float:
+    """Seconds `run` waits by default: 600, plus time to load ``data_bytes`` and run ``steps``
+    forward passes over them, each about four times what TCG takes here."""
+    mb = data_bytes / 1e6
+    return BASE_TIMEOUT + mb * (LOAD_S_PER_MB + STEP_S_PER_MB * steps)
+
 
 def _check_settings(args: argparse.Namespace) -> None:
     args.temperature = resolve_temperature(args.temperature)
@@ -69,8 +82,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.stdout.buffer.write(data)
             sys.stdout.buffer.flush()
 
+        timeout = args.timeout or default_timeout(lay.tokenizer_addr - lay.checkpoint_addr, img.steps)
         result = pcs.boot(args.pc, path, lay, accel=accel if args.pc in pcs.QEMU_PCS else "tcg",
-                          cpu=QEMU_CPU[args.cpu] if args.pc in pcs.QEMU_PCS else None, timeout=args.timeout,
+                          cpu=QEMU_CPU[args.cpu] if args.pc in pcs.QEMU_PCS else None, timeout=timeout,
                           on_bytes=stream)
     rate = f", {result.tokens} tokens, {result.tok_per_s:.1f} tok/s" if result.tokens else ""
     print(f"load {result.load_seconds:.2f} s, generation {result.gen_seconds:.2f} s{rate} "
@@ -96,8 +110,10 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # type
     run.add_argument("--pc", default=pcs.DEFAULT, choices=pcs.NAMES,
                      help=f"the PC to boot: {', '.join(pcs.NAMES)} (default {pcs.DEFAULT})")
     run.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"),
-                     help="QEMU's accelerator: hardware KVM if kvm_intel/kvm_amd is loaded, else TCG")
-    run.add_argument("--timeout", type=float, default=600.0, help="seconds before giving up (default 600)")
+                     help="QEMU accelerator: hardware KVM if kvm_intel/kvm_amd is loaded, else TCG")
+    run.add_argument("--timeout", type=float, default=None,
+                     help="seconds before giving up (default: 600 plus a bound on the model's load and steps; "
+                          "about 10 minutes for stories260K, 3 hours for SmolLM2's whole context)")
     run.add_argument("--image", metavar="IMAGE", help="also keep the built image at this path")
     _add_cpu(run)
     run.set_defaults(func=cmd_run)

@@ -2,8 +2,11 @@
 
 Disk layout (512-byte sectors)::
 
-    LBA 0            the boot sector (the engine; more sectors while it is over 512 bytes)
-    LBA D            the manifest: 384 bytes of zeros, then 128 bytes of fields
+    LBA 0            the MBR: the engine's boot code (440 bytes at most), the disk signature,
+                     partition entry 0 (active, type 0xDA) over the data area, 0x55AA
+    LBA 1..          the engine's other sectors, then zeros
+    LBA D = 10       the manifest: 384 bytes of zeros, then 128 bytes of fields (LBA 10 puts it
+                     at 0x9000, the 4 KiB page after the engine's code, in the boot read)
     LBA D+1          the legacy checkpoint, byte for byte, zero-padded to a sector
     ...              tokenizer.bin, byte for byte, zero-padded to a sector
     ...              the prompt's token ids (int32, after the BOS, 0-terminated)
@@ -48,6 +51,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 SECTOR = 512
+MANIFEST_LBA = 10  # sector.asm's MLBA: the manifest's sector, after the engine's and zeros
 CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
 DATA = 0x100000  # where the data area (the manifest) lands
 CYLINDER = 16 * 63  # sectors per cylinder of the geometry Bochs is given
@@ -94,9 +98,9 @@ class Engine:
 
     @property
     def vars_at(self) -> int:
-        """VARS (BP): where the checkpoint header lands in the boot read, right after the engine's
-        tail sectors and the manifest (sector.asm: PRE + TAIL*512 + 512)."""
-        return 0x7E00 + self.sectors * SECTOR
+        """VARS (BP): where the checkpoint header lands in the boot read, after the manifest
+        (sector.asm: 0x7C00 + MLBA*512 + 512)."""
+        return ORG + (MANIFEST_LBA + 1) * SECTOR
 
     @property
     def code_bytes(self) -> int:
@@ -125,15 +129,19 @@ def assemble(defines: tuple[str, ...] = (), source: Path | None = None) -> Engin
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "sector.bin")
         lst = Path(tmp, "sector.lst")
-        cmd = [nasm(), "-f", "bin", "-o", str(out), "-l", str(lst), f"-I{src.parent}{os.sep}"]
+        # NASM's map names every label it assembled with its address; the listing also shows
+        # labels of false %if branches, so a label counts only where the map puts it
+        pre = Path(tmp, "map.asm")
+        pre.write_text(f"[map symbols {Path(tmp, 'sector.map')}]\n")
+        cmd = [nasm(), "-f", "bin", "-o", str(out), "-l", str(lst), f"-P{pre}", f"-I{src.parent}{os.sep}"]
         cmd += [f"-D{d}" for d in defines] + [str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise BootllamaError(f"nasm failed: {proc.stderr.strip().splitlines()[0]}")
         code = out.read_bytes()
         listing = lst.read_text()
-        sizes = size_table(listing, len(code))
-        symbols = {name: ORG + off for off, name in label_offsets(listing)}
+        symbols = {name: int(addr, 16) for addr, name in _MAP_LABEL.findall(Path(tmp, "sector.map").read_text())}
+        sizes = size_table(listing, len(code), symbols)
     if len(code) % SECTOR or code[510:512] != b"\x55\xaa":
         raise BootllamaError("assembled engine is not a boot sector (no 0x55AA at byte 510)")
     return Engine(code, sizes, defines, symbols)
@@ -142,13 +150,15 @@ def assemble(defines: tuple[str, ...] = (), source: Path | None = None) -> Engin
 # listing lines: line number, [address, bytes], [<n> for included files], source
 _LABEL = re.compile(r"\s*\d+\s+(?:<\d+>\s+)?([A-Za-z_]\w*):")
 _CODE = re.compile(r"\s*\d+\s+([0-9A-F]{8})\s+([0-9A-F]+|\[|\()")
+_MAP_LABEL = re.compile(r"\s+([0-9A-F]+)\s+[0-9A-F]+\s+([A-Za-z_]\w*)$", re.M)  # a top-level label in the map
 
 
 ORG = 0x7C00
 
 
-def label_offsets(listing: str) -> list[tuple[int, str]]:
-    """(offset, name) of every top-level label in a NASM listing, in address order."""
+def label_offsets(listing: str, symbols: dict[str, int] | None = None) -> list[tuple[int, str]]:
+    """(offset, name) of every top-level label in a NASM listing, in address order; with
+    ``symbols`` (NASM's map: name -> address), only the labels at the address the map gives."""
     found: list[tuple[int, str]] = []
     pending: list[str] = []
     for line in listing.splitlines():
@@ -160,16 +170,18 @@ def label_offsets(listing: str) -> list[tuple[int, str]]:
         if m and pending:
             found += [(int(m.group(1), 16), name) for name in pending]
             pending = []
+    if symbols is not None:
+        found = [(off, name) for off, name in found if symbols.get(name) == ORG + off]
     return sorted(found)
 
 
-def size_table(listing: str, total: int) -> list[tuple[str, int]]:
+def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) -> list[tuple[str, int]]:
     """Bytes per top-level label, from a NASM listing (local .labels fold into their parent).
 
     Trailing zero padding (``times``/``align``) is excluded: the table counts what the engine
     uses.  The signature counts as its own row.
     """
-    starts = label_offsets(listing)
+    starts = label_offsets(listing, symbols)
     pads: list[int] = []
     for line in listing.splitlines():
         m = _CODE.match(line)
@@ -196,11 +208,11 @@ def size_table(listing: str, total: int) -> list[tuple[str, int]]:
 # What each routine of sector.asm is for: the size table sums them per part, which shows where
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
-    "loader": ("start", "init", "load", "exptab", "gdtr", "signature"),
-    "guards' messages": ("diskfail", "a20fail", "cpufail", "die"),
+    "loader": ("start", "init", "load", "dims", "gdtr", "signature"),
+    "guards": ("guards", "diskfail", "cpufail", "die"),
     "generate loop": ("gen", "done", "exit"),
     "printing": ("print", "putc"),
-    "forward pass": ("forward", "exp", "rope", "nextw", "rmsnorm", "mvw", "mvwb", "mvwn", "mv",
+    "forward pass": ("forward", "exptab", "exp", "rope", "nextw", "rmsnorm", "mvw", "mvwb", "mvwn", "mv",
                      "swiglu", "tox", "attention", "softmax_att", "softmax", "divmax"),
     "sampling": ("sample",),
 }
@@ -268,14 +280,16 @@ def _pad(n: int, to: int = SECTOR) -> int:
 
 
 def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_size: int,
-         n_prompt: int) -> Layout:
+         n_prompt: int, manifest_lba: int = MANIFEST_LBA) -> Layout:
     for name, value, limit in (("dim", config.dim, MAX_DIM), ("hidden_dim", config.hidden_dim, MAX_HIDDEN),
                                ("seq_len", config.seq_len, MAX_SEQ)):
         if value > limit:
             raise BootllamaError(f"{name}={value} is larger than the engine's buffers allow ({limit})")
     if config.hidden_dim < config.dim:
         raise BootllamaError("hidden_dim smaller than dim is not supported by the engine's buffers")
-    data_lba = engine_sectors
+    # the manifest lands in the page after the engine's code (sector.asm's MLBA): the engine's
+    # sectors, then zeros up to it
+    data_lba = max(engine_sectors, manifest_lba)
     ckpt = DATA + SECTOR
     tok = ckpt + _pad(checkpoint_size)
     prompt = tok + _pad(tokenizer_size)
@@ -390,9 +404,11 @@ class Image:
 def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.PathLike[str],
                 out: str | os.PathLike[str], prompt: str | bytes | None = None, steps: int = 0,
                 temperature: float = 0.0, seed: int = 0,
-                engine: Engine | None = None, rope: bytes | None = None) -> Image:
+                engine: Engine | None = None, rope: bytes | None = None,
+                manifest_lba: int = MANIFEST_LBA) -> Image:
     """Lay out a bootable raw disk image (written atomically). ``rope``: this checkpoint's
-    rope_region(), when the caller has it already."""
+    rope_region(), when the caller has it already; ``manifest_lba``: for engines from before
+    MLBA (bench/speedup.py's old one reads its manifest right after its sectors)."""
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
@@ -411,10 +427,11 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         raise BootllamaError("this engine build samples greedily only; assemble it with -DSAMPLING")
     ckpt_size = os.path.getsize(checkpoint)
     tok_size = os.path.getsize(tokenizer_path)
-    layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1)
+    layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba)
     man = manifest(layout, ids, steps, temperature, seed, stop_id=stop_id, byte_base=byte_base)
     with atomic_write(out) as f:
         f.write(mbr(engine.code, layout, zlib.crc32(man)))
+        f.write(bytes(layout.data_lba * SECTOR - len(engine.code)))  # zeros up to the manifest's LBA
         f.write(man)
         _copy_padded(checkpoint, f)
         _copy_padded(tokenizer_path, f)

@@ -31,22 +31,23 @@
 ;
 ; Memory map (physical)
 ;   0x00018          IVT entry 6 (#UD; the 486 build: 7, #NM): the CPU message
+;   0x00500-0x00FFF  the stack (its top at 0x1000)
 ;   0x01000          Q: q, then the attention output (dim <= 1024 floats)
 ;   0x02000          ATT: one head's attention scores (seq_len <= 1024); the
 ;                    E820 record while the memory is checked
 ;   0x03000          TAB: exp's 2^(i/32), 32 doubles (then 2.0, whose zero
 ;                    low bytes the 486 exp uses), exp's scratch
-;   0x07000          top of the stack (grows down, off the code's page)
-;   0x07C00          sector 0, then at 0x7E00 the TAIL tail sectors
-;   PRE+TAIL*512     the manifest sector, read in place: its last 128 bytes
-;                    are the fields at [bp-128..-1] (the last 32, zeros on
-;                    the disk, hold the work variables)
-;   VARS = BP        the checkpoint header [bp+0..27]
-;   0x08E00-0x10DFF  disk bounce buffer while loading; then activations,
-;                    reached from one another by displacements:
-;                    X 0x8800 (dim <= 1024), XB 0x9800 (4 KiB above x;
-;                    max(dim, hidden_dim) <= 2048), HB 0xB800 (8 KiB above
-;                    xb), HB2 0xD800 (8 KiB above hb; ends at 0xF800)
+;   0x04000          X: x, the residual stream (dim <= 1024)
+;   0x05000-0x06FFF  XB: xb (4 KiB above x; max(dim, hidden_dim) <= 2048)
+;   0x07C00          sector 0, then at 0x7E00 the TAIL tail sectors: code,
+;                    and nothing the engine writes, in pages 0x7000-0x8FFF
+;   0x09000          the manifest sector (LBA MLBA), read in place: its last
+;                    128 bytes are the fields at [bp-128..-1] (the last 32,
+;                    zeros on the disk, hold the work variables)
+;   0x09200 = VARS   the checkpoint header [bp+0..27] (BP)
+;   0x0A000-0x0BFFF  HB: hb (hidden_dim <= 2048)
+;   0x0C000-0x0DFFF  HB2: hb2, 8 KiB above hb
+;   0x10E00-0x18DFF  the disk bounce buffer while loading
 ;   0x100000         the manifest sector, the checkpoint at 0x100200, the
 ;                    tokenizer, the prompt ids, the address table, the RoPE
 ;                    values; the KV cache and the logits where the manifest
@@ -62,20 +63,26 @@
 bits 16
 org 0x7c00
 
+
 PRE     equ 0x7E00              ; the boot read: tail sectors, manifest, header
-VARS    equ PRE + TAIL*512 + 512 ; the header, read in place
-XBUF    equ 0x8800              ; x, the residual stream (dim <= 1024), above
-                                ; the header for up to 3 tail sectors
-XBBUF   equ XBUF + 0x1000       ; xb (rmsnorm finds x 4 KiB below its output)
-HBBUF   equ XBBUF + 0x2000      ; hb (swiglu finds xb 8 KiB below it)
+MLBA    equ 10                  ; the manifest's LBA: it lands at 0x9000, the
+                                ; page after the code's, so that writes to
+                                ; the work variables never hit a page of code
+                                ; (QEMU and v86 translate such a page again)
+VARS    equ 0x7C00 + MLBA*512 + 512 ; the header, read in place
+XBUF    equ 0x4000              ; x, the residual stream (dim <= 1024)
+XBBUF   equ XBUF + 0x1000       ; xb (rmsnorm finds x 4 KiB below its output);
+                                ; max(dim, hidden_dim) <= 2048, ends at 0x7000
+HBBUF   equ 0xA000              ; hb (swiglu finds xb 20 KiB below it)
 HB2BUF  equ HBBUF + 0x2000      ; hb2 (swiglu finds it 8 KiB above hb); ends
-                                ; at 0xF800: hidden_dim <= 2048
+                                ; at 0xE000: hidden_dim <= 2048
 QBUF    equ 0x1000              ; q, then the attention output in its place
 ATTBUF  equ 0x2000              ; attention scores of one head (seq <= 1024)
 TAB     equ 0x3000              ; exp's table: 2^(i/32), i < 32, then 2.0
 SCALE   equ TAB + 256           ; (486 exp) 2^floor(k/32) is built here
 KD      equ SCALE + 8           ; (486 exp) kd's bits
-BOUNCE  equ PRE + 0x1000        ; the DAP's segment + 0x100 (one inc)
+BOUNCE  equ 0x10E00             ; the disk bounce buffer (32 KiB): segment
+                                ; 0x10E0, one byte from PRE's 0x07E0
 CHUNK   equ 64                  ; sectors per int 13h read (32 KiB)
 DATA    equ 0x100000            ; the manifest lands here
 
@@ -126,7 +133,7 @@ start:
     mov ds, ax
     mov es, ax
     mov ss, ax
-    mov sp, 0x7000
+    mov sp, 0x1000              ; (the stack grows down from 0x1000)
     mov bp, VARS
     lgdt [gdtr]                 ; before the first putc, which uses it
     push ax                     ; DAP on the stack: LBA high
@@ -135,26 +142,40 @@ start:
     push byte 1                 ; LBA: the tail sectors, the manifest, ...
     push word PRE >> 4          ; buffer segment
     push ax                     ; buffer offset 0
-    push word CHUNK             ; sector count
-    push word 16                ; DAP size
+    push byte CHUNK             ; sector count (push byte: 1 byte shorter)
+    push byte 16                ; DAP size
     mov si, sp
     mov ah, 0x42                ; extended read; DL is still the boot drive
     int 0x13                    ; tail code, manifest and header to PRE
                                 ; (64 sectors: 0x7E00..0xFDFF; the rest is
                                 ; checkpoint data, loaded again to DATA)
-    jc diskfail
-    inc byte [si+7]             ; the same DAP: buffer segment 0x7E0 -> BOUNCE
-    add byte [si+8], TAIL       ; LBA 1 + TAIL: the manifest again, for DATA
+    jnc init                    ; (the messages sit here, within short jumps)
+
+; ---- the guards' messages: print one, then exit with its code ------------
+diskfail:
+    mov si, m_disk
+    jmp die
+cpufail:
+    mov si, m_cpu
+die:
+    lodsb
+    cmp al, 32                  ; the code byte ends the message
+    jb exit
+    call putc
+    jmp die
 
 init:
+    mov byte [si+7], BOUNCE >> 12 ; the same DAP: buffer segment -> BOUNCE
+    add byte [si+8], MLBA - 1   ; LBA MLBA: the manifest again, for DATA
     push dx                     ; (DL: the boot drive, for the reads below)
-    mov ax, 3
+    mov al, 3                   ; (ah = 0: the read's status)
     int 0x10                    ; text mode 3: clears the screen
     mov dx, 0x3fb               ; COM1 line control: 8 data bits, no parity,
     mov al, 3                   ; 1 stop bit, before the first byte out
     out dx, al                  ; (a BIOS may leave the UART at 5 data bits)
 
 ; ---- guards: the CPU, A20, the memory; each stops with its message --------
+guards:
 %ifdef CPU486
     mov dword [7*4], cpufail    ; #NM: no FPU (CR0.EM set) -> the CPU message
     fninit
@@ -166,13 +187,11 @@ init:
     xor eax, eax
     inc ax
     cpuid
-    not edx
-    test edx, 3 << 25           ; SSE and SSE2 (exp's doubles)
-    jnz cpufail
+    bt edx, 26                  ; SSE2 (exp's doubles; every CPU with it has
+    jnc cpufail                 ; SSE too)
     mov eax, cr4
     or ax, 0x200                ; CR4.OSFXSR: allow SSE
     mov cr4, eax
-    xorps xmm7, xmm7            ; exp keeps the low 48 bits of xmm7 zero
 %endif
     xor ecx, ecx                ; ECX's high word is 0 from here on
 %ifdef A20OFF
@@ -190,8 +209,9 @@ init:
     push byte -1
     pop fs
     inc word [fs:0x7e0e]        ; 0x107DFE: 0x7DFE (our 0xAA55) if A20 is off
-    cmp word [0x7dfe], 0AA55h   
-    jne a20fail
+    mov si, m_a20
+    cmp byte [0x7dfe], 0x55     ; (the inc would have made it 0x56)
+    jne die
     xor ebx, ebx                ; E820: from the first record
 .e820:
     mov di, ATTBUF
@@ -204,8 +224,8 @@ init:
 %else
     jc .memfail                 ; (every BIOS of an SSE2 PC has E820)
 %endif
-    cmp byte [di+16], 1
-    jne .next                   ; not usable RAM
+    dec byte [di+16]            ; type 1: usable RAM (the record is ours)
+    jnz .next
     cmp dword [di+2], 0x10
     ja .next                    ; starts above 1 MiB (bytes 2..5 of the base)
     mov eax, [di]
@@ -243,78 +263,14 @@ load:
     add dword [si+8], CHUNK
     mov al, '.'
     call putc                   ; progress, and back to unreal mode
-    lea esi, [BOUNCE]           ; (lea: a 16-bit address zero-extended, 1 byte
-                                ; shorter than mov esi, imm32)
+    mov esi, BOUNCE
     mov cx, CHUNK*128           ; ecx = CHUNK*128 dwords (its high word is 0)
     a32 rep movsd
     cmp edi, [bp+M_END]
     jb load
     jmp exptab                  ; (the rest of the engine is in the tail)
 
-; ---- the guards' messages: print one, then exit with its code ------------
-diskfail:
-    mov si, m_disk
-    jmp die
-a20fail:
-    mov si, m_a20
-    jmp die
-cpufail:
-    mov si, m_cpu
-die:
-    lodsb
-    cmp al, 32                  ; the code byte ends the message
-    jb exit
-    call putc
-    jmp die
 
-
-; ---- print the piece of TOKEN after prev (cx), as run.c's safe_printf -----
-print:
-    push cx
-    mov esi, [bp+M_TOK]
-    mov cx, [bp+TOKEN]
-    inc cx                      ; walk to the end of record TOKEN
-.walk:
-    a32 lodsd                   ; score
-    a32 lodsd                   ; len
-    add esi, eax
-    loop .walk
-    sub esi, eax                ; piece start
-    xchg cx, ax                 ; cx = len
-    pop ax
-    dec ax                      ; prev == BOS: strip one leading space
-    jnz .nostrip
-    a32 cmp byte [esi], ' '
-    jne .nostrip
-    inc esi
-    dec cx
-.nostrip:
-    mov ax, [bp+TOKEN]
-    sub ax, [bp+M_BYTE]         ; <0x00>..<0xFF> are ids M_BYTE..M_BYTE+255:
-    test ah, ah                 ; ah = 0 exactly for them (ids below borrow)
-    jz .one                     ; al: the raw byte
-    loop .all                   ; cx = len - 1: zero exactly for one byte
-    a32 lodsb                   ; a one-byte piece
-.one:                           ; one byte: only if isprint or isspace
-    push ax
-    sub al, 9
-    cmp al, 5                   ; \t \n \v \f \r: CF
-    jb .ok
-    sub al, 32-9
-    cmp al, 127-32              ; ' '..'~': CF
-.ok:
-    pop ax                      ; (flags kept)
-    jb putc                     ; print it (putc returns for us)
-    ret
-.all:
-    inc cx                      ; len again (0 wrapped to 0xFFFF and back)
-    jcxz .ret
-.emit:
-    a32 lodsb
-    call putc
-    loop .emit
-.ret:
-    ret
 
 ; ---- putc: al to COM1 and to the screen (BIOS teletype, CR before LF) ------
 ; then unreal: give DS and ES 4 GiB limits again, interrupts off
@@ -346,6 +302,46 @@ putc:
     popad
     ret
 
+
+; ---- attention: q_h = sum_t softmax(q_h . k_t / sqrtf(hs))_t v_t, then wo --
+attention:
+    call nextw                  ; esi = k of kv head 0 at t = 0
+    lea edi, [QBUF]             ; (ebx's high word is 0: xb from mvw)
+    mov cx, [bp+NKV]
+.kvh:
+    push cx
+    mov ax, [bp+NH]
+    cwd
+    div word [bp+NKV]
+    xchg cx, ax                 ; kv_mul query heads share a kv head
+.head:
+    pushad                      ; esi = k_h, edi = q_h
+    mov bx, di                  ; vec = q_h
+    mov di, ATTBUF              ; out = att
+    mov cx, [bp+HS]
+    push dword 4
+    pop eax                     ; column stride 4
+    mov edx, [bp+TSTR]          ; row stride: the next position
+    mov bp, [bp+POS]            ; rows = pos + 1
+    pushad
+    call mv                     ; att[t] = q_h . k_t
+    call softmax_att
+    popad
+    xchg cx, bp                 ; n = pos+1, rows = head_size
+    xchg eax, edx               ; column stride = position stride
+    xchg edi, ebx               ; vec = att, out = q_h
+    add esi, [VARS+KVDIM4]      ; v of the same kv head
+    call mv                     ; q_h[i] = sum_t att[t] v_t[i]
+    popad
+    add di, [bp+HS4]
+    loop .head
+    add esi, [bp+HS4]           ; the next kv head
+    pop cx
+    loop .kvh
+    mov bx, QBUF                ; vec = the attention output
+    mov cx, [bp+DIM]            ; n = dim
+    jmp tox                     ; x += wo @ it
+
 ; GDTR: the flat data descriptor is entry 127 (selector 0x3F8, the COM1
 ; port putc has in dx); entries 0..126 are whatever lies below it and are
 ; never loaded.  The limit 0x13FF (>= 0x3FF) is also the x87 control word for
@@ -362,9 +358,6 @@ m_a20:  db "!A20", E_A20
 m_cpu:  db "!CPU", E_CPU
 m_mem:  db "!RAM", E_MEM
 
-%if VARS + 28 > XBUF
-  %error "the engine's tail sectors push the checkpoint header into x"
-%endif
 ; ---- the MBR's fields: the builder writes the disk signature and the entry
     times 440-($-$$) db 0       ; boot code ends here
     times 6 db 0                ; disk signature (4 bytes), 2 reserved
@@ -372,6 +365,9 @@ m_mem:  db "!RAM", E_MEM
     dw 0xaa55                   ; the tail sectors follow
 ; ---- after loading: exp's table, the derived dimensions ------------------
 exptab:                         ; TAB[i] = 2^(i/32) as doubles, for exp
+%ifndef CPU486
+    xorps xmm7, xmm7            ; exp keeps the low 48 bits of xmm7 zero
+%endif
     fninit                      ; (precision: 64 bits)
     fld1
     fadd st0                    ; 2
@@ -390,7 +386,7 @@ exptab:                         ; TAB[i] = 2^(i/32) as doubles, for exp
     fcompp                      ; empty the x87 stack
     fldcw [cw24]                ; x87 rounds to float32 precision
 
-    ; derived dimensions
+dims:                           ; the derived dimensions
     mov ax, [bp+DIM]
     cwd
     div word [bp+NH]
@@ -464,6 +460,54 @@ exit:
 %endif
 .h: hlt
     jmp .h
+
+; ---- print the piece of TOKEN after prev (cx), as run.c's safe_printf -----
+print:
+    push cx
+    mov esi, [bp+M_TOK]
+    mov cx, [bp+TOKEN]
+    inc cx                      ; walk to the end of record TOKEN
+.walk:
+    a32 lodsd                   ; score
+    a32 lodsd                   ; len
+    add esi, eax
+    loop .walk
+    sub esi, eax                ; piece start
+    xchg cx, ax                 ; cx = len
+    pop ax
+    dec ax                      ; prev == BOS: strip one leading space
+    jnz .nostrip
+    a32 cmp byte [esi], ' '
+    jne .nostrip
+    inc esi
+    dec cx
+.nostrip:
+    mov ax, [bp+TOKEN]
+    sub ax, [bp+M_BYTE]         ; <0x00>..<0xFF> are ids M_BYTE..M_BYTE+255:
+    test ah, ah                 ; ah = 0 exactly for them (ids below borrow)
+    jz .one                     ; al: the raw byte
+    loop .all                   ; cx = len - 1: zero exactly for one byte
+    a32 lodsb                   ; a one-byte piece
+.one:                           ; one byte: only if isprint or isspace
+    push ax
+    sub al, 9
+    cmp al, 5                   ; \t \n \v \f \r: CF
+    jb .ok
+    sub al, 32-9
+    cmp al, 127-32              ; ' '..'~': CF
+.ok:
+    pop ax                      ; (flags kept)
+    jb putc                     ; print it (putc returns for us)
+    ret
+.all:
+    inc cx                      ; len again (0 wrapped to 0xFFFF and back)
+    jcxz .ret
+.emit:
+    a32 lodsb
+    call putc
+    loop .emit
+.ret:
+    ret
 
 ; ---- forward(TOKEN, POS) -> logits ----------------------------------------
 forward:
@@ -750,7 +794,7 @@ mv:
 
 ; ---- swiglu: xb = hb * (1 / (1 + expf(-hb))) * hb2, then x += w2 @ xb -----
 swiglu:
-    mov si, HBBUF               ; xb is 4 KiB below hb, hb2 4 KiB above;
+    mov si, HBBUF               ; xb is below hb, hb2 8 KiB above;
     mov cx, [bp+HID]            ; exp's scratch [edi] is past hb2's end
     push cx
 .s:
@@ -763,7 +807,7 @@ swiglu:
     fdivrp                      ; 1/(1+e) val
     fmulp
     fmul dword [si+0x2000]      ; hb2
-    fstp dword [si-0x2000]      ; xb
+    fstp dword [si-(HBBUF-XBBUF)] ; xb
     lodsd
     loop .s
     pop cx                      ; n = hidden_dim; ebx is still xb from w3
@@ -771,45 +815,6 @@ tox:                            ; x += W @ vec (ebx), n = cx, rows = dim
     mov di, XBUF                ; (edi is hb2's end or in q: high word 0)
     mov ax, [bp+DIM]
     jmp mvwn
-
-; ---- attention: q_h = sum_t softmax(q_h . k_t / sqrtf(hs))_t v_t, then wo --
-attention:
-    call nextw                  ; esi = k of kv head 0 at t = 0
-    lea edi, [QBUF]             ; (ebx's high word is 0: xb from mvw)
-    mov cx, [bp+NKV]
-.kvh:
-    push cx
-    mov ax, [bp+NH]
-    cwd
-    div word [bp+NKV]
-    xchg cx, ax                 ; kv_mul query heads share a kv head
-.head:
-    pushad                      ; esi = k_h, edi = q_h
-    mov bx, di                  ; vec = q_h
-    mov di, ATTBUF              ; out = att
-    mov cx, [bp+HS]
-    push dword 4
-    pop eax                     ; column stride 4
-    mov edx, [bp+TSTR]          ; row stride: the next position
-    mov bp, [bp+POS]            ; rows = pos + 1
-    pushad
-    call mv                     ; att[t] = q_h . k_t
-    call softmax_att
-    popad
-    xchg cx, bp                 ; n = pos+1, rows = head_size
-    xchg eax, edx               ; column stride = position stride
-    xchg edi, ebx               ; vec = att, out = q_h
-    add esi, [VARS+KVDIM4]      ; v of the same kv head
-    call mv                     ; q_h[i] = sum_t att[t] v_t[i]
-    popad
-    add di, [bp+HS4]
-    loop .head
-    add esi, [bp+HS4]           ; the next kv head
-    pop cx
-    loop .kvh
-    mov bx, QBUF                ; vec = the attention output
-    mov cx, [bp+DIM]            ; n = dim
-    jmp tox                     ; x += wo @ it
 
 ; ---- softmax(esi[0..ecx) / st0) in place, as run.c; x87 stack left empty ---
 ; softmax_att: the attention row att[0..pos] / sqrtf(head_size)
@@ -881,3 +886,6 @@ eps:    dd 1e-5
     align 512, db 0
 engine_end:
 TAIL    equ (engine_end - $$) / 512 - 1   ; sectors after this one
+%if PRE + TAIL*512 > 0x7C00 + MLBA*512
+  %error "the engine's tail sectors run into the manifest's sector"
+%endif

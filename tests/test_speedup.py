@@ -1,0 +1,50 @@
+"""bench/speedup.py's old image: laid out for the old engine's 2 sectors, its code unpatched, the same data area."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bootllama import image
+from bootllama.checkpoint import packaged_path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _speedup():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("speedup", BENCH / "speedup.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+speedup = _speedup()
+
+
+def _has_old_commit() -> bool:
+    proc = subprocess.run(["git", "-C", str(BENCH), "cat-file", "-e", f"{speedup.OLD_COMMIT}^{{commit}}"],
+                          capture_output=True)
+    return proc.returncode == 0
+
+
+@pytest.mark.skipif(not _has_old_commit(), reason="the old engine's commit is not in this clone's history")
+def test_old_image_layout(tmp_path: Path) -> None:
+    ckpt, tok = packaged_path("stories260K.bin"), packaged_path("tok512.bin")
+    old_engine = image.assemble(source=speedup.old_source(speedup.OLD_COMMIT, tmp_path))
+    assert old_engine.sectors == 2
+    assert any(old_engine.code[image.MBR_SIGNATURE_AT:510])  # why image.mbr() would refuse it
+    old = speedup.build_old(old_engine, ckpt, tok, tmp_path / "old.img")
+    new = image.build_image(ckpt, tok, tmp_path / "new.img")
+    assert old.layout.data_lba == 2 and new.layout.data_lba == image.MANIFEST_LBA
+    assert old.path.read_bytes()[:2 * image.SECTOR] == old_engine.code  # written unpatched
+    assert speedup.data_area(old) == speedup.data_area(new)
+    assert old.layout.chunks == new.layout.chunks
+
+
+def test_bad_commit_is_one_line_error(tmp_path: Path) -> None:
+    with pytest.raises(speedup.BootllamaError, match="git show"):
+        speedup.old_source("0" * 40, tmp_path)
