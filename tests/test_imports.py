@@ -11,23 +11,34 @@ import bootllama
 PACKAGE = Path(bootllama.__file__).resolve().parent
 
 
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def is_module(name: str) -> bool:
+    rel = PACKAGE.parent.joinpath(*name.split("."))
+    return rel.with_suffix(".py").exists() or (rel / "__init__.py").exists()
+
+
 def imports_of(path: Path) -> set[str]:
-    """The bootllama modules a source file imports, anywhere in it."""
+    """The bootllama modules a source file imports, anywhere in it (``from bootllama.pcs import
+    qemu`` counts as bootllama.pcs.qemu when that is a module)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "bootllama":
-                found |= {f"bootllama.{a.name}" for a in node.names if (PACKAGE / f"{a.name}.py").exists()}
-            elif node.module.startswith("bootllama."):
-                found.add(node.module)
+            if node.module == "bootllama" or node.module.startswith("bootllama."):
+                subs = {f"{node.module}.{a.name}" for a in node.names if is_module(f"{node.module}.{a.name}")}
+                found |= subs or {node.module}
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("bootllama.")}
-    return found
+    return found - {"bootllama"}
 
 
 def graph() -> dict[str, set[str]]:
-    return {f"bootllama.{p.stem}": imports_of(p) - {f"bootllama.{p.stem}"} for p in PACKAGE.glob("*.py")
-            if p.stem != "__init__"}
+    """Module -> the bootllama modules it imports, for every module of the package."""
+    return {module_name(p): imports_of(p) - {module_name(p)} for p in PACKAGE.rglob("*.py")
+            if module_name(p) != "bootllama"}
 
 
 def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
