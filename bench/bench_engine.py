@@ -335,7 +335,7 @@ def markdown(meta: dict[str, object], rows: list[Row]) -> str:
         f"- CPU: {meta['cpu']} ({meta['cpus']} logical CPUs)",
         f"- Accelerators: {meta['accelerators']}",
         f"- {meta['qemu']}; Python {meta['python']}, NumPy {meta['numpy']}",
-        f"- Engine: {meta['engine_bytes']} bytes of code and data ({meta['engine_sectors']} sectors on disk), "
+        f"- Engine: {meta['engine_bytes']} code bytes ({meta['engine_sectors']} sectors on disk), "
         f"commit {meta['commit']}, sha256 {str(meta['engine_sha256'])[:16]}",
         f"- Load average (1, 5, 15 min) at start {_la(meta, 'start')}, at end {_la(meta, 'end')}: other work on "
         "the machine shows up as spread between runs.",
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         "qemu": qemu_version(),
         "python": platform.python_version(),
         "numpy": np.__version__,
-        "engine_bytes": engine.used,
+        "engine_bytes": engine.code_bytes,
         "engine_sectors": engine.sectors,
         "engine_sha256": hashlib.sha256(engine.code).hexdigest(),
         "commit": git_head(),
