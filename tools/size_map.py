@@ -39,9 +39,9 @@ def draw(engine: image.Engine, out: Path) -> None:
 
     fig, (strip, bars) = plt.subplots(2, 1, figsize=(11, 3.7 + 0.28 * len(sizes)),
                                       gridspec_kw={"height_ratios": [1.6, 0.3 * len(sizes)]})
-    status = f"{over} bytes over" if over > 0 else f"{-over} bytes to spare"
-    fig.suptitle(f"bootllama engine: {used} bytes of code and data vs a 512-byte boot sector ({status}; "
-                 f"{engine.sectors} sector{'s' if engine.sectors != 1 else ''} on disk)", fontsize=11)
+    fig.suptitle(f"bootllama engine: {engine.code_bytes} code bytes, the MBR's 440 bytes of boot code and "
+                 f"{engine.sectors - 1} more sector{'s' if engine.sectors != 2 else ''} (one 512-byte sector, "
+                 f"boxed, would be {over} bytes short)", fontsize=11)
 
     # the packed strip
     x = 0
