@@ -23,7 +23,6 @@ import dataclasses
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -31,6 +30,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_engine, beside this script
+from bench_engine import cpu_name, log
 
 from bootllama import image
 from bootllama.checkpoint import packaged_path
@@ -41,20 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 ORACLE = ROOT.parent / "shared" / "oracles" / "stories260K_greedy.txt"
 OLD_COMMIT = "df54997"
 ASM = "src/bootllama/asm/sector.asm"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def loadavg() -> list[float]:
