@@ -34,7 +34,7 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1341, ("SAMPLING",): 1465, ("CPU486",): 1328, ("CPU486", "SAMPLING"): 1494}
+BUDGETS = {(): 1342, ("SAMPLING",): 1466, ("CPU486",): 1329, ("CPU486", "SAMPLING"): 1495}
 
 
 @pytest.mark.parametrize("defines", list(BUDGETS), ids=lambda d: "+".join(d) or "greedy")
@@ -117,3 +117,14 @@ def test_a20_is_switched_on(tmp_path: Path) -> None:
 def test_a20_left_off_gets_the_a20_message(tmp_path: Path) -> None:
     status, out = _qemu(_build(tmp_path, ("A20OFF", "NOA20")))
     assert (status, out) == (7, b"!A20")
+
+
+@pytest.mark.parametrize("sectors", [1, 40])
+def test_first_read_failing_gets_the_disk_message(tmp_path: Path, sectors: int) -> None:
+    # the boot read (64 sectors from LBA 1) fails: nothing but sector 0 can be relied on, so the
+    # message and the exit are sector 0's own code
+    img = _build(tmp_path)
+    with open(img.path, "r+b") as f:
+        f.truncate(sectors * 512)
+    status, out = _qemu(img)
+    assert (status, out) == (5, b"!disk")

@@ -209,8 +209,8 @@ def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) 
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
     "loader": ("start", "init", "load", "dims", "gdtr", "signature"),
-    "guards": ("guards", "diskfail", "cpufail", "die"),
-    "generate loop": ("gen", "done", "exit"),
+    "guards": ("guards", "diskfail", "cpufail", "die", "exit"),
+    "generate loop": ("gen", "done"),
     "printing": ("print", "putc"),
     "forward pass": ("forward", "exptab", "exp", "rope", "nextw", "rmsnorm", "mvw", "mvwb", "mvwn", "mv",
                      "swiglu", "tox", "attention", "softmax_att", "softmax", "divmax"),

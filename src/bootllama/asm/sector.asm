@@ -163,6 +163,12 @@ die:
     jb exit
     call putc
     jmp die
+exit:                           ; (in sector 0: a failed first read loaded
+%ifndef HALT                    ; nothing else)
+    out 0xf4, al                ; isa-debug-exit: QEMU quits with status 2*al+1
+%endif
+.h: hlt
+    jmp .h
 
 init:
     mov byte [si+7], BOUNCE >> 12 ; the same DAP: buffer segment -> BOUNCE
@@ -454,12 +460,7 @@ done:
     mov al, 10                  ; run.c's final newline
     call putc
     mov al, 0                   ; exit code 0: the story is over
-exit:
-%ifndef HALT
-    out 0xf4, al                ; isa-debug-exit: QEMU quits with status 2*al+1
-%endif
-.h: hlt
-    jmp .h
+    jmp exit
 
 ; ---- print the piece of TOKEN after prev (cx), as run.c's safe_printf -----
 print:
