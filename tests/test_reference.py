@@ -368,13 +368,3 @@ def test_other_math_modes_still_tell_a_story(stories260k: Path, tok512: Path, mo
     tok = Tokenizer.load(tok512, 512)
     out = generate(Reference(model, mode), tok, None, steps=30)
     assert out.startswith(b"Once upon a time")
-
-
-def test_rope_tables_and_rows_are_runcs_base_10000() -> None:
-    from bootllama.reference import rope_row, rope_tables
-
-    real, imag = rope_tables(300, 48)
-    assert same_bits(real, rope_values(48, 300)[0]) and same_bits(imag, rope_values(48, 300)[1])
-    for pos in (0, 1, 150, 299):
-        fcr, fci = rope_row(pos, 48)
-        assert same_bits(fcr, real[pos]) and same_bits(fci, imag[pos])

@@ -412,7 +412,6 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
-    stop_id = getattr(tok, "stop_id", BOS)
     ids = tok.encode(prompt or b"", bos=True, eos=False)
     if 0 in ids[1:]:
         raise BootllamaError("the prompt holds token id 0, which ends the engine's prompt list")
@@ -428,7 +427,7 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     ckpt_size = os.path.getsize(checkpoint)
     tok_size = os.path.getsize(tokenizer_path)
     layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba)
-    man = manifest(layout, ids, steps, temperature, seed, stop_id=stop_id, byte_base=byte_base)
+    man = manifest(layout, ids, steps, temperature, seed, stop_id=tok.stop_id, byte_base=byte_base)
     with atomic_write(out) as f:
         f.write(mbr(engine.code, layout, zlib.crc32(man)))
         f.write(bytes(layout.data_lba * SECTOR - len(engine.code)))  # zeros up to the manifest's LBA
@@ -486,7 +485,7 @@ def check_byte_pieces(tok: Tokenizer) -> int | None:
     The engine prints ids 3..258 as the raw bytes 0..255, which is what run.c's decode does
     exactly when those ids hold <0x00>..<0xFF> and no other piece reads as a byte to sscanf;
     a tokenizer with no piece that reads as a byte (byte-level BPE) needs no such ids."""
-    if getattr(tok, "byte_piece_base", 3) is None:
+    if tok.byte_piece_base is None:
         for i, piece in enumerate(tok.pieces[: tok.vocab_size]):
             if scan_byte_piece(piece) is not None:
                 raise BootllamaError(f"tokenizer piece {i} {piece!r} would print as a raw byte in run.c, "

@@ -25,7 +25,7 @@ import numpy as np
 
 from bootllama.checkpoint import Config, Model
 from bootllama.errors import BootllamaError
-from bootllama.libm import checkpoint_rope, expf, rope_values
+from bootllama.libm import checkpoint_rope, expf
 from bootllama.tokenizer import BOS, Tokenizer
 
 F = np.float32
@@ -59,17 +59,6 @@ class MathMode:
 def expf_exact(x: np.ndarray | float) -> np.ndarray:
     """Correctly rounded exp: computed in float64, rounded once to float32 (a diagnosis mode)."""
     return np.exp(np.asarray(x, dtype=F).astype(np.float64)).astype(F)
-
-
-def rope_tables(seq_len: int, head_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """run.c's rotation values with its base 10000: (fcr, fci) [seq_len][head_size/2]."""
-    return rope_values(head_size, seq_len)
-
-
-def rope_row(pos: int, head_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """run.c's rotation values (base 10000) at one position: (fcr, fci) [head_size/2]."""
-    fcr, fci = rope_values(head_size, pos + 1)
-    return fcr[pos], fci[pos]
 
 
 def model_rope(model: Model) -> tuple[np.ndarray, np.ndarray]:
