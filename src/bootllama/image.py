@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 
 from bootllama.checkpoint import Config, atomic_write, legacy_layout, read_legacy_config, tensor_shapes
 from bootllama.errors import BootllamaError
-from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece
+from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece, sidecar_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -428,7 +428,7 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     tok_size = os.path.getsize(tokenizer_path)
     layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba)
     man = manifest(layout, ids, steps, temperature, seed, stop_id=tok.stop_id, byte_base=byte_base)
-    with atomic_write(out) as f:
+    with atomic_write(out, inputs=image_inputs(checkpoint, tokenizer_path)) as f:
         f.write(mbr(engine.code, layout, zlib.crc32(man)))
         f.write(bytes(layout.data_lba * SECTOR - len(engine.code)))  # zeros up to the manifest's LBA
         f.write(man)
@@ -445,6 +445,12 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         f.write(rope + bytes(_pad(len(rope)) - len(rope)))
         f.truncate(layout.disk_sectors * SECTOR)
     return Image(Path(out), layout, engine, ids, steps)
+
+
+def image_inputs(checkpoint: str | os.PathLike[str], tokenizer: str | os.PathLike[str]) -> dict[str, Path]:
+    """The files an image is built from, by what they are (for atomic_write's refusal)."""
+    return {"checkpoint": Path(checkpoint), "tokenizer": Path(tokenizer),
+            "tokenizer's sidecar": sidecar_path(tokenizer)}
 
 
 def _chs(lba: int) -> bytes:
