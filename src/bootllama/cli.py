@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bootllama.web import add_web_command
 
     add_web_command(sub)
+    from bootllama.verify import add_verify_command
+
+    add_verify_command(sub)
     return parser
 
 
