@@ -412,6 +412,7 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
+    tok.check_fits(prompt, config.seq_len)
     ids = tok.encode(prompt or b"", bos=True, eos=False)
     if 0 in ids[1:]:
         raise BootllamaError("the prompt holds token id 0, which ends the engine's prompt list")
