@@ -11,16 +11,23 @@ any moment, the first fraction of a second included, ends with one line and no t
 
 from __future__ import annotations
 
+import sys
+
+from bootllama import interrupts
+
+if __name__ == "__main__":  # python -m bootllama.cli (the `bootllama` command does this in bootllama/__init__)
+    interrupts.install()
+    interrupts.hold_startup()
+
 import argparse
 import math
 import os
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bootllama import __version__, interrupts
+from bootllama import __version__
 from bootllama.errors import BootllamaError
 
 # what strtod reads as a negative number (-1, -.5, -1e-3, -inf, -nan, -0x1p3): a value, not a flag
@@ -168,7 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    restore = interrupts.install()  # first: SIGINT, SIGTERM and SIGHUP all clean up and end in one line
+    try:
+        interrupts.end_startup()  # a signal that came while the program loaded ends it here
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
+    restore = interrupts.install()  # SIGINT, SIGTERM and SIGHUP all clean up and end in one line
     try:
         return _main(argv)
     except KeyboardInterrupt as e:  # before _main's own handling (a signal while importing)

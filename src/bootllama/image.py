@@ -36,7 +36,6 @@ import re
 import shutil
 import struct
 import subprocess
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -45,6 +44,7 @@ from typing import TYPE_CHECKING
 
 from bootllama.checkpoint import Config, atomic_write, legacy_layout, read_legacy_config, tensor_shapes
 from bootllama.errors import BootllamaError
+from bootllama.interrupts import temp_dir
 from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece, sidecar_path
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def nasm() -> str:
 def assemble(defines: tuple[str, ...] = (), source: Path | None = None) -> Engine:
     """Assemble sector.asm (or ``source``) with NASM; return the bytes and the size table."""
     src = source or asm_source()
-    with tempfile.TemporaryDirectory() as tmp:
+    with temp_dir("bootllama-nasm-") as tmp:  # removed whatever happens, signals included
         out = Path(tmp, "sector.bin")
         lst = Path(tmp, "sector.lst")
         # NASM's map names every label it assembled with its address; the listing also shows

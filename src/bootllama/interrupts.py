@@ -8,23 +8,26 @@ it short.  Code that creates something to clean up (a temporary file, a child pr
 registers its clean-up, or that cleans up, runs inside ``deferred()``: a signal that arrives
 there is raised at its end, never between creating a thing and taking charge of it.
 
-No ``signal`` import at module level: the web page imports this (through checkpoint) under
+Few imports at module level: the command line imports this first of all, to install the
+handlers before anything else loads, and the web page imports it (through checkpoint) under
 Pyodide, where only ``deferred`` is used.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+
+TYPE_CHECKING = False  # (typing, contextlib and signal's enums are not imported: this loads first of all)
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from contextlib import AbstractContextManager
+    from pathlib import Path
 
 NAMES = {1: "SIGHUP", 2: "SIGINT", 15: "SIGTERM"}
 
 _depth = 0
 _pending: int | None = None
+_startup = False
 
 
 class Interrupted(KeyboardInterrupt):
@@ -45,58 +48,94 @@ def interrupt(signum: int) -> None:
     raise Interrupted(signum)
 
 
-@contextlib.contextmanager
-def deferred() -> Iterator[None]:
-    """Hold signals off for the block; one that came meanwhile is raised as it ends."""
+def _release() -> None:
     global _depth, _pending
-    _depth += 1
-    try:
-        yield
-    finally:
-        _depth -= 1
-        if _depth == 0 and _pending is not None:
-            signum, _pending = _pending, None
-            raise Interrupted(signum)
+    _depth -= 1
+    if _depth == 0 and _pending is not None:
+        signum, _pending = _pending, None
+        raise Interrupted(signum)
+
+
+class _Deferred:
+    def __enter__(self) -> None:
+        global _depth
+        _depth += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        _release()
+
+
+def deferred() -> AbstractContextManager[None]:
+    """Hold signals off for the block; one that came meanwhile is raised as it ends."""
+    return _Deferred()
+
+
+def hold_startup() -> None:
+    """Hold signals off while the program loads (the command's first act, with install());
+    ``end_startup`` raises one that came meanwhile, inside the program's error handling."""
+    global _depth, _startup
+    if not _startup:
+        _startup = True
+        _depth += 1
+
+
+def end_startup() -> None:
+    global _startup
+    if _startup:
+        _startup = False
+        _release()
 
 
 def install() -> Callable[[], None]:
-    """Route SIGINT, SIGTERM and SIGHUP to ``interrupt`` (first one only); returns a function that
-    puts the previous handlers back (for callers in a longer-lived process, such as the tests)."""
-    import signal
+    """Route SIGINT, SIGTERM and SIGHUP to ``interrupt`` (the first one only: later ones are
+    ignored, so the clean-up it starts runs to its end); returns a function that puts the
+    previous handlers back (for callers in a longer-lived process, such as the tests)."""
+    import _signal  # the C module: signal.py would load enum first
 
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    signals = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP)
 
     def handler(signum: int, _frame: object) -> None:
-        for s in signals:  # the first signal wins: the clean-up it starts runs to its end
-            signal.signal(s, signal.SIG_IGN)
+        for s in signals:
+            _signal.signal(s, _signal.SIG_IGN)
         interrupt(signum)
 
-    previous = {s: signal.signal(s, handler) for s in signals}
+    previous = {s: _signal.signal(s, handler) for s in signals}
 
     def restore() -> None:
         global _pending
         for s, h in previous.items():
-            signal.signal(s, h)
+            _signal.signal(s, h)
         _pending = None
 
     return restore
 
 
-@contextlib.contextmanager
-def temp_dir(prefix: str = "bootllama-") -> Iterator[Path]:
+def temp_dir(prefix: str = "bootllama-") -> AbstractContextManager[Path]:
     """A private temporary directory, removed on the way out whatever happens (interrupts included)."""
-    path: Path | None = None
-    try:
-        with deferred():  # a signal here is raised once ``path`` is set, inside the try
-            path = Path(tempfile.mkdtemp(prefix=prefix))
-        yield path
-    finally:
-        if path is not None:
-            with deferred():
-                shutil.rmtree(path, ignore_errors=True)
+    import contextlib
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    @contextlib.contextmanager
+    def manage() -> Iterator[Path]:
+        path: Path | None = None
+        try:
+            with deferred():  # a signal here is raised once ``path`` is set, inside the try
+                path = Path(tempfile.mkdtemp(prefix=prefix))
+            yield path
+        finally:
+            if path is not None:
+                with deferred():
+                    shutil.rmtree(path, ignore_errors=True)
+
+    return manage()
 
 
 def remove(path: str | os.PathLike[str]) -> None:
     """Unlink a file if it is there, signals held off."""
-    with deferred(), contextlib.suppress(OSError):
-        os.unlink(path)
+    with deferred():
+        try:  # noqa: SIM105 (contextlib is not loaded yet when the command starts)
+            os.unlink(path)
+        except OSError:
+            pass
