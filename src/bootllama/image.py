@@ -5,8 +5,9 @@ Disk layout (512-byte sectors)::
     LBA 0            the MBR: the engine's boot code (440 bytes at most), the disk signature,
                      partition entry 0 (active, type 0xDA) over the data area, 0x55AA
     LBA 1..          the engine's other sectors, then zeros
-    LBA D = 10       the manifest: 384 bytes of zeros, then 128 bytes of fields (LBA 10 puts it
-                     at 0x9000, the 4 KiB page after the engine's code, in the boot read)
+    LBA D = 10       the manifest: the verify record (CRC32s of the parts, for `bootllama verify`;
+                     the engine never reads it) and zeros to byte 384, then 128 bytes of fields
+                     (LBA 10 puts it at 0x9000, the 4 KiB page after the engine's code, in the boot read)
     LBA D+1          the legacy checkpoint, byte for byte, zero-padded to a sector
     ...              tokenizer.bin, byte for byte, zero-padded to a sector
     ...              the prompt's token ids (int32, after the BOS, 0-terminated)
