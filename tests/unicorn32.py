@@ -52,15 +52,16 @@ def assemble(source: Path = WRAPPER, defines: dict[str, int] | None = None) -> b
 class Flat32:
     """One machine with the wrapper loaded at ORG; memory is kept between calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, watch_code: bool = True) -> None:
         self.code = assemble()
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
         self.uc.mem_map(0, MEMORY)
         self.uc.mem_write(ORG, self.code)
         self.code_writes: list[int] = []
         lo, hi = ORG & ~0xFFF, (ORG + len(self.code) + 0xFFF) & ~0xFFF
-        self.uc.hook_add(UC_HOOK_MEM_WRITE, lambda uc, access, addr, size, value, data:
-                         self.code_writes.append(addr), begin=lo, end=hi - 1)
+        if watch_code:  # slows every write down: tests that time nothing may afford it
+            self.uc.hook_add(UC_HOOK_MEM_WRITE, lambda uc, access, addr, size, value, data:
+                             self.code_writes.append(addr), begin=lo, end=hi - 1)
 
     def write(self, addr: int, data: bytes) -> None:
         self.uc.mem_write(addr, data)
