@@ -18,7 +18,7 @@ from conftest import bytelevel_tokenizer, shared_file
 from unicorn32 import ENCODE, STACK, TOPP, Flat32, assemble
 
 from bootllama.enctables import encoder_tables
-from bootllama.reference import Rng, sample_topp, softmax
+from bootllama.reference import Rng, Sampler, sample_topp, softmax
 from bootllama.tokenizer import Tokenizer
 
 TEXT, IDS, TABLES, TOKENIZER = 0x20000, 0x30000, 0x100000, 0x1000000
@@ -206,13 +206,14 @@ class ToppRig:
         return r["ecx"]
 
 
-def topp_cases(seed: int, count: int) -> list[tuple[np.ndarray, float, float]]:
+def topp_cases(seed: int, count: int, sizes: tuple[int, ...] = (2, 3, 5, 17, 100, 512, 2000)
+               ) -> list[tuple[np.ndarray, float, float]]:
     """Softmaxed random logits (the reference's own softmax), with ties, flat and peaked ones,
     tiny vocabularies, topp near 0 and 1, and coins near 0 and 1."""
     rnd = np.random.default_rng(seed)
     out = []
     for i in range(count):
-        n = int(rnd.choice([2, 3, 5, 17, 100, 512, 2000]))
+        n = int(rnd.choice(sizes))
         kind = i % 6
         if kind == 0:
             logits = rnd.normal(0, rnd.choice([0.1, 1, 3, 10]), n)
@@ -236,13 +237,13 @@ def topp_cases(seed: int, count: int) -> list[tuple[np.ndarray, float, float]]:
 
 
 def test_topp_is_the_references() -> None:
-    rig = ToppRig()
+    rig = ToppRig(watch_code=False)
     for probs, topp, coin in topp_cases(11, 150):
         assert rig.pick(probs, topp, coin) == sample_topp(probs, topp, coin), (len(probs), topp, coin)
 
 
 def test_topp_round_off_and_no_candidate() -> None:
-    rig = ToppRig()
+    rig = ToppRig(watch_code=False)
     # probabilities that sum below topp: the last candidate, whatever the coin
     probs = np.array([0.3, 0.2, 0.2, 0.1], dtype=np.float32)
     for coin in (0.0, 0.5, 1 - 2**-24):
@@ -256,11 +257,33 @@ def test_topp_round_off_and_no_candidate() -> None:
         assert rig.pick(tied, 0.85, float(coin)) == sample_topp(tied, 0.85, float(coin))
 
 
+def sampler_runs(rig: ToppRig, seeds: range, vocab: int, steps: int) -> None:
+    """The reference's Sampler (softmax of logits / T, run.c's coin, sample_topp) against the
+    routine fed the same probabilities and coin, over runs of tokens from one seed each."""
+    rnd = np.random.default_rng(seeds.start)
+    for seed in seeds:
+        temperature = float(rnd.choice([0.3, 0.8, 1.0, 2.0, 8.0]))
+        topp = float(rnd.choice([0.9, 0.5, 0.95, 0.99, 0.1]))
+        sampler = Sampler(vocab, temperature, topp, seed)
+        coins = Rng(seed)
+        for _ in range(steps):
+            logits = rnd.normal(0, 3, vocab).astype(np.float32)
+            want = sampler.sample(logits.copy())
+            probs = softmax(logits / np.float32(temperature))
+            coin = float(coins.random_f32())
+            assert rig.pick(probs, float(np.float32(topp)), coin) == want, (seed, temperature, topp)
+
+
+def test_topp_is_the_samplers() -> None:
+    sampler_runs(ToppRig(watch_code=False), range(1, 9), 512, 8)
+
+
 @pytest.mark.slow
 def test_topp_sweep() -> None:
-    rig = ToppRig()
-    for probs, topp, coin in topp_cases(12, 4000):
+    rig = ToppRig(watch_code=False)
+    for probs, topp, coin in topp_cases(12, 4000) + topp_cases(14, 120, (32000, 49152)):
         assert rig.pick(probs, topp, coin) == sample_topp(probs, topp, coin), (len(probs), topp, coin)
+    sampler_runs(rig, range(100, 140), 32000, 5)
 
 
 def code_bytes(name: str) -> int:
