@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,25 @@ def test_no_write_to_code_pages(tok512: Path) -> None:
     topp = ToppRig()
     for probs, p, coin in topp_cases(13, 12):
         assert topp.pick(probs, p, coin) == sample_topp(probs, p, coin)
+
+
+def stack_used(m: Flat32, run: Callable[[], object]) -> int:
+    """Bytes of stack below STACK that ``run`` wrote (the wrapper's return address included)."""
+    m.write(STACK - 4096, b"\xcc" * 4096)
+    run()
+    below = m.read(STACK - 4096, 4096)
+    return 4096 - next(i for i, b in enumerate(below) if b != 0xCC)
+
+
+def test_stack_depth(tok512_rig: EncoderRig) -> None:
+    """What the heads of encode.inc and topp.inc promise: 244 and 28 bytes below the return address."""
+    bpe = EncoderRig(bytelevel_tokenizer())
+    for rig, utf8 in ((tok512_rig, True), (bpe, False)):
+        for line in fuzz_lines(15, 40, utf8):
+            assert stack_used(rig.m, lambda rig=rig, line=line: rig.encode(line)) <= 244 + 4
+    topp = ToppRig(watch_code=False)
+    for case in topp_cases(16, 20):
+        assert stack_used(topp.m, lambda case=case: topp.pick(*case)) <= 28 + 4
 
 
 def test_runc_kind_refuses_what_it_cannot_hold(tok512: Path) -> None:
