@@ -277,6 +277,56 @@ def test_topp_round_off_and_no_candidate() -> None:
         assert rig.pick(tied, 0.85, float(coin)) == sample_topp(tied, 0.85, float(coin))
 
 
+def glibc_topp(probs: np.ndarray, topp: float, coin: float) -> int:
+    """run.c's sample_topp with this machine's glibc qsort (through ctypes) doing the sort."""
+    import ctypes
+    import ctypes.util
+
+    class ProbIndex(ctypes.Structure):
+        _fields_ = [("prob", ctypes.c_float), ("index", ctypes.c_int)]
+
+    compare_t = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ProbIndex), ctypes.POINTER(ProbIndex))
+
+    def descending(a: ctypes._Pointer, b: ctypes._Pointer) -> int:  # type: ignore[type-arg]
+        pa, pb = a.contents.prob, b.contents.prob
+        return -1 if pa > pb else 1 if pa < pb else 0
+
+    f = np.float32
+    cutoff = (f(1) - f(topp)) / f(len(probs) - 1)
+    chosen = [(float(p), i) for i, p in enumerate(probs) if p >= cutoff]
+    arr = (ProbIndex * len(chosen))(*chosen)
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.qsort(arr, len(chosen), ctypes.sizeof(ProbIndex), compare_t(descending))
+    cum, last = f(0), len(chosen) - 1
+    for k, item in enumerate(arr):
+        cum = f(cum + f(item.prob))
+        if cum > f(topp):
+            last = k
+            break
+    r, cdf = f(f(coin) * cum), f(0)
+    for item in arr[: last + 1]:
+        cdf = f(cdf + f(item.prob))
+        if r < cdf:
+            return int(item.index)
+    return int(arr[last].index)
+
+
+def test_topp_ties_fall_as_glibcs_qsort_puts_them() -> None:
+    """glibc 2.36's qsort (a merge sort here) keeps equal p in index order: so does the routine."""
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("needs glibc")
+    rig = ToppRig(watch_code=False)
+    rnd = np.random.default_rng(21)
+    for _ in range(30):
+        n = int(rnd.choice([5, 40, 300]))
+        probs = softmax(rnd.integers(0, 3, n).astype(np.float32))  # a few distinct values, many ties
+        topp = float(np.float32(rnd.uniform(0.2, 0.99)))
+        for coin in rnd.random(8).astype(np.float32):
+            assert rig.pick(probs, topp, float(coin)) == glibc_topp(probs, topp, float(coin))
+
+
 def sampler_runs(rig: ToppRig, seeds: range, vocab: int, steps: int) -> None:
     """The reference's Sampler (softmax of logits / T, run.c's coin, sample_topp) against the
     routine fed the same probabilities and coin, over runs of tokens from one seed each."""
