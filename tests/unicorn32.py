@@ -52,8 +52,8 @@ def assemble(source: Path = WRAPPER, defines: dict[str, int] | None = None) -> b
 class Flat32:
     """One machine with the wrapper loaded at ORG; memory is kept between calls."""
 
-    def __init__(self, watch_code: bool = True) -> None:
-        self.code = assemble()
+    def __init__(self, watch_code: bool = True, defines: dict[str, int] | None = None) -> None:
+        self.code = assemble(defines=defines)
         self.uc = Uc(UC_ARCH_X86, UC_MODE_32)
         self.uc.mem_map(0, MEMORY)
         self.uc.mem_write(ORG, self.code)
