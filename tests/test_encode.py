@@ -218,8 +218,10 @@ def test_runc_kind_refuses_what_it_cannot_hold(tok512: Path) -> None:
         encoder_tables(long, TABLES, TOKENIZER)
 
 
-def test_table_sizes(tok512: Path) -> None:
+def test_table_sizes(tok512: Path, big_rig: EncoderRig) -> None:
+    """32 bytes of header, a dword per id and a dword per distinct piece (enctables.py)."""
     assert len(encoder_tables(Tokenizer.load(tok512, 512), TABLES, TOKENIZER)) == 32 + 8 * 512
+    assert len(encoder_tables(big_rig.tok, TABLES, TOKENIZER)) == 256_032
 
 
 # ---- top-p ------------------------------------------------------------------------------
@@ -364,9 +366,9 @@ def test_topp_is_the_samplers() -> None:
 @pytest.mark.slow
 def test_topp_sweep() -> None:
     rig = ToppRig(watch_code=False)
-    for probs, topp, coin in topp_cases(12, 4000) + topp_cases(14, 120, (32000, 49152)):
+    for probs, topp, coin in topp_cases(12, 4000) + topp_cases(14, 60, (32000, 49152)):
         assert rig.pick(probs, topp, coin) == sample_topp(probs, topp, coin), (len(probs), topp, coin)
-    sampler_runs(rig, range(100, 140), 32000, 5)
+    sampler_runs(rig, range(100, 120), 32000, 5)
 
 
 def code_bytes(name: str, defines: dict[str, int] | None = None) -> int:
