@@ -91,7 +91,8 @@ def _talk(args: argparse.Namespace, reference: Reference, tokenizer: Tokenizer, 
         story_machine(reference, tokenizer, sampler, lines, sys.stdout.buffer, steps=args.steps)
         return 0
     system = os.fsencode(args.system) if args.system is not None else None
-    prompt = os.fsencode(args.prompt) if args.prompt is not None else None
+    # -i - (typed) in chat mode is what no -i is: the first turn is read too
+    prompt = os.fsencode(args.prompt) if args.prompt not in (None, TYPED) else None
     _, end = chat(reference, tokenizer, sampler, lines, sys.stdout.buffer, steps=args.steps, system=system,
                   prompt=prompt)
     if end.why == "steps":

@@ -91,7 +91,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", dest="mode", choices=MODES, default="generate",
                         help="mode, as run.c's: generate (default) or chat (a conversation: the system prompt "
                              "and user turns read from standard input, -i the first turn; a converted GGUF "
-                             "talks in its own chat template)")
+                             "talks in its own chat template; build, run and web refuse it until the engine reads "
+                             "typed input)")
     parser.add_argument("-y", "--system", dest="system", metavar="SYSTEM", default=None,
                         help="the system prompt for -m chat (or --template); with -m chat and no -y it is asked "
                              "for, as run.c does")
@@ -101,8 +102,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="generate mode with -i wrapped in the model's own chat template (a converted "
                              "GGUF's): one question, printed as generate prints a prompt")
     parser.add_argument("-i", dest="prompt", default=None, metavar="PROMPT",
-                        help="input prompt (with -m chat: the first user turn); - in generate mode: ask for "
-                             "prompts on standard input, one story each")
+                        help="input prompt (with -m chat: the first user turn); -: typed, in generate mode "
+                             "a story for each prompt read from standard input")
 
 
 def resolve_paths(args: argparse.Namespace) -> tuple[Path, Path]:
