@@ -149,11 +149,13 @@ def check_mode(args: argparse.Namespace) -> None:
 
 def refuse_typed_input(args: argparse.Namespace) -> None:
     """The engine's commands: what needs typed input at boot is not there yet."""
-    if _mode(args) == "chat" or args.prompt == TYPED:
-        what = "-m chat" if _mode(args) == "chat" else "-i -"
-        raise BootllamaError(f"{what}: the engine does not read typed input yet; `bootllama generate {what}` runs "
-                             "it in the reference, and --template -i TEXT builds an image that answers one "
+    if _mode(args) == "chat":
+        raise BootllamaError("-m chat: the engine does not read typed input yet; `bootllama generate -m chat` "
+                             "runs it in the reference, and --template -i TEXT builds an image that answers one "
                              "question in the model's template")
+    if args.prompt == TYPED:
+        raise BootllamaError("-i -: the engine does not read typed input yet; `bootllama generate -i -` runs it "
+                             "in the reference, and -i TEXT builds an image for one prompt")
 
 
 def resolve_prompt(args: argparse.Namespace, tokenizer: Tokenizer | None) -> bytes | None:
