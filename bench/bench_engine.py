@@ -177,7 +177,7 @@ def forward_passes(printed: int, steps: int, seq_len: int) -> int:
 
 
 def chat_prompt(tok_path: Path, vocab_size: int, question: str) -> bytes:
-    """``question`` in the tokenizer's own chat template, as ``--chat -i QUESTION`` renders it."""
+    """``question`` in the tokenizer's own chat template, as ``--template -i QUESTION`` renders it."""
     from bootllama.chat import chat_messages, render_chat
 
     tok = Tokenizer.load(tok_path, vocab_size)
@@ -332,7 +332,7 @@ def markdown(meta: dict[str, object], rows: list[Row]) -> str:
         "the machine shows up as spread between runs.",
         f"- Median of {meta['runs']} run{'s' if meta['runs'] != 1 else ''} per cell (tok/s: median, then the "
         "runs' range); greedy (`-t 0`), no prompt"
-        + (f"; SmolLM2: one run, `--chat -i \"{SMOLLM2_QUESTION}\"`." if meta.get("smollm2") else "."),
+        + (f"; SmolLM2: one run, `--template -i \"{SMOLLM2_QUESTION}\"`." if meta.get("smollm2") else "."),
         "",
         "| model | accel | steps | tokens | memory MiB | engine load s | engine tok/s | reference tok/s "
         "| engine / reference | same bytes as reference |",
