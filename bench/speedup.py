@@ -120,10 +120,13 @@ def build_old(engine: image.Engine, ckpt: Path, tok: Path, out: Path) -> image.I
 
 
 def data_area(img: image.Image) -> bytes:
+    """What the engine loads, the manifest sector's verify record read as zeros (it records where the
+    parts sit on this disk, which differs between the two layouts; the engine never reads it)."""
     lay = img.layout
     with open(img.path, "rb") as f:
         f.seek(lay.data_lba * image.SECTOR)
-        return f.read((lay.last_lba + 1 - lay.data_lba) * image.SECTOR)
+        data = f.read((lay.last_lba + 1 - lay.data_lba) * image.SECTOR)
+    return bytes(image.RECORD_MAX) + data[image.RECORD_MAX:]
 
 
 def summary(rates: list[float], loads: list[float], cpu: list[float], cpu_rates: list[float]) -> dict[str, object]:
