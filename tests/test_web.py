@@ -184,6 +184,9 @@ def test_page_boots_one_story_at_a_time(browser, base_url: str, model) -> None: 
     page.close()
 
 
+STORY = "Once upon a time, there was a little girl named Lily. She loved to play outside. "
+
+
 def test_page_rejects_settings_without_changing_the_link(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
     page = browser.new_page()
     page.goto(base_url)
@@ -192,19 +195,25 @@ def test_page_rejects_settings_without_changing_the_link(browser, base_url: str)
     rejected = {
         # a setting that is not a number
         ("a", "40", "warm", "1"): 'temperature must be a number, not "warm"',
-        # too long for the context from its byte count alone (7 bytes at most a token): before Pyodide starts
-        ("a" * 4000, "40", "0", "1"): "prompt is at least 573 tokens (4000 bytes, at most 7 to a token); "
-                                      "the context holds 512",
-        # fits the byte bound, but its link (6 characters a letter) is too long for a web server
-        ("é" * 1750, "40", "0", "1"): "the link for these settings would be",
+        # too long for the context from its byte count alone (7 bytes at most a token)
+        ("a" * 4000, "40", "0", "1"): "prompt is at least 573 tokens; the context holds 512",
+        # 3,240 bytes: fits that bound, but not the fewest pieces the text splits into (run.c's
+        # encode makes 1,042 tokens of it, and Python's takes seconds to say so)
+        (STORY * 40, "40", "0", "1"): "tokens; the context holds 512",
+        # its link (6 characters a letter) is too long for a web server
+        ("é" * 1750, "40", "0", "1"): "the link for these settings would be 10",
     }
     for settings, message in rejected.items():
         page.evaluate(QUICK_SUBMITS, [list(settings)])
-        assert message in str(page.text_content("#status"))
+        page.wait_for_function("(m) => document.getElementById('status').textContent.includes(m)", arg=message,
+                               timeout=10_000)
         assert page.evaluate("document.getElementById('status').classList.contains('error')")
         # the old story is gone, the link is the one before, and the rejected setting stays in the form
         assert (page.text_content("#text"), page.text_content("#stats"), page.url) == ("", "", url)
         assert page.input_value("#prompt") == settings[0]
+        if settings[0] == STORY * 40:  # the bound is a lower bound, and close
+            least = int(str(page.text_content("#status")).split()[4])
+            assert 900 < least <= len(Tokenizer.load(TOK, 512).encode(STORY * 40)) == 1042
     page.wait_for_timeout(500)  # the cancelled story does not come back
     assert page.text_content("#text") == "" and page.evaluate("window.bootllama.cancelled") == 1
     assert page.evaluate("window.bootllama.runs") == 0
@@ -212,6 +221,32 @@ def test_page_rejects_settings_without_changing_the_link(browser, base_url: str)
     assert page.evaluate("typeof pyodide") == "undefined" and "pyodide.asm.wasm" not in page.evaluate(
         "performance.getEntriesByType('resource').map((e) => e.name).join(' ')")
     page.close()
+
+
+BOUND_PROMPTS = ["", "a", "Once upon a time", STORY * 3, "Ünïcode ☃ and <0x41> 日本語", "<0x41><0x42>", "a\0b c",
+                 "  two  spaces\nand a line",
+                 "\u2122\u20ac\u2026\u201d\u201c\u2019\u2018\u2014\u2013", "x" * 700, "the " * 300]
+
+
+def test_page_prompt_bound_is_a_lower_bound(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    # the page's bound never refuses a prompt run.c's encoder fits (and is close on plain text)
+    tok = Tokenizer.load(TOK, 512)
+    page = browser.new_page()
+    page.goto(f"{base_url}?t=abc")  # a rejected setting: nothing boots
+    got = page.evaluate("(prompts) => Promise.all(prompts.map(window.bootllama.leastTokens))", BOUND_PROMPTS)
+    want = [len(tok.encode(p.encode().split(b"\0")[0])) for p in BOUND_PROMPTS]
+    assert all(g <= w for g, w in zip(got, want, strict=True)), list(zip(got, want, strict=True))
+    assert got[:4] == want[:4]  # plain English splits as run.c's merges split it
+    page.close()
+
+
+def test_prompt_bound_kind(tmp_path: Path) -> None:
+    tok = Tokenizer.load(TOK, 512)
+    assert web.prompt_bound(tok) == "pieces"
+    # a piece holding a byte piece's text: a merge with a byte-fallback token could cover other
+    # text than its piece, so the page falls back to the byte count
+    odd = Tokenizer([*tok.pieces[:-1], b"<0x41>a"], tok.scores, tok.max_token_length)
+    assert web.prompt_bound(odd) == "bytes"
 
 
 def test_page_stops_a_short_disk_with_the_sectors_message(browser, base_url: str, site: Path) -> None:  # type: ignore[no-untyped-def]

@@ -69,6 +69,26 @@ def _licenses(v86_pkg: Path, pyodide_pkg: Path) -> str:
     return "\n\n".join(f"== {head} ==\n\n{body}" for head, body in sections) + "\n"
 
 
+def prompt_bound(tok: Tokenizer) -> str:
+    """How the page bounds a prompt's token count before Python starts: "pieces" or "bytes".
+
+    run.c's encode starts from the dummy prefix " " and the prompt's code points (a piece each,
+    else one byte-fallback token a byte) and merges neighbours whose joined text is a piece, so
+    each token it ends with covers text that is one byte or a piece, and the fewest such pieces
+    the text splits into (a shortest path, at most longest_piece bytes a step) is a lower bound
+    ("pieces").  That holds unless a piece holds a byte piece's text ``<0x..>`` (a merge with a
+    byte-fallback token covers other text than its piece); then, and for a byte-level tokenizer,
+    the bound is the prompt's bytes over the longest piece ("bytes").
+    """
+    if type(tok) is not Tokenizer or tok.byte_piece_base is None:
+        return "bytes"
+    base = tok.byte_piece_base
+    byte_ids = range(base, base + 256)
+    if any(b"<0x" in p for i, p in enumerate(tok.pieces) if i not in byte_ids):
+        return "bytes"
+    return "pieces"
+
+
 def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
     """Write the site into ``out`` (created; files bootllama writes are replaced)."""
     from bootllama.runc_args import resolve_paths
@@ -104,13 +124,15 @@ def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
     # run.c's rotation values depend on the model alone: computed here once, with NumPy
     config = image.read_legacy_config(checkpoint)
     (out / "model" / "rope.bin").write_bytes(image.rope_region(checkpoint, config))
-    # the most prompt bytes one token covers: the page refuses a prompt that cannot fit the context
-    # from its byte count alone, before Python starts (a piece's bytes bound what its token covers)
-    longest = max(1, *(len(p) for p in Tokenizer.load(tokenizer, config.vocab_size).pieces))
+    # what the page needs to refuse a prompt that cannot fit the context before Python starts (see
+    # prompt_bound): the longest piece, and whether every token covers its piece's text
+    tok = Tokenizer.load(tokenizer, config.vocab_size)
+    longest = max(1, *(len(p) for p in tok.pieces))
     meta: dict[str, object] = {"checkpoint": ckpt_name, "tokenizer": tok_name, "engines": engines,
                                "rope": "model/rope.bin",
                                "modules": [f"py/bootllama/{name}" for name in PAGE_MODULES],
-                               "seq_len": config.seq_len, "longest_piece": longest,
+                               "seq_len": config.seq_len, "vocab_size": config.vocab_size,
+                               "longest_piece": longest, "prompt_bound": prompt_bound(tok),
                                "guards": GUARDS}  # the sector's exit codes, for the page's messages
     (out / "site.json").write_text(json.dumps(meta, indent=1) + "\n")
     (out / "LICENSES.txt").write_text(_licenses(v86_pkg, pyodide_pkg))

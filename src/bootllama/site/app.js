@@ -70,18 +70,58 @@ async function siteMeta() {
     return siteJson;
 }
 
+// The tokenizer's pieces as strings of bytes (run.c's C strings: up to a NUL), for promptTooLong.
+let piecesPromise = null;
+function pieces(meta) {
+    if (!piecesPromise) {
+        piecesPromise = fetchBytes(meta.tokenizer).then((bytes) => {
+            const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+            const set = new Set();
+            let at = 4;  // int32 max_token_length, then per piece: float32 score, int32 length, bytes
+            for (let id = 0; id < meta.vocab_size; id++) {
+                const length = view.getInt32(at + 4, true);
+                let piece = bytes.subarray(at + 8, at + 8 + length);
+                const nul = piece.indexOf(0);
+                if (nul >= 0) piece = piece.subarray(0, nul);
+                set.add(String.fromCharCode(...piece));
+                at += 8 + length;
+            }
+            return set;
+        });
+        piecesPromise.catch(() => { piecesPromise = null; });
+    }
+    return piecesPromise;
+}
+
 // A prompt that cannot fit the context, refused before Python starts (Pyodide takes seconds to
-// start, and the encoder's merges take minutes on a long prompt): each token after BOS covers at
-// most longest_piece bytes of the prompt, so it needs at least 1 + ceil(bytes / longest_piece)
-// positions.  run.c's encode reads the prompt up to its first NUL.
-function promptTooLong(prompt, meta) {
-    const bytes = new TextEncoder().encode(prompt);
+// start, and the encoder's merges take minutes on a long prompt).  A lower bound on run.c's token
+// count (bootllama.web.prompt_bound says why it is one): BOS, plus the fewest pieces (or single
+// bytes) the dummy prefix " " and the prompt split into; or, for other tokenizers, its bytes over
+// the longest piece.  run.c's encode reads the prompt up to its first NUL.  The exact count stays
+// Python's, which refuses what passes here but does not fit.
+async function leastTokens(prompt, meta) {
+    let bytes = new TextEncoder().encode(prompt);
     const nul = bytes.indexOf(0);
-    const n = nul < 0 ? bytes.length : nul;
-    const least = 1 + Math.ceil(n / meta.longest_piece);
-    if (least <= meta.seq_len) return null;
-    return `prompt is at least ${least} tokens (${n} bytes, at most ${meta.longest_piece} to a token); ` +
-           `the context holds ${meta.seq_len}`;
+    if (nul >= 0) bytes = bytes.subarray(0, nul);
+    const least = 1 + Math.ceil(bytes.length / meta.longest_piece);
+    if (least > meta.seq_len || meta.prompt_bound !== "pieces" || !bytes.length) return least;
+    const set = await pieces(meta);
+    const text = " " + Array.from(bytes, (b) => String.fromCharCode(b)).join("");
+    const fewest = new Int32Array(text.length + 1);  // fewest[i]: tokens for text's first i bytes
+    for (let i = 1; i <= text.length; i++) {
+        let best = fewest[i - 1] + 1;
+        for (let l = 2; l <= Math.min(meta.longest_piece, i); l++) {
+            if (fewest[i - l] + 1 < best && set.has(text.slice(i - l, i))) best = fewest[i - l] + 1;
+        }
+        fewest[i] = best;
+    }
+    return 1 + fewest[text.length];
+}
+window.bootllama.leastTokens = async (prompt) => leastTokens(prompt, await siteMeta());
+
+async function promptTooLong(prompt, meta) {
+    const least = await leastTokens(prompt, meta);
+    return least > meta.seq_len ? `prompt is at least ${least} tokens; the context holds ${meta.seq_len}` : null;
 }
 
 // The seed as typed, and the one run.c uses when its atoi makes another of it (past 32 bits).
@@ -283,12 +323,14 @@ async function start(settings, source, link = null) {
         } else {
             const meta = await siteMeta();
             if (!live()) return;
-            const tooLong = promptTooLong(settings.i, meta);
-            if (tooLong) throw new UserError(tooLong);
-            if (link !== null && new URL(link, location.href).href.length > LINK_LIMIT) {
-                throw new UserError(`the link for these settings would be ${new URL(link, location.href).href.length} ` +
-                                    `characters, more than the ${LINK_LIMIT} a web server takes: shorten the prompt`);
+            const linkLength = link === null ? 0 : new URL(link, location.href).href.length;
+            if (linkLength > LINK_LIMIT) {
+                throw new UserError(`the link for these settings would be ${linkLength} characters, more than ` +
+                                    `the ${LINK_LIMIT} a web server takes: shorten the prompt`);
             }
+            const tooLong = await promptTooLong(settings.i, meta);
+            if (!live()) return;
+            if (tooLong) throw new UserError(tooLong);
             setStatus("starting Python (Pyodide) to build the image");
             const py = await python();
             if (!live()) return;
