@@ -247,6 +247,11 @@ def test_prompt_bound_kind(tmp_path: Path) -> None:
     # text than its piece, so the page falls back to the byte count
     odd = Tokenizer([*tok.pieces[:-1], b"<0x41>a"], tok.scores, tok.max_token_length)
     assert web.prompt_bound(odd) == "bytes"
+    other_bytes = Tokenizer([*tok.pieces[:3], b"A", *tok.pieces[4:]], tok.scores, tok.max_token_length)
+    assert web.prompt_bound(other_bytes) == "bytes"
+    # an empty byte piece: merging with it adds a byte and no text to a piece, so no bound holds
+    empty = Tokenizer([*tok.pieces[:3], b"\0x", *tok.pieces[4:]], tok.scores, tok.max_token_length)
+    assert web.prompt_bound(empty) == "none"
 
 
 def test_page_stops_a_short_disk_with_the_sectors_message(browser, base_url: str, site: Path) -> None:  # type: ignore[no-untyped-def]

@@ -70,23 +70,29 @@ def _licenses(v86_pkg: Path, pyodide_pkg: Path) -> str:
 
 
 def prompt_bound(tok: Tokenizer) -> str:
-    """How the page bounds a prompt's token count before Python starts: "pieces" or "bytes".
+    """How the page bounds a prompt's token count before Python starts: "pieces", "bytes" or "none".
 
     run.c's encode starts from the dummy prefix " " and the prompt's code points (a piece each,
-    else one byte-fallback token a byte) and merges neighbours whose joined text is a piece, so
-    each token it ends with covers text that is one byte or a piece, and the fewest such pieces
-    the text splits into (a shortest path, at most longest_piece bytes a step) is a lower bound
-    ("pieces").  That holds unless a piece holds a byte piece's text ``<0x..>`` (a merge with a
-    byte-fallback token covers other text than its piece); then, and for a byte-level tokenizer,
-    the bound is the prompt's bytes over the longest piece ("bytes").
+    else one byte-fallback token a byte) and merges neighbours whose joined text is a piece.  With
+    llama2.c's byte pieces ``<0x00>``..``<0xFF>`` and no other piece holding ``<0x``, each token
+    it ends with covers text that is one byte or its own piece, so the fewest such pieces the text
+    splits into (a shortest path, at most longest_piece bytes a step) is a lower bound ("pieces").
+    Otherwise a merge with a byte-fallback token covers other text than its piece, yet no more
+    bytes than its piece's length while no byte piece is empty: the prompt's bytes over the
+    longest piece ("bytes").  A byte-level tokenizer, or an empty byte piece: no bound ("none";
+    Python's check alone).
     """
     if type(tok) is not Tokenizer or tok.byte_piece_base is None:
-        return "bytes"
+        return "none"
     base = tok.byte_piece_base
-    byte_ids = range(base, base + 256)
-    if any(b"<0x" in p for i, p in enumerate(tok.pieces) if i not in byte_ids):
-        return "bytes"
-    return "pieces"
+    cstr = [p.split(b"\0")[0] for p in tok.pieces]
+    byte_pieces = cstr[base : base + 256]
+    if len(byte_pieces) < 256 or not all(byte_pieces):
+        return "none"
+    if all(c == b"<0x%02X>" % b for b, c in enumerate(byte_pieces)) and not any(
+            b"<0x" in c for i, c in enumerate(cstr) if not base <= i < base + 256):
+        return "pieces"
+    return "bytes"
 
 
 def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:

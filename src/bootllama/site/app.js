@@ -95,14 +95,16 @@ function pieces(meta) {
 
 // A prompt that cannot fit the context, refused before Python starts (Pyodide takes seconds to
 // start, and the encoder's merges take minutes on a long prompt).  A lower bound on run.c's token
-// count (bootllama.web.prompt_bound says why it is one): BOS, plus the fewest pieces (or single
-// bytes) the dummy prefix " " and the prompt split into; or, for other tokenizers, its bytes over
-// the longest piece.  run.c's encode reads the prompt up to its first NUL.  The exact count stays
-// Python's, which refuses what passes here but does not fit.
+// count (bootllama.web.prompt_bound says why it is one and for which tokenizers): BOS, plus the
+// fewest pieces (or single bytes) the dummy prefix " " and the prompt split into ("pieces"), or
+// the prompt's bytes over the longest piece ("bytes"), or none.  run.c's encode reads the prompt
+// up to its first NUL.  The exact count stays Python's, which refuses what passes here but does
+// not fit.
 async function leastTokens(prompt, meta) {
     let bytes = new TextEncoder().encode(prompt);
     const nul = bytes.indexOf(0);
     if (nul >= 0) bytes = bytes.subarray(0, nul);
+    if (meta.prompt_bound === "none") return 0;  // no bound for this tokenizer: Python's check alone
     const least = 1 + Math.ceil(bytes.length / meta.longest_piece);
     if (least > meta.seq_len || meta.prompt_bound !== "pieces" || !bytes.length) return least;
     const set = await pieces(meta);
