@@ -63,7 +63,10 @@ def test_image_holds_files_unchanged(tmp_path: Path, engine: image.Engine) -> No
     # the engine's sectors, sector 0 made an MBR (tests/test_pc_checks.py reads its fields)
     assert data[:440] == engine.code[:440] and data[510 : len(engine.code)] == engine.code[510:]
     man = data[lay.data_lba * 512 : lay.data_lba * 512 + 512]
-    assert man[:384] == bytes(384)
+    # its first 384 bytes: the verify record (bootllama verify), which the engine never reads
+    record = image.unpack_record(man)
+    assert record is not None and record.data_lba == lay.data_lba
+    assert [p.name for p in record.parts][:4] == ["engine", "manifest", "checkpoint", "tokenizer"]
     ck = CKPT.read_bytes()
     off = (lay.checkpoint_addr - image.DATA) + lay.data_lba * 512
     assert data[off : off + len(ck)] == ck

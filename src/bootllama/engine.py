@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from bootllama import image, pcs
+from bootllama.checkpoint import atomic_write, refuse_inputs
 from bootllama.errors import BootllamaError
+from bootllama.interrupts import deferred, remove, temp_dir
 from bootllama.pcs import qemu
 from bootllama.runc_args import (
     add_generate_arguments,
@@ -49,16 +51,48 @@ def _check_settings(args: argparse.Namespace) -> None:
         args.steps = 0
 
 
-def _build(args: argparse.Namespace, out: str | os.PathLike[str]) -> image.Image:
+def _build(args: argparse.Namespace, out: str | os.PathLike[str], keep: str | None = None) -> image.Image:
+    """Build the image for ``args`` at ``out``; with ``keep``, also publish it there (run's
+    --image). Both paths are checked against the inputs before anything is built."""
     _check_settings(args)
     checkpoint, tokenizer = resolve_paths(args)
+    inputs = image.image_inputs(checkpoint, tokenizer)
+    for path in (out, keep):
+        if path is not None:
+            refuse_inputs(path, inputs)
     prompt = load_prompt(args, checkpoint, tokenizer)
     seed, drawn = resolve_seed(args.seed)
     if drawn and args.temperature > 0:  # as generate: the run can be repeated with -s
         print(f"seed: {seed}", file=sys.stderr)
     defines = (("SAMPLING",) if args.temperature > 0 else ()) + CPUS[args.cpu]
-    return image.build_image(checkpoint, tokenizer, out, prompt=prompt, steps=args.steps,
-                             temperature=args.temperature, seed=seed, engine=image.assemble(defines))
+    img = image.build_image(checkpoint, tokenizer, out, prompt=prompt, steps=args.steps,
+                            temperature=args.temperature, seed=seed, engine=image.assemble(defines))
+    if keep is not None:
+        publish(Path(out), keep, inputs)
+    return img
+
+
+def publish(private: Path, dest: str | os.PathLike[str], inputs: dict[str, Path]) -> None:
+    """Give ``dest`` the private image's bytes, atomically: a hard link renamed over it when both
+    are on one file system, else a copy through atomic_write. The run keeps booting its private
+    file, so a later run that replaces ``dest`` never changes what this one boots."""
+    target = Path(dest)
+    refuse_inputs(target, inputs)
+    link = target.parent / f".{target.name}.{os.getpid()}.tmp"
+    with deferred():  # the link and its rename (or removal) together
+        try:
+            os.link(private, link)
+        except OSError:
+            pass  # another file system, or no hard links there: copy below
+        else:
+            try:
+                os.replace(link, target)
+                return
+            except OSError as e:
+                remove(link)
+                raise BootllamaError(f"cannot write {os.fspath(dest)}: {e.strerror or e}") from None
+    with atomic_write(target, inputs) as f, open(private, "rb") as src:
+        shutil.copyfileobj(src, f, 1 << 20)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -73,9 +107,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     accel = qemu.choose_accel(args.accel) if args.pc in pcs.QEMU_PCS else args.pc
-    with tempfile.TemporaryDirectory(prefix="bootllama-") as tmp:
-        path = Path(args.image) if args.image else Path(tmp, "boot.img")
-        img = _build(args, path)
+    # the run boots its own private image; --image gets a copy (a link) of it
+    with temp_dir() as tmp:
+        path = tmp / "boot.img"
+        img = _build(args, path, keep=args.image)
         lay = img.layout
 
         def stream(data: bytes) -> None:

@@ -5,8 +5,9 @@ Disk layout (512-byte sectors)::
     LBA 0            the MBR: the engine's boot code (440 bytes at most), the disk signature,
                      partition entry 0 (active, type 0xDA) over the data area, 0x55AA
     LBA 1..          the engine's other sectors, then zeros
-    LBA D = 10       the manifest: 384 bytes of zeros, then 128 bytes of fields (LBA 10 puts it
-                     at 0x9000, the 4 KiB page after the engine's code, in the boot read)
+    LBA D = 10       the manifest: the verify record (CRC32s of the parts, for `bootllama verify`;
+                     the engine never reads it) and zeros to byte 384, then 128 bytes of fields
+                     (LBA 10 puts it at 0x9000, the 4 KiB page after the engine's code, in the boot read)
     LBA D+1          the legacy checkpoint, byte for byte, zero-padded to a sector
     ...              tokenizer.bin, byte for byte, zero-padded to a sector
     ...              the prompt's token ids (int32, after the BOS, 0-terminated)
@@ -36,7 +37,6 @@ import re
 import shutil
 import struct
 import subprocess
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -45,7 +45,8 @@ from typing import TYPE_CHECKING
 
 from bootllama.checkpoint import Config, atomic_write, legacy_layout, read_legacy_config, tensor_shapes
 from bootllama.errors import BootllamaError
-from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece
+from bootllama.interrupts import temp_dir
+from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece, sidecar_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -126,7 +127,7 @@ def nasm() -> str:
 def assemble(defines: tuple[str, ...] = (), source: Path | None = None) -> Engine:
     """Assemble sector.asm (or ``source``) with NASM; return the bytes and the size table."""
     src = source or asm_source()
-    with tempfile.TemporaryDirectory() as tmp:
+    with temp_dir("bootllama-nasm-") as tmp:  # removed whatever happens, signals included
         out = Path(tmp, "sector.bin")
         lst = Path(tmp, "sector.lst")
         # NASM's map names every label it assembled with its address; the listing also shows
@@ -412,6 +413,7 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
+    tok.check_fits(prompt, config.seq_len)
     ids = tok.encode(prompt or b"", bos=True, eos=False)
     if 0 in ids[1:]:
         raise BootllamaError("the prompt holds token id 0, which ends the engine's prompt list")
@@ -428,23 +430,38 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     tok_size = os.path.getsize(tokenizer_path)
     layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba)
     man = manifest(layout, ids, steps, temperature, seed, stop_id=tok.stop_id, byte_base=byte_base)
-    with atomic_write(out) as f:
-        f.write(mbr(engine.code, layout, zlib.crc32(man)))
+    if rope is None:
+        rope = rope_region(checkpoint, config)
+    elif len(rope) != rope_bytes(config):
+        raise BootllamaError("the rotation values given do not fit this checkpoint")
+    with atomic_write(out, inputs=image_inputs(checkpoint, tokenizer_path)) as f:
+        boot = mbr(engine.code, layout, zlib.crc32(man))
+        f.write(boot)
         f.write(bytes(layout.data_lba * SECTOR - len(engine.code)))  # zeros up to the manifest's LBA
+        man_at = f.tell()
         f.write(man)
-        _copy_padded(checkpoint, f)
-        _copy_padded(tokenizer_path, f)
-        prompt_bytes = struct.pack(f"<{len(ids)}i", *ids[1:], 0)
-        f.write(prompt_bytes + bytes(_pad(len(prompt_bytes)) - len(prompt_bytes)))
+        parts = [Part("engine", 0, len(boot), zlib.crc32(boot)),
+                 Part("manifest", man_at + SECTOR - FIELDS, FIELDS, fields_crc(man))]
+        for name, path in (("checkpoint", checkpoint), ("tokenizer", tokenizer_path)):
+            at = f.tell()
+            crc, n = _copy_padded(path, f)
+            parts.append(Part(name, at, n, crc))
         table_bytes = table(layout)
-        f.write(table_bytes + bytes(_pad(len(table_bytes)) - len(table_bytes)))
-        if rope is None:
-            rope = rope_region(checkpoint, config)
-        elif len(rope) != rope_bytes(config):
-            raise BootllamaError("the rotation values given do not fit this checkpoint")
-        f.write(rope + bytes(_pad(len(rope)) - len(rope)))
+        for name, data in (("prompt ids", struct.pack(f"<{len(ids)}i", *ids[1:], 0)), ("address table", table_bytes),
+                           ("RoPE values", rope)):
+            parts.append(Part(name, f.tell(), len(data), zlib.crc32(data)))
+            f.write(data + bytes(_pad(len(data)) - len(data)))
         f.truncate(layout.disk_sectors * SECTOR)
+        # the checksums go into the manifest sector's first bytes, which the engine never reads
+        f.seek(man_at)
+        f.write(pack_record(parts, layout.data_lba, layout.disk_sectors * SECTOR))
     return Image(Path(out), layout, engine, ids, steps)
+
+
+def image_inputs(checkpoint: str | os.PathLike[str], tokenizer: str | os.PathLike[str]) -> dict[str, Path]:
+    """The files an image is built from, by what they are (for atomic_write's refusal)."""
+    return {"checkpoint": Path(checkpoint), "tokenizer": Path(tokenizer),
+            "tokenizer's sidecar": sidecar_path(tokenizer)}
 
 
 def _chs(lba: int) -> bytes:
@@ -470,13 +487,84 @@ def mbr(code: bytes, layout: Layout, disk_signature: int) -> bytes:
     return bytes(out)
 
 
-def _copy_padded(path: str | os.PathLike[str], f) -> None:  # type: ignore[no-untyped-def]
-    n = 0
+def _copy_padded(path: str | os.PathLike[str], f) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """Copy a file, zero-padded to a sector; return its CRC32 and length."""
+    n = crc = 0
     with open(path, "rb") as src:
         while block := src.read(1 << 20):
             f.write(block)
             n += len(block)
+            crc = zlib.crc32(block, crc)
     f.write(bytes(_pad(n) - n))
+    return crc, n
+
+
+# The verify record (``bootllama verify``): CRC32s of the image's parts, in the manifest sector's
+# first RECORD_MAX bytes, which the engine never reads. Little-endian: the magic, a version, the
+# count of parts, FIXUP_AT, the data area's LBA, the disk's size in bytes; per part its name
+# (16 bytes, NUL-padded), its byte offset on the disk, its length and its CRC32; then the CRC32
+# of everything before it. Each part is found through its own offset, so a layout that moves the
+# data area (the manifest's M_DLBA) needs no change here.
+RECORD_MAGIC = b"bootllama-crc32\0"
+RECORD_VERSION = 1
+RECORD_MAX = SECTOR - FIELDS
+_RECORD_HEAD = struct.Struct("<16sHHHHIQ")
+_RECORD_PART = struct.Struct("<16sQII")
+# the byte in the manifest sector where the engine's data-check fix-up dword goes (branch golf),
+# written after the record: the manifest's CRC32 reads it as zero. None: no fix-up dword.
+FIXUP_AT: int | None = None
+
+
+@dataclass(frozen=True)
+class Part:
+    """One checksummed part of an image: its name, byte offset on the disk, length and CRC32."""
+
+    name: str
+    offset: int
+    length: int
+    crc: int
+
+
+def fields_crc(sector: bytes, fixup_at: int | None = FIXUP_AT) -> int:
+    """CRC32 of a manifest sector's fields, the fix-up dword (if any) read as zero."""
+    fields = bytearray(sector[SECTOR - FIELDS:SECTOR])
+    if fixup_at:
+        at = fixup_at - (SECTOR - FIELDS)
+        fields[at:at + 4] = bytes(4)
+    return zlib.crc32(fields)
+
+
+def pack_record(parts: list[Part], data_lba: int, disk_bytes: int) -> bytes:
+    head = _RECORD_HEAD.pack(RECORD_MAGIC, RECORD_VERSION, len(parts), FIXUP_AT or 0, 0, data_lba, disk_bytes)
+    body = head + b"".join(_RECORD_PART.pack(p.name.encode(), p.offset, p.length, p.crc) for p in parts)
+    record = body + struct.pack("<I", zlib.crc32(body))
+    assert len(record) <= RECORD_MAX
+    return record
+
+
+@dataclass(frozen=True)
+class Record:
+    data_lba: int
+    disk_bytes: int
+    fixup_at: int | None
+    parts: list[Part]
+
+
+def unpack_record(sector: bytes) -> Record | None:
+    """The verify record of a manifest sector; None when it holds none (no magic). Raises
+    BootllamaError when the record itself is damaged (its CRC32 differs)."""
+    if sector[:len(RECORD_MAGIC)] != RECORD_MAGIC:
+        return None
+    _, version, count, fixup_at, _, data_lba, disk_bytes = _RECORD_HEAD.unpack_from(sector)
+    end = _RECORD_HEAD.size + count * _RECORD_PART.size
+    if version != RECORD_VERSION or end + 4 > RECORD_MAX or any(sector[end + 4:RECORD_MAX]) or \
+            struct.unpack_from("<I", sector, end)[0] != zlib.crc32(sector[:end]):
+        raise BootllamaError("its verify record (the manifest sector's first bytes) is damaged")
+    parts = []
+    for i in range(count):
+        name, offset, length, crc = _RECORD_PART.unpack_from(sector, _RECORD_HEAD.size + i * _RECORD_PART.size)
+        parts.append(Part(name.rstrip(b"\0").decode("ascii", "replace"), offset, length, crc))
+    return Record(data_lba, disk_bytes, fixup_at or None, parts)
 
 
 def check_byte_pieces(tok: Tokenizer) -> int | None:

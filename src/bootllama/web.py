@@ -21,19 +21,26 @@ from pathlib import Path
 from typing import ClassVar
 
 from bootllama import image, pagebuild
+from bootllama.checkpoint import atomic_write, refuse_inputs
 from bootllama.errors import BootllamaError
 from bootllama.pcs import v86
 from bootllama.pcs.base import GUARDS
 from bootllama.tokenizer import Tokenizer
 
 # bootllama's modules the page imports (pagebuild and what it imports; no NumPy among them)
-PAGE_MODULES = ("__init__.py", "errors.py", "checkpoint.py", "tokenizer.py", "image.py", "runc_args.py",
-                "pagebuild.py")
+PAGE_MODULES = ("__init__.py", "errors.py", "interrupts.py", "checkpoint.py", "tokenizer.py", "image.py",
+                "runc_args.py", "pagebuild.py")
 PYODIDE_FILES = ("pyodide.js", "pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json",
                  "package.json")
 COMMON_LICENSES = Path("/usr/share/common-licenses")
 # the page's own files (v86_disk.js is shared with the Node harness pcs/v86_boot.mjs)
-SITE_FILES = ("index.html", "app.js", "style.css", "v86_disk.js")
+PAGE_FILES = ("index.html", "app.js", "style.css", "v86_disk.js")
+# the files write_site writes besides the model's two (checked against the inputs first)
+SITE_FILES = (*PAGE_FILES, "v86/libv86.js", "v86/v86.wasm", "bios/seabios.bin",
+              "bios/vgabios.bin", *(f"pyodide/{n}" for n in PYODIDE_FILES),
+              *(f"py/bootllama/{n}" for n in PAGE_MODULES),
+              "engine/greedy.bin", "engine/sampling.bin", "model/rope.bin", "site.json", "LICENSES.txt", "boot.img",
+              "boot.json")
 
 
 def _package_file(*parts: str) -> Path:
@@ -95,6 +102,17 @@ def prompt_bound(tok: Tokenizer) -> str:
     return "bytes"
 
 
+def _copy(src: Path, dst: Path) -> None:
+    """Copy a file atomically (checkpoint.atomic_write): a site never holds a half-written file."""
+    with atomic_write(dst) as f, open(src, "rb") as g:
+        shutil.copyfileobj(g, f, 1 << 20)
+
+
+def _put(dst: Path, data: bytes | str) -> None:
+    with atomic_write(dst) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
 def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
     """Write the site into ``out`` (created; files bootllama writes are replaced)."""
     from bootllama.runc_args import resolve_paths
@@ -103,33 +121,40 @@ def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
     for path in (checkpoint, tokenizer):
         if not path.is_file():
             raise BootllamaError(f"{path} does not exist")
+    ckpt_name, tok_name = f"model/{checkpoint.name}", f"model/{tokenizer.name}"
+    # every path the site writes, against the inputs, before anything is written
+    inputs = image.image_inputs(checkpoint, tokenizer)
+    written = [*SITE_FILES, ckpt_name, tok_name]
+    for dst in (out, *(out / name for name in written)):
+        refuse_inputs(dst, inputs)
+    if out.exists() and not out.is_dir():
+        raise BootllamaError(f"{out} is not a folder: give -o a folder for the site")
     v86_pkg = v86.v86_dir()
     pyodide_pkg = pyodide_dir()
     bios, vga = v86.bios_files()
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("v86", "bios", "model", "engine", "pyodide", "py/bootllama"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    for name in SITE_FILES:
-        shutil.copyfile(_package_file("site", name), out / name)
+    for name in PAGE_FILES:
+        _copy(_package_file("site", name), out / name)
     for name in ("libv86.js", "v86.wasm"):
-        shutil.copyfile(v86_pkg / "build" / name, out / "v86" / name)
-    shutil.copyfile(bios, out / "bios" / "seabios.bin")
-    shutil.copyfile(vga, out / "bios" / "vgabios.bin")
+        _copy(v86_pkg / "build" / name, out / "v86" / name)
+    _copy(bios, out / "bios" / "seabios.bin")
+    _copy(vga, out / "bios" / "vgabios.bin")
     for name in PYODIDE_FILES:
-        shutil.copyfile(pyodide_pkg / name, out / "pyodide" / name)
+        _copy(pyodide_pkg / name, out / "pyodide" / name)
     for name in PAGE_MODULES:
-        shutil.copyfile(_package_file(name), out / "py" / "bootllama" / name)
-    ckpt_name, tok_name = f"model/{checkpoint.name}", f"model/{tokenizer.name}"
-    shutil.copyfile(checkpoint, out / ckpt_name)
-    shutil.copyfile(tokenizer, out / tok_name)
+        _copy(_package_file(name), out / "py" / "bootllama" / name)
+    _copy(checkpoint, out / ckpt_name)
+    _copy(tokenizer, out / tok_name)
     engines = {}
     for kind, defines in pagebuild.ENGINES.items():
         eng = image.assemble(defines)
-        (out / "engine" / f"{kind}.bin").write_bytes(eng.code)
+        _put(out / "engine" / f"{kind}.bin", eng.code)
         engines[kind] = pagebuild.engine_spec(eng, f"engine/{kind}.bin")
     # run.c's rotation values depend on the model alone: computed here once, with NumPy
     config = image.read_legacy_config(checkpoint)
-    (out / "model" / "rope.bin").write_bytes(image.rope_region(checkpoint, config))
+    _put(out / "model" / "rope.bin", image.rope_region(checkpoint, config))
     # what the page needs to refuse a prompt that cannot fit the context before Python starts (see
     # prompt_bound): the longest piece, and whether every token covers its piece's text
     tok = Tokenizer.load(tokenizer, config.vocab_size)
@@ -140,8 +165,8 @@ def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
                                "seq_len": config.seq_len, "vocab_size": config.vocab_size,
                                "longest_piece": longest, "prompt_bound": prompt_bound(tok),
                                "guards": GUARDS}  # the sector's exit codes, for the page's messages
-    (out / "site.json").write_text(json.dumps(meta, indent=1) + "\n")
-    (out / "LICENSES.txt").write_text(_licenses(v86_pkg, pyodide_pkg))
+    _put(out / "site.json", json.dumps(meta, indent=1) + "\n")
+    _put(out / "LICENSES.txt", _licenses(v86_pkg, pyodide_pkg))
     # the image for the settings given: the page boots it at once when its URL names no others
     built = pagebuild.build(out, out / "boot.img", args.prompt, args.steps, args.temperature, args.seed)
     # the settings as the page's form shows them, and the seed as text: a 64-bit seed is exact in
@@ -149,7 +174,7 @@ def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
     settings = {"i": args.prompt or "", "n": str(args.steps), "t": built["temperature"],
                 "s": str(built["seed"] if built["temperature"] else args.seed)}
     shown = {**built, "seed": str(built["seed"])}
-    (out / "boot.json").write_text(json.dumps({"settings": settings, **shown}, indent=1) + "\n")
+    _put(out / "boot.json", json.dumps({"settings": settings, **shown}, indent=1) + "\n")
     return built
 
 

@@ -10,14 +10,19 @@ starting with '!', instead of the dots or the story, and exits with its code.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import select
+import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from bootllama.errors import BootllamaError
+from bootllama.interrupts import deferred
 
 # the sector's guards: exit code -> what stopped it
 GUARDS = {
@@ -125,3 +130,53 @@ def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: 
             s.t_last = now
             if on_bytes:
                 on_bytes(data)
+
+
+@contextlib.contextmanager
+def emulator(cmd: list[str], **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """Start an emulator in a process group of its own; on the way out (an error, an interrupt
+    or a signal included) kill the whole group and reap it. The start and the clean-up hold
+    signals off (bootllama.interrupts), so no emulator outlives the command."""
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with deferred():
+            proc = subprocess.Popen(cmd, start_new_session=True, **popen)
+        yield proc
+    finally:
+        if proc is not None:
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 0.0) -> None:
+    """End ``proc`` and its process group: SIGTERM and ``grace`` seconds first if given, then SIGKILL."""
+    with deferred():
+        if proc.poll() is None and grace > 0:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# how emulators' own error lines start: "qemu-system-i386: ...", node's "Error: ...", Bochs' panics
+_WARNING = re.compile(r"^\S*:\s*warning:", re.IGNORECASE)
+
+
+def own_error(stderr: str, program: str) -> str:
+    """The emulator's own error message from its standard error, in one line ('' if none): the
+    lines that start with the program's name (QEMU's style), its warnings left out, else
+    the lines that name an error (Node's), else the last line."""
+    lines = [" ".join(line.split()) for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in lines if not _WARNING.match(line)]
+    mine = [line for line in lines if line.startswith(program)]
+    if mine:
+        # QEMU adds a hint line after its error (e.g. "Is another process using the image [...]?")
+        at = lines.index(mine[0])
+        return " ".join(lines[at:at + 2])
+    errors = [line for line in lines if re.search(r"\b\w*Error\b", line)]
+    if errors:
+        return errors[0]
+    return lines[-1] if lines else ""

@@ -9,19 +9,18 @@ controller, which SeaBIOS boots.  The serial protocol and exit statuses are in
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bootllama.errors import BootllamaError
-from bootllama.pcs.base import EXIT_DISK, EXIT_DONE, GUARDS, RunResult, describe_exit, read_serial
+from bootllama.interrupts import temp_dir
+from bootllama.pcs.base import EXIT_DISK, EXIT_DONE, GUARDS, RunResult, describe_exit, emulator, own_error, read_serial
 
 __all__ = ["EXIT_DISK", "EXIT_DONE", "GUARDS", "MACHINES", "QMP", "RunResult", "boot", "choose_accel",
            "qemu_command"]
@@ -141,33 +140,34 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
     """Boot ``image``; return the story bytes and timings.
 
     ``chunks`` is how many progress dots precede the story.  ``on_bytes`` gets story bytes as
-    they arrive.  Raises BootllamaError on a timeout, a disk error or an unexpected exit.
+    they arrive.  Raises BootllamaError on a timeout, a disk error, an unexpected exit, or QEMU's
+    own failure (its generic status 1, which is also the sector's "story over": a run counts as
+    finished only when the loader's dots all came and QEMU printed no error), with QEMU's message.
     """
     name = "QEMU" if machine == "pc" else f"QEMU ({machine})"
-    beats = tempfile.NamedTemporaryFile(prefix="bootllama-beats-", delete=False)  # noqa: SIM115
-    beats.close()
-    # the sector writes one byte to port 0xE9 per forward pass: QEMU's debug console
-    cmd = qemu_command(image, memory_mib, accel, [*(extra or []), "-debugcon", f"file:{beats.name}"],
-                       machine=machine, cpu=cpu)
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    try:
-        serial = read_serial(proc, chunks, timeout, name, on_bytes)
-        status = proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        tokens = os.path.getsize(beats.name) if os.path.exists(beats.name) else 0
-        with contextlib.suppress(OSError):
-            os.unlink(beats.name)
-    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+    qemu_binary()  # not found: say so before anything is created
+    with temp_dir("bootllama-qemu-") as tmp:
+        beats = tmp / "beats"
+        # the sector writes one byte to port 0xE9 per forward pass: QEMU's debug console
+        cmd = qemu_command(image, memory_mib, accel, [*(extra or []), "-debugcon", f"file:{beats}"],
+                           machine=machine, cpu=cpu)
+        with emulator(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            serial = read_serial(proc, chunks, timeout, name, on_bytes)
+            status = proc.wait(timeout=10)
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        tokens = beats.stat().st_size if beats.exists() else 0
     dots = bytes(serial.dots)
+    message = own_error(err, Path(cmd[0]).name)
     if status != EXIT_DONE:
-        if status % 2 == 1:  # written by the sector to isa-debug-exit
+        if status % 2 == 1 and status > 0:  # written by the sector to isa-debug-exit
             raise BootllamaError(describe_exit(status, "" if machine == "pc" else name, serial.printed))
-        detail = f": {err.splitlines()[-1]}" if err else ""
-        raise BootllamaError(f"QEMU exited with status {status} before the sector finished{detail}")
+        detail = f": {message}" if message else ""
+        raise BootllamaError(f"{name} exited with status {status} before the sector finished{detail}")
+    if (message and Path(cmd[0]).name in message) or (len(dots) < chunks and b"!" not in dots):
+        # QEMU's own failure (status 1 too): the sector did not finish its story
+        raise BootllamaError(f"{name} failed: {message}" if message else
+                             f"{name} exited with status 1 after {len(dots)} of {chunks} progress dots, "
+                             "without the sector's exit and without a message")
     if dots != b"." * chunks:
         raise BootllamaError(f"unexpected loader output {dots[:20]!r}")
     load, gen = serial.timings()

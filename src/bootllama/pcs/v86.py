@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from bootllama.errors import BootllamaError
-from bootllama.pcs.base import EXIT_DONE, RunResult, describe_exit, read_serial
+from bootllama.pcs.base import EXIT_DONE, RunResult, describe_exit, emulator, own_error, read_serial
 
 SEABIOS = Path("/usr/share/seabios")
 BIOS = SEABIOS / "bios.bin"
@@ -83,24 +83,21 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, timeout: f
     bios, vga = bios_files()
     cmd = [node_binary(), str(harness()), str(v86_dir()), os.fspath(image), str(memory_mib), str(bios),
            str(vga), f"{timeout:g}"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with emulator(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         # the harness stops itself at the timeout; this one is the guard against a stuck node
         serial = read_serial(proc, chunks, timeout + 30, "v86", on_bytes)
         code = proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+        err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
     lines = err.splitlines()
     try:
         summary = json.loads(lines[-1]) if lines else None
     except json.JSONDecodeError:
         summary = None
-    if not isinstance(summary, dict):
-        detail = f": {lines[-1]}" if lines else ""
-        raise BootllamaError(f"the v86 harness failed (exit code {code}){detail}")
+    if not isinstance(summary, dict):  # node's or v86's own failure: its message, not a story
+        message = own_error(err, "node")
+        detail = f": {message}" if message else ""
+        raise BootllamaError(f"v86 failed (node exit code {code}, after {len(serial.dots)} of {chunks} progress "
+                             f"dots){detail}")
     status = summary.get("status")
     beats = int(summary.get("beats", 0))
     dots = bytes(serial.dots)
