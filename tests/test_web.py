@@ -200,8 +200,9 @@ def test_page_rejects_settings_without_changing_the_link(browser, base_url: str)
         # 3,240 bytes: fits that bound, but not the fewest pieces the text splits into (run.c's
         # encode makes 1,042 tokens of it, and Python's takes seconds to say so)
         (STORY * 40, "40", "0", "1"): "tokens; the context holds 512",
-        # its link (6 characters a letter) is too long for a web server
-        ("é" * 1750, "40", "0", "1"): "the link for these settings would be 10",
+        # a link too long for a web server (a seed of 9,000 digits is a whole number, as run.c's
+        # atoi reads it; a prompt that fits this model's context makes no link that long)
+        ("a", "40", "0", "1" * 9000): "the link for these settings would be 90",
     }
     for settings, message in rejected.items():
         page.evaluate(QUICK_SUBMITS, [list(settings)])
@@ -210,7 +211,7 @@ def test_page_rejects_settings_without_changing_the_link(browser, base_url: str)
         assert page.evaluate("document.getElementById('status').classList.contains('error')")
         # the old story is gone, the link is the one before, and the rejected setting stays in the form
         assert (page.text_content("#text"), page.text_content("#stats"), page.url) == ("", "", url)
-        assert page.input_value("#prompt") == settings[0]
+        assert page.input_value("#prompt") == settings[0] and page.input_value("#seed") == settings[3]
         if settings[0] == STORY * 40:  # the bound is a lower bound, and close
             least = int(str(page.text_content("#status")).split()[4])
             assert 900 < least <= len(Tokenizer.load(TOK, 512).encode(STORY * 40)) == 1042

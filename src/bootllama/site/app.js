@@ -325,14 +325,14 @@ async function start(settings, source, link = null) {
         } else {
             const meta = await siteMeta();
             if (!live()) return;
-            const linkLength = link === null ? 0 : new URL(link, location.href).href.length;
-            if (linkLength > LINK_LIMIT) {
-                throw new UserError(`the link for these settings would be ${linkLength} characters, more than ` +
-                                    `the ${LINK_LIMIT} a web server takes: shorten the prompt`);
-            }
             const tooLong = await promptTooLong(settings.i, meta);
             if (!live()) return;
             if (tooLong) throw new UserError(tooLong);
+            const linkLength = link === null ? 0 : new URL(link, location.href).href.length;
+            if (linkLength > LINK_LIMIT) {
+                throw new UserError(`the link for these settings would be ${linkLength} characters, more than ` +
+                                    `the ${LINK_LIMIT} a web server takes`);
+            }
             setStatus("starting Python (Pyodide) to build the image");
             const py = await python();
             if (!live()) return;
