@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import sys
 
-from bootllama import interrupts
+import bootllama
 
-if __name__ == "__main__":  # python -m bootllama.cli (the `bootllama` command does this in bootllama/__init__)
-    interrupts.install()
-    interrupts.hold_startup()
+if __name__ == "__main__" and bootllama.held_signals is None:  # python -m bootllama.cli
+    bootllama.hold_signals()  # (the `bootllama` command does this in bootllama/__init__)
 
 import argparse
 import math
@@ -25,15 +24,19 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from bootllama import __version__
+from bootllama import __version__, interrupts
 from bootllama.errors import BootllamaError
 
 # what strtod reads as a negative number (-1, -.5, -1e-3, -inf, -nan, -0x1p3): a value, not a flag
 _NEGATIVE_NUMBER = re.compile(r"^-(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan"
                               r"|0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?)$",
                               re.IGNORECASE)
+
+if TYPE_CHECKING:
+    from bootllama.reference import Reference, Sampler
+    from bootllama.tokenizer import Tokenizer
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,7 +61,15 @@ class _Parser(argparse.ArgumentParser):
 def cmd_generate(args: argparse.Namespace) -> int:
     from bootllama.checkpoint import load_checkpoint
     from bootllama.reference import MathMode, Reference, Sampler, clamp_steps, generate
-    from bootllama.runc_args import resolve_paths, resolve_prompt, resolve_seed, resolve_temperature, resolve_topp
+    from bootllama.runc_args import (
+        TYPED,
+        check_mode,
+        resolve_paths,
+        resolve_prompt,
+        resolve_seed,
+        resolve_temperature,
+        resolve_topp,
+    )
     from bootllama.tokenizer import Tokenizer
 
     temperature = resolve_temperature(args.temperature)
@@ -66,13 +77,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     checkpoint, tokenizer_path = resolve_paths(args)
     model = load_checkpoint(checkpoint)
     tokenizer = Tokenizer.load(tokenizer_path, model.config.vocab_size)
-    prompt = resolve_prompt(args, tokenizer)
+    check_mode(args)
+    typed = args.mode == "chat" or args.prompt == TYPED
+    prompt = None if typed else resolve_prompt(args, tokenizer)
     seed, drawn = resolve_seed(args.seed)
     if drawn and temperature > 0:  # greedy output does not depend on the seed
         print(f"seed: {seed}", file=sys.stderr)
     math_mode = MathMode(rope=args.rope, exp=args.exp)
     reference = Reference(model, math_mode)
     sampler = Sampler(model.config.vocab_size, temperature, topp, seed, exp=math_mode.exp)
+    if typed:
+        return _talk(args, reference, tokenizer, sampler)
 
     printed = 0
     start = 0.0
@@ -91,6 +106,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - start
         rate = (pos - 1) / elapsed if elapsed > 0 else math.inf
         print(f"achieved tok/s: {rate:f}", file=sys.stderr)
+    return 0
+
+
+def _talk(args: argparse.Namespace, reference: Reference, tokenizer: Tokenizer, sampler: Sampler) -> int:
+    """generate -m chat (a conversation) or -i - (a story per typed prompt), lines from standard input."""
+    from bootllama.conversation import chat, fgets_lines, story_machine
+    from bootllama.runc_args import TYPED
+
+    lines = fgets_lines(sys.stdin.buffer if sys.stdin is not None else None)
+    if args.mode != "chat":
+        story_machine(reference, tokenizer, sampler, lines, sys.stdout.buffer, steps=args.steps)
+        return 0
+    system = os.fsencode(args.system) if args.system is not None else None
+    # -i - (typed) in chat mode is what no -i is: the first turn is read too
+    prompt = os.fsencode(args.prompt) if args.prompt not in (None, TYPED) else None
+    _, end = chat(reference, tokenizer, sampler, lines, sys.stdout.buffer, steps=args.steps, system=system,
+                  prompt=prompt)
+    if end.why == "steps":
+        limit = "the model's context" if end.steps == reference.config.seq_len else "-n"
+        print(f"bootllama: the conversation has used all {end.steps} positions ({limit}); it ends here",
+              file=sys.stderr)
     return 0
 
 
@@ -176,10 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        interrupts.end_startup()  # a signal that came while the program loaded ends it here
+        restore = interrupts.install()  # SIGINT, SIGTERM and SIGHUP all clean up and end in one line
+        interrupts.raise_held()  # one that came while the program loaded ends it here
     except KeyboardInterrupt as e:
         return _interrupted(e)
-    restore = interrupts.install()  # SIGINT, SIGTERM and SIGHUP all clean up and end in one line
     try:
         return _main(argv)
     except KeyboardInterrupt as e:  # before _main's own handling (a signal while importing)

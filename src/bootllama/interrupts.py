@@ -27,7 +27,6 @@ NAMES = {1: "SIGHUP", 2: "SIGINT", 15: "SIGTERM"}
 
 _depth = 0
 _pending: int | None = None
-_startup = False
 
 
 class Interrupted(KeyboardInterrupt):
@@ -70,20 +69,14 @@ def deferred() -> AbstractContextManager[None]:
     return _Deferred()
 
 
-def hold_startup() -> None:
-    """Hold signals off while the program loads (the command's first act, with install());
-    ``end_startup`` raises one that came meanwhile, inside the program's error handling."""
-    global _depth, _startup
-    if not _startup:
-        _startup = True
-        _depth += 1
+def raise_held() -> None:
+    """Raise the signal that came while the command loaded (bootllama.hold_signals), if any."""
+    import bootllama
 
-
-def end_startup() -> None:
-    global _startup
-    if _startup:
-        _startup = False
-        _release()
+    held = bootllama.held_signals
+    bootllama.held_signals = None
+    if held:
+        raise Interrupted(held[0])
 
 
 def install() -> Callable[[], None]:
