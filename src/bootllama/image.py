@@ -285,8 +285,6 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
                                ("seq_len", config.seq_len, MAX_SEQ)):
         if value > limit:
             raise BootllamaError(f"{name}={value} is larger than the engine's buffers allow ({limit})")
-    if config.hidden_dim < config.dim:
-        raise BootllamaError("hidden_dim smaller than dim is not supported by the engine's buffers")
     # the manifest lands in the page after the engine's code (sector.asm's MLBA): the engine's
     # sectors, then zeros up to it
     data_lba = max(engine_sectors, manifest_lba)
