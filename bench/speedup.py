@@ -7,20 +7,22 @@ QEMU TCG, ``--rounds`` times each. Every run's story must be byte-identical to l
 (``../shared/oracles/stories260K_greedy.txt``). Writes bench/speedup.md and bench/speedup.json:
 each engine's median tokens/s (min-max), load seconds, and the ratio new / old of the medians.
 
-The old engine is 2 sectors (boot code over bytes 440..509: no MBR fields), so its image is laid
-out with 2 engine sectors (the data area at LBA 2) and its sectors are written unpatched; the
-data area (manifest, checkpoint, tokenizer, prompt, address table) is the same bytes in both
-images (checked).
+The old engine is assembled and its image laid out by the old commit's own image.py (the manifest's
+fields move between generations, and each engine reads its own builder's manifest); the data area
+holds the same checkpoint and tokenizer bytes in both images (checked). ``--old main`` compares
+today's main with this checkout; ``--pc v86`` boots both in v86 instead of QEMU TCG (wall-clock
+rates only).
 
     python bench/speedup.py                 # 5 rounds
     python bench/speedup.py --rounds 9
+    python bench/speedup.py --old main --rounds 3 --pc v86
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
+import importlib.util
 import json
 import os
 import resource
@@ -37,7 +39,7 @@ from bench_engine import cpu_name, log
 from bootllama import image
 from bootllama.checkpoint import packaged_path
 from bootllama.errors import BootllamaError
-from bootllama.pcs import qemu
+from bootllama.pcs import qemu, v86
 
 ROOT = Path(__file__).resolve().parents[1]
 ORACLE = ROOT.parent / "shared" / "oracles" / "stories260K_greedy.txt"
@@ -95,38 +97,52 @@ def qemu_version() -> str:
 
 
 def old_source(commit: str, dest: Path) -> Path:
-    """Write the old engine's sector.asm (and its sample.inc, which greedy builds do not include)."""
-    for name in ("sector.asm", "sample.inc"):
+    """Write the old engine's sector.asm (and its sample.inc, which greedy builds do not include,
+    and its engine.inc where it has one)."""
+    for name in ("sector.asm", "sample.inc", "engine.inc"):
         proc = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:src/bootllama/asm/{name}"],
                               capture_output=True)
         if proc.returncode != 0:
+            if name == "engine.inc":
+                continue  # (engines before the 32-bit form are one file)
             raise BootllamaError(f"git show {commit}:src/bootllama/asm/{name} failed: "
                                  f"{proc.stderr.decode(errors='replace').strip()}")
         Path(dest, name).write_bytes(proc.stdout)
     return Path(dest, "sector.asm")
 
 
-def build_old(engine: image.Engine, ckpt: Path, tok: Path, out: Path) -> image.Image:
-    """An image for an engine from before the MBR: image.build_image lays it out with the engine's
-    own sector count; sector 0's bytes 440..509 (its code, not MBR fields) are blanked so that
-    image.mbr() accepts it, and afterwards the engine's sectors are written back unpatched."""
-    code = engine.code
-    shell = dataclasses.replace(engine, code=code[:image.MBR_SIGNATURE_AT] + bytes(510 - image.MBR_SIGNATURE_AT)
-                                + code[510:])
-    img = image.build_image(ckpt, tok, out, engine=shell, manifest_lba=engine.sectors)
-    with open(out, "r+b") as f:
-        f.write(code)
-    return dataclasses.replace(img, engine=engine)
+def old_builder(commit: str, dest: Path):  # type: ignore[no-untyped-def]
+    """The old commit's image.py, imported as a module of its own: the old engine reads the manifest
+    its own builder wrote (the fields moved since), so its image is laid out by that builder."""
+    proc = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:src/bootllama/image.py"], capture_output=True)
+    if proc.returncode != 0:
+        raise BootllamaError(f"git show {commit}:src/bootllama/image.py failed: "
+                             f"{proc.stderr.decode(errors='replace').strip()}")
+    path = Path(dest, "old_image.py")
+    path.write_bytes(proc.stdout)
+    spec = importlib.util.spec_from_file_location("bootllama_old_image", path)
+    if spec is None or spec.loader is None:
+        raise BootllamaError(f"cannot load {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # (its dataclasses look their module up)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def build_old(commit: str, ckpt: Path, tok: Path, dest: Path) -> tuple[image.Engine, image.Image]:
+    """The old engine, assembled and laid out by its own commit's image.py."""
+    mod = old_builder(commit, dest)
+    engine = mod.assemble(source=old_source(commit, dest))
+    return engine, mod.build_image(ckpt, tok, Path(dest, "old.img"), engine=engine)
 
 
 def data_area(img: image.Image) -> bytes:
-    """What the engine loads, the manifest sector's verify record read as zeros (it records where the
-    parts sit on this disk, which differs between the two layouts; the engine never reads it)."""
+    """The checkpoint and the tokenizer as the engines load them (the manifest's fields, and the
+    address table and RoPE values the builder computes, differ between generations)."""
     lay = img.layout
     with open(img.path, "rb") as f:
-        f.seek(lay.data_lba * image.SECTOR)
-        data = f.read((lay.last_lba + 1 - lay.data_lba) * image.SECTOR)
-    return bytes(image.RECORD_MAX) + data[image.RECORD_MAX:]
+        f.seek((lay.data_lba + 1) * image.SECTOR)
+        return f.read(lay.prompt_addr - lay.checkpoint_addr)
 
 
 def summary(rates: list[float], loads: list[float], cpu: list[float], cpu_rates: list[float]) -> dict[str, object]:
@@ -143,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="boots of each engine, alternating (default 5)")
     ap.add_argument("--old", default=OLD_COMMIT, help=f"git commit of the old sector.asm (default {OLD_COMMIT})")
     ap.add_argument("--output-dir", type=Path, default=ROOT / "bench", help="where speedup.md/.json go")
+    ap.add_argument("--pc", choices=("tcg", "v86"), default="tcg", help="QEMU TCG (default) or v86")
     args = ap.parse_args(argv)
     if args.rounds < 1:
         raise BootllamaError("--rounds must be at least 1")
@@ -153,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/speedup.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
     load_start = loadavg()
     with tempfile.TemporaryDirectory(prefix="bootllama-speedup-") as tmp:
-        old_engine = image.assemble(source=old_source(args.old, Path(tmp)))
-        imgs = {"old": build_old(old_engine, ckpt, tok, Path(tmp, "old.img")),
+        old_dir = Path(tmp, "old")
+        old_dir.mkdir()
+        old_engine, old_img = build_old(args.old, ckpt, tok, old_dir)
+        imgs = {"old": old_img,
                 "new": image.build_image(ckpt, tok, Path(tmp, "new.img"))}
         if data_area(imgs["old"]) != data_area(imgs["new"]):
             raise BootllamaError("the two images' data areas differ: the comparison would not be fair")
@@ -167,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
             for name, img in imgs.items():
                 cpu0 = child_cpu()
                 gen_cpu = GenCpu()
-                res = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, accel="tcg", on_bytes=gen_cpu)
+                if args.pc == "v86":
+                    res = v86.boot(img.path, img.layout.memory_mib, img.layout.chunks)
+                else:
+                    res = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, accel="tcg",
+                                    on_bytes=gen_cpu)
                 cpu[name].append(child_cpu() - cpu0)
                 cpu_rates[name].append(gen_cpu.tok_per_s(res.tokens))
                 if res.text != oracle:
@@ -179,19 +202,23 @@ def main(argv: list[str] | None = None) -> int:
                     f"QEMU CPU {cpu[name][-1]:.2f} s, "
                     f"{cpu_rates[name][-1]:.1f} tok per CPU s  (load average {os.getloadavg()[0]:.2f})")
     load_end = loadavg()
+    pc_name = "QEMU TCG" if args.pc == "tcg" else "v86"
     old, new = (statistics.median(rates[k]) for k in ("old", "new"))
     ratio = new / old
     cpu_ratio = statistics.median(cpu["old"]) / statistics.median(cpu["new"])
-    gen_cpu_ratio = statistics.median(cpu_rates["new"]) / statistics.median(cpu_rates["old"])
+    has_cpu = all(cpu_rates["old"])  # (v86 runs in Node: no QEMU CPU times)
+    gen_cpu_ratio = statistics.median(cpu_rates["new"]) / statistics.median(cpu_rates["old"]) if has_cpu else 0.0
     # each round's pair, booted back to back, under about the same load
     paired = statistics.median(n / o for n, o in zip(rates["new"], rates["old"], strict=True))
-    paired_cpu = statistics.median(n / o for n, o in zip(cpu_rates["new"], cpu_rates["old"], strict=True))
+    paired_cpu = statistics.median(n / o for n, o in zip(cpu_rates["new"], cpu_rates["old"], strict=True)) \
+        if has_cpu else 0.0
     when = dt.datetime.now(dt.UTC)
     meta = {
-        "command": command, "date": f"{when:%Y-%m-%d %H:%M} UTC", "accelerator": "tcg",
+        "command": command, "date": f"{when:%Y-%m-%d %H:%M} UTC", "accelerator": args.pc,
         "qemu": qemu_version(), "cpu": cpu_name(), "nproc": os.cpu_count(),
         "load_average": {"start": load_start, "end": load_end},
-        "old": f"{args.old}:{ASM} ({old_engine.sectors} sectors, x87 exp with f2xm1)",
+        "old": f"{args.old}:{ASM} ({old_engine.sectors} sectors"
+               + (", x87 exp with f2xm1)" if args.old == OLD_COMMIT else ")"),
         "new": f"{ASM} of this checkout ({imgs['new'].engine.sectors} sectors, glibc's expf in SSE2 doubles)",
         "story": f"stories260K greedy, no prompt: {len(oracle)} bytes, {tokens['new']} forward passes, "
                  "identical to llama2.c's in every run",
@@ -205,11 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "speedup.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        "# The engine against the old one (QEMU TCG)",
+        f"# The engine against the old one ({pc_name})",
         "",
         f"Generated by `{command}` on {meta['date']}: {meta['story']}; the two engines booted "
-        f"alternately, {args.rounds} time{'s' if args.rounds != 1 else ''} each, under QEMU TCG "
-        f"({meta['qemu']}, `-cpu max`) on "
+        f"alternately, {args.rounds} time{'s' if args.rounds != 1 else ''} each, under {pc_name} "
+        f"({meta['qemu'] if args.pc == 'tcg' else 'v86 in Node'}, `-cpu max`) on "
         f"{meta['cpu']} ({meta['nproc']} CPUs, shared with other jobs: load average "
         f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end).",
         "",

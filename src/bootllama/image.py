@@ -209,11 +209,11 @@ def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) 
 # What each routine of sector.asm is for: the size table sums them per part, which shows where
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
-    "loader": ("start", "init", "load", "dims", "gdtr", "signature"),
-    "guards": ("guards", "diskfail", "cpufail", "die", "exit"),
+    "loader": ("start", "init", "load", "topm", "gdtr", "signature"),
+    "guards": ("guards", "diskfail", "cpufail", "die", "exit", "engine_start"),
     "generate loop": ("gen", "done"),
-    "printing": ("print", "putc"),
-    "forward pass": ("forward", "exptab", "exp", "rope", "nextw", "rmsnorm", "mvw", "mvwb", "mvwn", "mv",
+    "printing": ("print", "putc", "rputc"),
+    "forward pass": ("forward", "exptab", "exp", "consts", "rope", "nextw", "rmsnorm", "mvw", "mvwn", "mv",
                      "swiglu", "tox", "attention", "softmax_att", "softmax", "divmax"),
     "sampling": ("sample",),
 }
@@ -286,8 +286,6 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
                                ("seq_len", config.seq_len, MAX_SEQ)):
         if value > limit:
             raise BootllamaError(f"{name}={value} is larger than the engine's buffers allow ({limit})")
-    if config.hidden_dim < config.dim:
-        raise BootllamaError("hidden_dim smaller than dim is not supported by the engine's buffers")
     # the manifest lands in the page after the engine's code (sector.asm's MLBA): the engine's
     # sectors, then zeros up to it
     data_lba = max(engine_sectors, manifest_lba)
@@ -373,24 +371,43 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
              seed: int, stop_id: int = BOS, byte_base: int | None = 3) -> bytes:
     """The manifest sector (fields at its end, right before the checkpoint header).
 
-    The fields start at byte 420 (the engine's M_NEED, bp-92): the memory the run needs (the
+    The fields are its last 128 bytes (engine.inc's M_*, [ebp-128..-1]): the dimensions the
+    engine derives from the header (head_size, head_size * 4, a RoPE row's bytes, kv_dim,
+    kv_dim * 4, a cache position's bytes, |vocab_size|, the query heads per kv head), the LBA
+    the data area starts at (the loader reads it from there), the memory the run needs (the
     end of the KV cache and logits), the id that ends the story (run.c's BOS, or a chat
-    model's end of answer), the id of <0x00> (3 in llama2.c's tokenizers; NO_BYTE_PIECES
-    when the tokenizer has none), then the addresses and settings. The weights' addresses are
-    in the per-layer table (see table()), so the 36 bytes before the fields stay zero.
+    model's end of answer), the addresses and settings (the weights' addresses are in the
+    per-layer table, see table()), sqrtf(head_size), the data check's fix-up, head_size / 2,
+    the id of <0x00> (3 in llama2.c's tokenizers; NO_BYTE_PIECES when the tokenizer has
+    none), and the first values of the engine's work variables (pos 0, token BOS).
     """
-    lay = legacy_layout(layout.config)
+    c = layout.config
+    lay = legacy_layout(c)
     base = layout.checkpoint_addr
-    fields = bytes(36) + struct.pack("<IHHI", layout.memory_end, stop_id,
-                                     NO_BYTE_PIECES if byte_base is None else byte_base, layout.kv_addr)
+    hs = c.head_size
+    fields = struct.pack("<8I", hs, 4 * hs, layout.rope_row_bytes, c.kv_dim, 4 * c.kv_dim,
+                         c.n_layers * 2 * c.kv_dim * 4, c.vocab_size, c.n_heads // c.n_kv_heads)
+    fields += struct.pack("<IIII", layout.data_lba, layout.memory_end, stop_id, layout.kv_addr)
     fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], layout.rope_addr,
                           layout.rope_fi_offset,
                           layout.tokenizer_addr + 4, layout.logits_addr, layout.prompt_addr,
                           steps, temperature, seed & (2**64 - 1),
                           DATA + layout.chunks * CHUNK * SECTOR)  # where the loader stops
     fields += struct.pack("<I", layout.table_addr)
-    assert len(fields) <= FIELDS - 32  # the engine keeps its variables in the last 32 (zero) bytes
-    return bytes(SECTOR - FIELDS) + fields + bytes(FIELDS - len(fields))
+    # sqrtf(head_size), the fix-up (0 here), head_size / 2, the id of <0x00>, one spare, then pos,
+    # the table pointer, BOS
+    fields += struct.pack("<fIIIIIII", _sqrtf(hs), 0, hs // 2, NO_BYTE_PIECES if byte_base is None else byte_base,
+                          0, 0, 0, BOS)
+    assert len(fields) == FIELDS
+    return bytes(SECTOR - FIELDS) + fields
+
+
+def _sqrtf(n: int) -> float:
+    """sqrtf(n) as run.c computes it: the float32 nearest to the square root. The double root is
+    correctly rounded, and rounding it again to float32 gives the correctly rounded float32 root
+    (a double has more than 2 * 24 + 2 bits, enough for square roots); no NumPy: the web page
+    builds images under Pyodide."""
+    return struct.unpack("<f", struct.pack("<f", math.sqrt(n)))[0]
 
 
 @dataclass(frozen=True)
@@ -434,27 +451,35 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         rope = rope_region(checkpoint, config)
     elif len(rope) != rope_bytes(config):
         raise BootllamaError("the rotation values given do not fit this checkpoint")
-    with atomic_write(out, inputs=image_inputs(checkpoint, tokenizer_path)) as f:
+    with atomic_write(out, inputs=image_inputs(checkpoint, tokenizer_path)) as raw:
         boot = mbr(engine.code, layout, zlib.crc32(man))
-        f.write(boot)
-        f.write(bytes(layout.data_lba * SECTOR - len(engine.code)))  # zeros up to the manifest's LBA
-        man_at = f.tell()
+        raw.write(boot)
+        raw.write(bytes(layout.data_lba * SECTOR - len(engine.code)))  # zeros up to the manifest's LBA
+        man_at = raw.tell()
+        f = DwordSum(raw)  # the data area, summed as the engine's data check sums it
         f.write(man)
         parts = [Part("engine", 0, len(boot), zlib.crc32(boot)),
                  Part("manifest", man_at + SECTOR - FIELDS, FIELDS, fields_crc(man))]
         for name, path in (("checkpoint", checkpoint), ("tokenizer", tokenizer_path)):
-            at = f.tell()
+            at = raw.tell()
             crc, n = _copy_padded(path, f)
             parts.append(Part(name, at, n, crc))
         table_bytes = table(layout)
         for name, data in (("prompt ids", struct.pack(f"<{len(ids)}i", *ids[1:], 0)), ("address table", table_bytes),
                            ("RoPE values", rope)):
-            parts.append(Part(name, f.tell(), len(data), zlib.crc32(data)))
+            parts.append(Part(name, raw.tell(), len(data), zlib.crc32(data)))
             f.write(data + bytes(_pad(len(data)) - len(data)))
-        f.truncate(layout.disk_sectors * SECTOR)
+        raw.truncate(layout.disk_sectors * SECTOR)  # (zeros: they add nothing to the sum)
         # the checksums go into the manifest sector's first bytes, which the engine never reads
-        f.seek(man_at)
-        f.write(pack_record(parts, layout.data_lba, layout.disk_sectors * SECTOR))
+        # (they replace zeros there, so their dwords join the sum)
+        record = pack_record(parts, layout.data_lba, layout.disk_sectors * SECTOR)
+        raw.seek(man_at)
+        raw.write(record)
+        record += bytes(-len(record) % 4)
+        total = f.total + sum(struct.unpack(f"<{len(record) // 4}I", record))
+        # the very last step: the fix-up that makes the engine's sum over DATA..M_END come out 0
+        raw.seek(man_at + FIX_AT)
+        raw.write(struct.pack("<I", data_fixup(total)))
     return Image(Path(out), layout, engine, ids, steps)
 
 
@@ -462,6 +487,47 @@ def image_inputs(checkpoint: str | os.PathLike[str], tokenizer: str | os.PathLik
     """The files an image is built from, by what they are (for atomic_write's refusal)."""
     return {"checkpoint": Path(checkpoint), "tokenizer": Path(tokenizer),
             "tokenizer's sidecar": sidecar_path(tokenizer)}
+
+
+FIX_AT = SECTOR - 28  # engine.inc's M_FIX (ebp-28): the data check's fix-up, in the manifest sector
+
+
+class DwordSum:
+    """A writer that passes bytes on and keeps the additive sum (mod 2^32) of their little-endian
+    dwords, as the engine's data check adds them up; ``total`` counts whole dwords only."""
+
+    def __init__(self, f) -> None:  # type: ignore[no-untyped-def]
+        self.f = f
+        self.total = 0
+        self.rest = b""
+
+    def write(self, data: bytes) -> None:
+        self.f.write(data)
+        buf = self.rest + data
+        n = len(buf) & ~3
+        self.total = (self.total + sum(struct.unpack_from(f"<{n // 4}I", buf))) & 0xFFFFFFFF if n else self.total
+        self.rest = buf[n:]
+
+
+def data_fixup(total: int) -> int:
+    """The M_FIX dword for a data area whose dwords (with M_FIX = 0) sum to ``total``: the engine
+    seeds its sum with DATA (so an area of zeros fails) and wants 0 (mod 2^32)."""
+    return -(total + DATA) & 0xFFFFFFFF
+
+
+def data_sum(path: str | os.PathLike[str], layout: Layout) -> int:
+    """The engine's data check over an image: DATA plus the dwords from the manifest's LBA to
+    the loader's end (M_END), mod 2^32; 0 for an intact image."""
+    total = DATA
+    with open(path, "rb") as f:
+        f.seek(layout.data_lba * SECTOR)
+        left = layout.chunks * CHUNK * SECTOR
+        while left:
+            block = f.read(min(left, 1 << 20))
+            block += bytes(min(left, 1 << 20) - len(block))  # (past the file's end: the read fails anyway)
+            total += sum(struct.unpack(f"<{len(block) // 4}I", block))
+            left -= len(block)
+    return total & 0xFFFFFFFF
 
 
 def _chs(lba: int) -> bytes:
@@ -512,7 +578,7 @@ _RECORD_HEAD = struct.Struct("<16sHHHHIQ")
 _RECORD_PART = struct.Struct("<16sQII")
 # the byte in the manifest sector where the engine's data-check fix-up dword goes (branch golf),
 # written after the record: the manifest's CRC32 reads it as zero. None: no fix-up dword.
-FIXUP_AT: int | None = None
+FIXUP_AT: int | None = FIX_AT
 
 
 @dataclass(frozen=True)
