@@ -9,7 +9,9 @@ record's own CRC32, then every part, and checks that the manifest's address fiel
 the record says the parts are. A damaged part is named; nothing is repaired.
 
 What it cannot see: damage to the zero padding between parts (nothing reads it), and a stick
-whose record and part were both rewritten consistently.
+whose record and part were both rewritten consistently. The data check's fix-up dword, written
+after the record, is outside every CRC: verify checks it as the engine does, by the sum of the
+data area's dwords.
 """
 
 from __future__ import annotations
@@ -74,6 +76,23 @@ def find_record(f, size: int) -> tuple[int, image.Record]:  # type: ignore[no-un
                          "before `bootllama verify` existed")
 
 
+def _data_sum(f, data_at: int, sector: bytes) -> int:  # type: ignore[no-untyped-def]
+    """The engine's data check (image.data_sum) over the data area at ``data_at``, up to the
+    loader's end that the manifest ``sector`` gives (M_END, ebp-40): 0 for an intact image."""
+    end = struct.unpack_from("<I", sector, image.SECTOR - 40)[0]
+    total = image.DATA
+    f.seek(data_at)
+    left = max(0, end - image.DATA)
+    while left:
+        block = f.read(min(left, 1 << 20))
+        block += bytes(-len(block) % 4)
+        if not block:
+            break
+        total += sum(struct.unpack(f"<{len(block) // 4}I", block))
+        left -= min(left, 1 << 20)
+    return total & 0xFFFFFFFF
+
+
 def verify(path: str | os.PathLike[str]) -> tuple[list[image.Part], list[str]]:
     """(the parts the record lists, the names of the damaged ones, in disk order). Raises
     BootllamaError for a file that is no image, a truncated image or a damaged record."""
@@ -85,10 +104,13 @@ def verify(path: str | os.PathLike[str]) -> tuple[list[image.Part], list[str]]:
         by_name = {p.name: p for p in record.parts}
         if set(by_name) != {"engine", "manifest", *(name for _, name, _ in _ADDRESS_FIELDS)}:
             raise BootllamaError("its verify record lists other parts than this bootllama writes")
-        damaged = [p.name for p in record.parts if _crc(f, p.offset, p.length) != p.crc]
-        # the manifest's own fields must point where the record says the parts are
+        damaged = [p.name for p in record.parts if p.name != "manifest" and _crc(f, p.offset, p.length) != p.crc]
         man = by_name["manifest"]
         sector = _read(f, man.offset - (image.SECTOR - image.FIELDS), image.SECTOR)
+        # the data check's fix-up is written after the record: the manifest's CRC reads it as zero
+        if len(sector) < image.SECTOR or image.fields_crc(sector, record.fixup_at) != man.crc:
+            damaged.append("manifest")
+        # the manifest's own fields must point where the record says the parts are
         if man.offset - (image.SECTOR - image.FIELDS) != man_at and sector != _read(f, man_at, image.SECTOR):
             damaged.append("manifest")  # the boot read's copy of the manifest differs from the data area's
         data_at = record.data_lba * image.SECTOR
@@ -96,6 +118,8 @@ def verify(path: str | os.PathLike[str]) -> tuple[list[image.Part], list[str]]:
             addr = struct.unpack_from("<I", sector, at)[0]
             if addr - image.DATA + data_at != by_name[name].offset + skip and "manifest" not in damaged:
                 damaged.append("manifest")
+        if not damaged and record.fixup_at and _data_sum(f, data_at, sector) != 0:
+            damaged.append("manifest")  # only the fix-up itself (outside every CRC) can be wrong here
     order = [p.name for p in record.parts]
     return record.parts, sorted(set(damaged), key=order.index)
 
