@@ -38,13 +38,14 @@ import struct
 import subprocess
 import tempfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bootllama.checkpoint import Config, atomic_write, legacy_layout, read_legacy_config, tensor_shapes
 from bootllama.errors import BootllamaError
+from bootllama.fat import Volume
 from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece
 
 if TYPE_CHECKING:
@@ -69,6 +70,12 @@ NO_BYTE_PIECES = 0xFF00
 MBR_SIGNATURE_AT = 440
 MBR_TABLE_AT = 446
 PARTITION_TYPE = 0xDA
+# the image that boots both ways: an EFI System Partition (its MBR type) from LBA ESP_LBA, past
+# the legacy boot read's 64 sectors, holding the UEFI engine and the data area as one file
+ESP_TYPE = 0xEF
+ESP_LBA = 64
+EFI_FILE = "EFI/BOOT/BOOTX64.EFI"
+DATA_FILE = "LLAMA.BIN"
 
 
 def asm_source() -> Path:
@@ -145,6 +152,69 @@ def assemble(defines: tuple[str, ...] = (), source: Path | None = None) -> Engin
     if len(code) % SECTOR or code[510:512] != b"\x55\xaa":
         raise BootllamaError("assembled engine is not a boot sector (no 0x55AA at byte 510)")
     return Engine(code, sizes, defines, symbols)
+
+
+@dataclass(frozen=True)
+class UefiEngine:
+    """The assembled UEFI engine (\\EFI\\BOOT\\BOOTX64.EFI): its bytes and its routine sizes."""
+
+    code: bytes
+    sizes: list[tuple[str, int]]  # (label, bytes) in each section's address order
+    defines: tuple[str, ...]
+    symbols: dict[str, int] = field(default_factory=dict)
+
+
+UEFI_HEADER = 512  # the PE32+ header: its own sector (the file alignment)
+
+
+def assemble_uefi(defines: tuple[str, ...] = ()) -> UefiEngine:
+    """Assemble uefi.asm (engine.inc inside, with the legacy build's ``defines``) into a PE32+
+    UEFI application, padded to its file alignment."""
+    src = asm_source().with_name("uefi.asm")
+    if not src.is_file():
+        raise BootllamaError("uefi.asm is missing from the bootllama installation")
+    if not src.with_name("engine.inc").is_file():
+        defines = (*defines, "TESTPAYLOAD")  # until the shared forward pass exists: a payload of its own
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp, "uefi.efi")
+        pre = Path(tmp, "map.asm")
+        pre.write_text(f"[map all {Path(tmp, 'uefi.map')}]\n")
+        cmd = [nasm(), "-f", "bin", "-o", str(out), f"-P{pre}", f"-I{src.parent}{os.sep}"]
+        cmd += [f"-D{d}" for d in defines] + [str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BootllamaError(f"nasm failed on uefi.asm: {proc.stderr.strip().splitlines()[0]}")
+        code = out.read_bytes()
+        sizes, symbols = _uefi_sizes(Path(tmp, "uefi.map").read_text(), len(code))
+    size_of_raw = struct.unpack_from("<I", code, 0x40 + 24 + 4)[0]  # the optional header's SizeOfCode
+    if code[:2] != b"MZ" or len(code) > UEFI_HEADER + size_of_raw:
+        raise BootllamaError("assembled UEFI engine is not a PE32+ image of the size its header says")
+    code += bytes(UEFI_HEADER + size_of_raw - len(code))
+    return UefiEngine(code, sizes, defines, symbols)
+
+
+def _uefi_sizes(map_text: str, total: int) -> tuple[list[tuple[str, int]], dict[str, int]]:
+    """Bytes per top-level label of uefi.asm (local .labels fold into their parent), from NASM's
+    map: the summary gives each section's file extent, the symbol part each label's file
+    position ("real") and address ("virtual"); a label runs to the next one in its section or
+    to the section's end (alignment padding at a section's end counts nowhere)."""
+    stops = {name: int(stop, 16) for stop, name in
+             re.findall(r"^\s*[0-9A-F]+\s+[0-9A-F]+\s+([0-9A-F]+)\s+[0-9A-F]+\s+progbits\s+(\w+)$", map_text, re.M)}
+    symbols_part = map_text[map_text.index("-- Symbols"):]
+    rows: list[tuple[str, int]] = []
+    symbols: dict[str, int] = {}
+    for name, body in re.findall(r"---- Section (\w+) -+\n(.*?)(?=\n---- Section |\Z)", symbols_part, re.S):
+        labels = sorted((int(real, 16), sym) for real, virt, sym in
+                        re.findall(r"^\s*([0-9A-F]+)\s+([0-9A-F]+)\s+([A-Za-z_]\w*)$", body, re.M))
+        for real, virt, sym in re.findall(r"^\s*([0-9A-F]+)\s+([0-9A-F]+)\s+([A-Za-z_]\w*)$", body, re.M):
+            symbols[sym] = int(virt, 16)
+            del real
+        end = stops.get(name, total)
+        for i, (real, sym) in enumerate(labels):
+            nxt = labels[i + 1][0] if i + 1 < len(labels) else end
+            if nxt > real:
+                rows.append((sym, nxt - real))
+    return rows, symbols
 
 
 # listing lines: line number, [address, bytes], [<n> for included files], source
@@ -254,6 +324,20 @@ class Layout:
     disk_sectors: int
     table_addr: int = 0  # the engine's per-layer address table (see table())
     rope_addr: int = 0  # run.c's rotation values: fcr rows, then fci rows (see rope_region())
+    esp_lba: int = 0  # the EFI System Partition (0: a legacy-only image, the data area at data_lba)
+    esp_sectors: int = 0
+    efi_size: int = 0  # bytes of \EFI\BOOT\BOOTX64.EFI
+
+    @property
+    def data_bytes(self) -> int:
+        """The data area as the loader reads it (whole chunks): the ESP's data file."""
+        return self.chunks * CHUNK * SECTOR
+
+    def volume(self) -> Volume:
+        """The ESP's file system (a UEFI layout only)."""
+        if not self.esp_lba:
+            raise BootllamaError("a legacy-only image has no EFI System Partition")
+        return Volume(((DATA_FILE, self.data_bytes), (EFI_FILE, self.efi_size)), self.esp_lba)
 
     @property
     def rope_row_bytes(self) -> int:
@@ -308,6 +392,18 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     read_end = data_lba + ((last_lba - data_lba) // CHUNK + 1) * CHUNK
     disk = _pad(read_end, CYLINDER)
     return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk, table, rope)
+
+
+def plan_esp(layout: Layout, efi_size: int) -> Layout:
+    """The layout of an image that boots both ways: the data area moves into the EFI System
+    Partition as one contiguous file (DATA_FILE, its first LBA the manifest's M_DLBA) beside
+    the UEFI engine (EFI_FILE); LBA MANIFEST_LBA and the one after it keep a copy of the
+    manifest sector and of the checkpoint's first sector for the legacy engine's boot read."""
+    lay = replace(layout, esp_lba=ESP_LBA, efi_size=efi_size)
+    vol = lay.volume()
+    data_lba = vol.file_lba(DATA_FILE)
+    return replace(lay, data_lba=data_lba, last_lba=data_lba + layout.last_lba - layout.data_lba,
+                   esp_sectors=vol.sectors, disk_sectors=_pad(ESP_LBA + vol.sectors, CYLINDER))
 
 
 def rope_bytes(config: Config) -> int:
@@ -405,10 +501,13 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
                 out: str | os.PathLike[str], prompt: str | bytes | None = None, steps: int = 0,
                 temperature: float = 0.0, seed: int = 0,
                 engine: Engine | None = None, rope: bytes | None = None,
-                manifest_lba: int = MANIFEST_LBA) -> Image:
+                manifest_lba: int = MANIFEST_LBA, uefi: bool | bytes = True) -> Image:
     """Lay out a bootable raw disk image (written atomically). ``rope``: this checkpoint's
     rope_region(), when the caller has it already; ``manifest_lba``: for engines from before
-    MLBA (bench/speedup.py's old one reads its manifest right after its sectors)."""
+    MLBA (bench/speedup.py's old one reads its manifest right after its sectors); ``uefi``:
+    True (assemble the UEFI engine with the legacy engine's defines) or its bytes give the
+    image that boots both ways (plan_esp), False the legacy-only one (the data at LBA
+    ``manifest_lba``: the web page's, which has no NASM, and old engines')."""
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
@@ -424,13 +523,36 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         engine = assemble(("SAMPLING",) if temperature > 0 else ())
     if temperature > 0 and "sample" not in engine.symbols:
         raise BootllamaError("this engine build samples greedily only; assemble it with -DSAMPLING")
+    efi = assemble_uefi(engine.defines).code if uefi is True else uefi or None
     ckpt_size = os.path.getsize(checkpoint)
     tok_size = os.path.getsize(tokenizer_path)
     layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba)
+    if efi is not None:
+        if manifest_lba != MANIFEST_LBA or engine.sectors > MANIFEST_LBA:
+            raise BootllamaError("an image with an EFI System Partition needs the manifest's copy at LBA "
+                                 f"{MANIFEST_LBA}, after the engine's sectors")
+        layout = plan_esp(layout, len(efi))
+    if rope is None:
+        rope = rope_region(checkpoint, config)
+    elif len(rope) != rope_bytes(config):
+        raise BootllamaError("the rotation values given do not fit this checkpoint")
     man = manifest(layout, ids, steps, temperature, seed, stop_id=tok.stop_id, byte_base=byte_base)
     with atomic_write(out) as f:
         f.write(mbr(engine.code, layout, zlib.crc32(man)))
-        f.write(bytes(layout.data_lba * SECTOR - len(engine.code)))  # zeros up to the manifest's LBA
+        if efi is not None:
+            # the legacy boot read's copies: the manifest sector and the checkpoint's first sector
+            f.write(bytes(MANIFEST_LBA * SECTOR - len(engine.code)))
+            f.write(man)
+            with open(checkpoint, "rb") as src:
+                first = src.read(SECTOR)
+            f.write(first + bytes(SECTOR - len(first)))
+            vol = layout.volume()
+            for offset, data in vol.metadata():
+                f.seek(layout.esp_lba * SECTOR + offset)
+                f.write(data)
+            f.seek(layout.esp_lba * SECTOR + vol.offset(EFI_FILE))
+            f.write(efi)
+        f.seek(layout.data_lba * SECTOR)  # the data area, written once (in the ESP: its data file)
         f.write(man)
         _copy_padded(checkpoint, f)
         _copy_padded(tokenizer_path, f)
@@ -438,10 +560,6 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         f.write(prompt_bytes + bytes(_pad(len(prompt_bytes)) - len(prompt_bytes)))
         table_bytes = table(layout)
         f.write(table_bytes + bytes(_pad(len(table_bytes)) - len(table_bytes)))
-        if rope is None:
-            rope = rope_region(checkpoint, config)
-        elif len(rope) != rope_bytes(config):
-            raise BootllamaError("the rotation values given do not fit this checkpoint")
         f.write(rope + bytes(_pad(len(rope)) - len(rope)))
         f.truncate(layout.disk_sectors * SECTOR)
     return Image(Path(out), layout, engine, ids, steps)
@@ -458,11 +576,14 @@ def _chs(lba: int) -> bytes:
 
 def mbr(code: bytes, layout: Layout, disk_signature: int) -> bytes:
     """The engine's sectors with sector 0 made a valid MBR: the disk signature, and partition
-    entry 0 active (0x80), of type 0xDA, covering the data area to the end of the disk."""
+    entry 0 active (0x80), of type 0xDA, covering the data area to the end of the disk (an
+    image with an ESP: of type 0xEF, covering the ESP's file system)."""
     if any(code[MBR_SIGNATURE_AT:510]):
         raise BootllamaError("the engine's boot code runs into the MBR's partition table")
-    first, count = layout.data_lba, layout.disk_sectors - layout.data_lba
-    entry = bytes((0x80,)) + _chs(first) + bytes((PARTITION_TYPE,)) + _chs(first + count - 1)
+    first, count, kind = layout.data_lba, layout.disk_sectors - layout.data_lba, PARTITION_TYPE
+    if layout.esp_lba:  # the EFI System Partition instead
+        first, count, kind = layout.esp_lba, layout.esp_sectors, ESP_TYPE
+    entry = bytes((0x80,)) + _chs(first) + bytes((kind,)) + _chs(first + count - 1)
     entry += struct.pack("<II", first, count)
     out = bytearray(code)
     out[MBR_SIGNATURE_AT:MBR_SIGNATURE_AT + 4] = struct.pack("<I", disk_signature)
