@@ -247,6 +247,9 @@ efi_main:
     cmp ebx, CON_MAX
     jb .cls
 .cleared:
+    mov al, 12                  ; a form feed on COM1 alone: the firmware's
+    call com1                   ; text ends, the engine's begins (harnesses
+                                ; drop what came before it)
 
     mov rcx, [rsp+L_IMAGE]      ; the data file: LoadedImage ...
     lea rdx, [guid_loaded_image]
@@ -506,14 +509,7 @@ emit:
     push rsi
     sub rsp, 0x28               ; shadow space, the UTF-16 string at 0x20
     mov ebx, eax
-    mov dx, 0x3fd               ; COM1's line status
-.tx:
-    in al, dx
-    test al, 0x20               ; transmitter holding register empty
-    jz .tx                      ; (no UART: the bus reads 0xFF)
-    mov dx, 0x3f8
-    mov al, bl
-    out dx, al
+    call com1
     movzx eax, bl
     mov ecx, [rdi+C_UTF8]       ; the decoder
     mov dword [rdi+C_UTF8], 0
@@ -580,6 +576,19 @@ emit:
     add rsp, 0x28
     pop rsi
     pop rbx
+    ret
+
+; ---- com1: al to COM1, once its transmitter is free (keeps al) -------------
+com1:
+    push rax
+    mov dx, 0x3fd               ; COM1's line status
+.tx:
+    in al, dx
+    test al, 0x20               ; transmitter holding register empty
+    jz .tx                      ; (no UART: the bus reads 0xFF)
+    pop rax
+    mov dx, 0x3f8
+    out dx, al
     ret
 
 guid_loaded_image:              ; EFI_LOADED_IMAGE_PROTOCOL
