@@ -172,3 +172,28 @@ def test_too_little_memory_gives_ram_message(tmp_path: Path, engine: image.Engin
     with pytest.raises(BootllamaError, match="!RAM"):
         pcs.boot("qemu-uefi", img.path, img.layout, timeout=120)
     assert time.monotonic() - t0 < 60  # seconds of firmware boot, never a hang
+
+
+def test_putc_thunk_keeps_the_engines_state(tmp_path: Path, engine: image.Engine) -> None:
+    # the mechanism alone: a 32-bit payload in engine.inc's place, entered as engine.inc is, prints
+    # through putc's far call and 64-bit thunk and checks every register, xmm0..7 and the x87
+    # stack after each byte, then exits
+    app = image.assemble_uefi(("TESTPAYLOAD",))
+    img = image.build_image(CKPT, TOK, tmp_path / "a.img", steps=4, engine=engine, uefi=app)
+    result = pcs.boot("qemu-uefi", img.path, img.layout, timeout=120)
+    assert result.text == b"putc kept every register\n"
+    assert result.exit_status == pcs.EXIT_DONE and result.dots == b"." * img.layout.chunks
+
+
+def test_uefi_size_table() -> None:
+    app = image.assemble_uefi()
+    parts = dict(image.uefi_part_sizes(app))
+    assert parts["PE header"] == app.header_bytes == 64 + 24 + 240 + 40  # DOS stub, PE, optional, section
+    assert sum(parts.values()) - parts["PE header"] == app.code_bytes
+    assert len(app.code) == 512 + -(-(app.code_bytes + 64) // 512) * 512 or len(app.code) % 512 == 0
+    assert "UEFI loader" in parts and "mode switch" in parts
+    assert "test payload" not in parts  # the shared forward pass, not the test's
+    assert app.code_bytes <= UEFI_BUDGET, f"UEFI engine grew to {app.code_bytes} bytes"
+
+
+UEFI_BUDGET = 4000  # code bytes, PE header apart (measured: see README's Size)

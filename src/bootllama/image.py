@@ -162,6 +162,17 @@ class UefiEngine:
     sizes: list[tuple[str, int]]  # (label, bytes) in each section's address order
     defines: tuple[str, ...]
     symbols: dict[str, int] = field(default_factory=dict)
+    sections: dict[str, str] = field(default_factory=dict)  # label -> uefi.asm's section
+
+    @property
+    def header_bytes(self) -> int:
+        """The PE32+ header's bytes (its sector, padding excluded)."""
+        return sum(n for name, n in self.sizes if self.sections[name] == "hdr")
+
+    @property
+    def code_bytes(self) -> int:
+        """The UEFI engine's size: everything NASM assembles but the PE header and padding."""
+        return sum(n for name, n in self.sizes if self.sections[name] != "hdr")
 
 
 UEFI_HEADER = 512  # the PE32+ header: its own sector (the file alignment)
@@ -185,24 +196,26 @@ def assemble_uefi(defines: tuple[str, ...] = ()) -> UefiEngine:
         if proc.returncode != 0:
             raise BootllamaError(f"nasm failed on uefi.asm: {proc.stderr.strip().splitlines()[0]}")
         code = out.read_bytes()
-        sizes, symbols = _uefi_sizes(Path(tmp, "uefi.map").read_text(), len(code))
+        sizes, symbols, sections = _uefi_sizes(Path(tmp, "uefi.map").read_text(), len(code))
     size_of_raw = struct.unpack_from("<I", code, 0x40 + 24 + 4)[0]  # the optional header's SizeOfCode
     if code[:2] != b"MZ" or len(code) > UEFI_HEADER + size_of_raw:
         raise BootllamaError("assembled UEFI engine is not a PE32+ image of the size its header says")
     code += bytes(UEFI_HEADER + size_of_raw - len(code))
-    return UefiEngine(code, sizes, defines, symbols)
+    return UefiEngine(code, sizes, defines, symbols, sections)
 
 
-def _uefi_sizes(map_text: str, total: int) -> tuple[list[tuple[str, int]], dict[str, int]]:
+def _uefi_sizes(map_text: str, total: int) -> tuple[list[tuple[str, int]], dict[str, int], dict[str, str]]:
     """Bytes per top-level label of uefi.asm (local .labels fold into their parent), from NASM's
     map: the summary gives each section's file extent, the symbol part each label's file
     position ("real") and address ("virtual"); a label runs to the next one in its section or
-    to the section's end (alignment padding at a section's end counts nowhere)."""
+    to the section's end.  Labels named ``*_end`` and _MARKERS mark places (the padding after
+    them counts nowhere)."""
     stops = {name: int(stop, 16) for stop, name in
              re.findall(r"^\s*[0-9A-F]+\s+[0-9A-F]+\s+([0-9A-F]+)\s+[0-9A-F]+\s+progbits\s+(\w+)$", map_text, re.M)}
     symbols_part = map_text[map_text.index("-- Symbols"):]
     rows: list[tuple[str, int]] = []
     symbols: dict[str, int] = {}
+    sections: dict[str, str] = {}
     for name, body in re.findall(r"---- Section (\w+) -+\n(.*?)(?=\n---- Section |\Z)", symbols_part, re.S):
         labels = sorted((int(real, 16), sym) for real, virt, sym in
                         re.findall(r"^\s*([0-9A-F]+)\s+([0-9A-F]+)\s+([A-Za-z_]\w*)$", body, re.M))
@@ -210,11 +223,46 @@ def _uefi_sizes(map_text: str, total: int) -> tuple[list[tuple[str, int]], dict[
             symbols[sym] = int(virt, 16)
             del real
         end = stops.get(name, total)
+        labels = [(real, sym) for real, sym in labels if real < end]
         for i, (real, sym) in enumerate(labels):
             nxt = labels[i + 1][0] if i + 1 < len(labels) else end
-            if nxt > real:
+            if nxt > real and not sym.endswith("_end") and sym not in _MARKERS:
                 rows.append((sym, nxt - real))
-    return rows, symbols
+                sections[sym] = name
+    return rows, symbols, sections
+
+
+_MARKERS = ("eng_image", "thunk_image")  # where section eng's and thunk's bytes are in the file
+# the UEFI engine's own parts (the rest are engine.inc's, named as in PARTS)
+UEFI_PARTS = {
+    "PE header": ("hdr",),  # sections of uefi.asm
+    "UEFI loader": ("text",),
+    "mode switch": ("thunk", "uefi_entry", "putc", "exit"),  # a section, and the 32-bit stubs
+    "test payload": ("engine_start", "test_msg"),  # -DTESTPAYLOAD only
+}
+
+
+def uefi_part_sizes(uefi: UefiEngine) -> list[tuple[str, int]]:
+    """Bytes per part of the UEFI engine: its PE header, loader and mode switch, then engine.inc's
+    routines by PARTS (the header first; code_bytes is the sum of the others)."""
+    own = {name: part for part, names in UEFI_PARTS.items() for name in names}
+    part_of = {name: part for part, names in PARTS.items() for name in names}
+    totals = dict.fromkeys([*UEFI_PARTS, *PARTS], 0)
+    test = "TESTPAYLOAD" in uefi.defines
+    for name, size in uefi.sizes:
+        section = uefi.sections[name]
+        part = own.get(section) or (own.get(name) if name not in part_of or test else None) or part_of.get(name)
+        if part is None:
+            raise BootllamaError(f"routine {name!r} of uefi.asm belongs to no part")
+        totals[part] += size
+    return [(part, n) for part, n in totals.items() if n]
+
+
+def format_uefi_size_table(uefi: UefiEngine) -> str:
+    parts = uefi_part_sizes(uefi)
+    return (f"UEFI engine: {uefi.code_bytes} code bytes, {uefi.header_bytes} of PE header apart; "
+            f"\\EFI\\BOOT\\BOOTX64.EFI {len(uefi.code)} bytes\nby part: "
+            + ", ".join(f"{part} {n}" for part, n in parts if part != "PE header"))
 
 
 # listing lines: line number, [address, bytes], [<n> for included files], source
@@ -495,17 +543,18 @@ class Image:
     engine: Engine
     prompt_ids: list[int]
     steps: int
+    uefi: UefiEngine | None = None  # the UEFI engine in its ESP (when assembled here or given)
 
 
 def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.PathLike[str],
                 out: str | os.PathLike[str], prompt: str | bytes | None = None, steps: int = 0,
                 temperature: float = 0.0, seed: int = 0,
                 engine: Engine | None = None, rope: bytes | None = None,
-                manifest_lba: int = MANIFEST_LBA, uefi: bool | bytes = True) -> Image:
+                manifest_lba: int = MANIFEST_LBA, uefi: bool | bytes | UefiEngine = True) -> Image:
     """Lay out a bootable raw disk image (written atomically). ``rope``: this checkpoint's
     rope_region(), when the caller has it already; ``manifest_lba``: for engines from before
     MLBA (bench/speedup.py's old one reads its manifest right after its sectors); ``uefi``:
-    True (assemble the UEFI engine with the legacy engine's defines) or its bytes give the
+    True (assemble the UEFI engine with the legacy engine's defines) or one (or its bytes) give the
     image that boots both ways (plan_esp), False the legacy-only one (the data at LBA
     ``manifest_lba``: the web page's, which has no NASM, and old engines')."""
     config = read_legacy_config(checkpoint)
@@ -523,7 +572,8 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         engine = assemble(("SAMPLING",) if temperature > 0 else ())
     if temperature > 0 and "sample" not in engine.symbols:
         raise BootllamaError("this engine build samples greedily only; assemble it with -DSAMPLING")
-    efi = assemble_uefi(engine.defines).code if uefi is True else uefi or None
+    app = assemble_uefi(engine.defines) if uefi is True else uefi or None
+    efi = app.code if isinstance(app, UefiEngine) else app
     ckpt_size = os.path.getsize(checkpoint)
     tok_size = os.path.getsize(tokenizer_path)
     layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba)
@@ -562,7 +612,7 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         f.write(table_bytes + bytes(_pad(len(table_bytes)) - len(table_bytes)))
         f.write(rope + bytes(_pad(len(rope)) - len(rope)))
         f.truncate(layout.disk_sectors * SECTOR)
-    return Image(Path(out), layout, engine, ids, steps)
+    return Image(Path(out), layout, engine, ids, steps, app if isinstance(app, UefiEngine) else None)
 
 
 def _chs(lba: int) -> bytes:

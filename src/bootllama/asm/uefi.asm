@@ -143,6 +143,7 @@ opt:
     dd relocs, relocs_end - relocs ; base relocations: one empty block
     times 10 dq 0
 opt_end:
+section_table:
     db ".text", 0, 0, 0
     dd text_mem_size            ; virtual size
     dd 0x1000                   ; virtual address
@@ -624,17 +625,61 @@ section eng progbits follows=text align=16 vstart=ENGINE_ORG
 eng_start:
 bits 32
 %ifdef TESTPAYLOAD
-VARS equ 0x9000 + SECT          ; (the test's: engine.inc defines it)
-engine_start:                   ; a test payload: a line through putc, then
-    mov esi, test_msg           ; exit 0
-.l: lodsb
+VARS equ 0x9200                 ; (engine.inc's)
+; A test of the mechanism and of putc's contract, in place of engine.inc:
+; from the documented entry state it prints test_msg through putc, checking
+; after every call that each register, xmm0..7 and the x87 stack are as
+; they were; then exit 0 ("!" and exit 7 at the first difference).
+engine_start:
+    cmp esp, 0x1000
+    jne .bad
+    cmp ebp, VARS
+    jne .bad
+    mov ebx, 0x01234567
+    mov ecx, 0x89abcdef
+    mov edx, 0x0badf00d
+    mov edi, 0xdeadbeef
+    mov esi, test_msg
+    mov eax, 0x3fc00000         ; 1.5f in every xmm register
+    movd xmm0, eax
+    pshufd xmm0, xmm0, 0
+    movdqa xmm7, xmm0
+    fld1                        ; 1.0 on the x87 stack
+.l: mov eax, 0x55aa5500
+    mov al, [esi]
     test al, al
     jz .e
+    push eax
     call putc
+    cmp eax, [esp]
+    pop eax
+    jne .bad
+    cmp ebx, 0x01234567
+    jne .bad
+    cmp ecx, 0x89abcdef
+    jne .bad
+    cmp edx, 0x0badf00d
+    jne .bad
+    cmp edi, 0xdeadbeef
+    jne .bad
+    pcmpeqd xmm7, xmm0          ; all ones where equal
+    pmovmskb eax, xmm7
+    movdqa xmm7, xmm0
+    cmp eax, 0xffff
+    jne .bad
+    inc esi
     jmp .l
-.e: mov al, 0
+.e: fld1
+    fcomip st0, st1             ; the 1.0 from before is still there
+    jne .bad
+    mov al, 0
     jmp exit
-test_msg: db "Hello from compatibility mode", 10, 0
+.bad:
+    mov al, '!'
+    call putc
+    mov al, 7
+    jmp exit
+test_msg: db "putc kept every register", 10, 0
 %else
 %include "engine.inc"
 %endif

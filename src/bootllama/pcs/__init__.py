@@ -37,6 +37,8 @@ def boot(name: str, image: str | os.PathLike[str], layout: Layout, *, timeout: f
     if name in QEMU_PCS:
         if QEMU_PCS[name] in qemu.UEFI_MACHINES and not layout.esp_lba:
             raise BootllamaError(f"{name} boots the UEFI engine, and this image has none (built legacy-only)")
+        if QEMU_PCS[name] in qemu.UEFI_MACHINES and cpu == "486":
+            raise BootllamaError(f"{name} is an x86-64 PC: the 486 build boots on the legacy PCs")
         return qemu.boot(image, layout.memory_mib, layout.chunks, accel=accel, timeout=timeout,
                          on_bytes=on_bytes, machine=QEMU_PCS[name], cpu=cpu)
     if cpu is not None:
