@@ -197,3 +197,38 @@ def test_uefi_size_table() -> None:
 
 
 UEFI_BUDGET = 4000  # code bytes, PE header apart (measured: see README's Size)
+
+
+def _same_bytes_but_calls_out(legacy: image.Engine, app: image.UefiEngine) -> int:
+    """engine.inc's bytes in both builds, at the same address: equal except the rel32 of the
+    calls and jumps to putc and exit (each engine's own, outside engine.inc).  Returns how many
+    such references differ."""
+    start = legacy.symbols["engine_start"]
+    assert app.symbols["engine_start"] == start
+    n = app.symbols["uefi_entry"] - start  # engine.inc's bytes: up to the UEFI engine's stubs
+    ours = legacy.code[start - image.ORG:start - image.ORG + n]
+    theirs = app.code[app.eng_offset:app.eng_offset + n]
+    assert len(ours) == len(theirs) == n
+    targets = ({legacy.symbols["putc"], legacy.symbols["exit"]}, {app.symbols["putc"], app.symbols["exit"]})
+    i = refs = 0
+    while i < n:
+        if ours[i] == theirs[i]:
+            i += 1
+            continue
+        for field in range(max(i - 3, 0), min(i, n - 4) + 1):  # the rel32 field holding byte i
+            rel_o = struct.unpack_from("<i", ours, field)[0]
+            rel_t = struct.unpack_from("<i", theirs, field)[0]
+            if (start + field + 4 + rel_o) in targets[0] and (start + field + 4 + rel_t) in targets[1]:
+                break
+        else:
+            raise AssertionError(f"engine.inc's bytes differ at {start + i:#x}, not in a call to putc or exit")
+        refs += 1
+        i = field + 4
+    return refs
+
+
+def test_both_engines_run_the_same_forward_pass_bytes(engine: image.Engine) -> None:
+    app = image.assemble_uefi(engine.defines, engine.symbols["engine_start"])
+    assert _same_bytes_but_calls_out(engine, app) > 0
+    sampling = image.assemble(("SAMPLING",))
+    assert _same_bytes_but_calls_out(sampling, image.assemble_uefi(("SAMPLING",))) > 0

@@ -163,6 +163,7 @@ class UefiEngine:
     defines: tuple[str, ...]
     symbols: dict[str, int] = field(default_factory=dict)
     sections: dict[str, str] = field(default_factory=dict)  # label -> uefi.asm's section
+    eng_offset: int = 0  # where section eng (engine.inc's bytes first) is in the file
 
     @property
     def header_bytes(self) -> int:
@@ -178,14 +179,22 @@ class UefiEngine:
 UEFI_HEADER = 512  # the PE32+ header: its own sector (the file alignment)
 
 
-def assemble_uefi(defines: tuple[str, ...] = ()) -> UefiEngine:
+def assemble_uefi(defines: tuple[str, ...] = (), engine_org: int | None = None,
+                  source: Path | None = None) -> UefiEngine:
     """Assemble uefi.asm (engine.inc inside, with the legacy build's ``defines``) into a PE32+
-    UEFI application, padded to its file alignment."""
-    src = asm_source().with_name("uefi.asm")
+    UEFI application, padded to its file alignment.  engine.inc's bytes go to ``engine_org``,
+    the address they have in the legacy build (None: assemble that build to find it), so that
+    both engines run the same bytes."""
+    src = source or asm_source().with_name("uefi.asm")
     if not src.is_file():
         raise BootllamaError("uefi.asm is missing from the bootllama installation")
     if not src.with_name("engine.inc").is_file():
         defines = (*defines, "TESTPAYLOAD")  # until the shared forward pass exists: a payload of its own
+    legacy = tuple(d for d in defines if d != "TESTPAYLOAD")
+    if engine_org is None and "TESTPAYLOAD" not in defines:
+        engine_org = assemble(legacy, src.with_name("sector.asm")).symbols["engine_start"]
+    if engine_org is not None:
+        defines = (*defines, f"ENGINE_ORG={engine_org:#x}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp, "uefi.efi")
         pre = Path(tmp, "map.asm")
@@ -196,12 +205,19 @@ def assemble_uefi(defines: tuple[str, ...] = ()) -> UefiEngine:
         if proc.returncode != 0:
             raise BootllamaError(f"nasm failed on uefi.asm: {proc.stderr.strip().splitlines()[0]}")
         code = out.read_bytes()
-        sizes, symbols, sections = _uefi_sizes(Path(tmp, "uefi.map").read_text(), len(code))
+        map_text = Path(tmp, "uefi.map").read_text()
+        sizes, symbols, sections = _uefi_sizes(map_text, len(code))
+        m = re.search(r"^\s*[0-9A-F]+\s+([0-9A-F]+)\s+[0-9A-F]+\s+[0-9A-F]+\s+progbits\s+eng$", map_text, re.M)
+        if m is None:
+            raise BootllamaError("NASM's map of uefi.asm has no section eng")
     size_of_raw = struct.unpack_from("<I", code, 0x40 + 24 + 4)[0]  # the optional header's SizeOfCode
     if code[:2] != b"MZ" or len(code) > UEFI_HEADER + size_of_raw:
         raise BootllamaError("assembled UEFI engine is not a PE32+ image of the size its header says")
+    if engine_org is not None and symbols.get("engine_start") != engine_org:
+        raise BootllamaError("engine.inc's first byte is not engine_start: its bytes would not sit where the "
+                             "legacy build has them")
     code += bytes(UEFI_HEADER + size_of_raw - len(code))
-    return UefiEngine(code, sizes, defines, symbols, sections)
+    return UefiEngine(code, sizes, defines, symbols, sections, int(m.group(1), 16))
 
 
 def _uefi_sizes(map_text: str, total: int) -> tuple[list[tuple[str, int]], dict[str, int], dict[str, str]]:
@@ -572,7 +588,7 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         engine = assemble(("SAMPLING",) if temperature > 0 else ())
     if temperature > 0 and "sample" not in engine.symbols:
         raise BootllamaError("this engine build samples greedily only; assemble it with -DSAMPLING")
-    app = assemble_uefi(engine.defines) if uefi is True else uefi or None
+    app = assemble_uefi(engine.defines, engine.symbols.get("engine_start")) if uefi is True else uefi or None
     efi = app.code if isinstance(app, UefiEngine) else app
     ckpt_size = os.path.getsize(checkpoint)
     tok_size = os.path.getsize(tokenizer_path)

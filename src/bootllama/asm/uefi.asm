@@ -49,10 +49,9 @@ default rel
 ENGINE_ORG equ 0x7E00           ; where the engine's bytes go (its legacy org)
 %endif
 SECT    equ 512
-DATA    equ 0x100000            ; the data area's offset in the region
 CHUNKB  equ 0x8000              ; bytes per read (and per progress dot)
-MAN_NEED equ 512 - 92           ; the manifest's M_NEED field (image.manifest)
-MAN_END equ 512 - 40            ; its M_END: DATA + the data area's size
+MAN_NEED equ SECT + M_NEED      ; the manifest's fields (engine.inc's M_*:
+MAN_END equ SECT + M_END        ; offsets from VARS, the sector's end)
 CTX     equ 0xE000              ; emit's context (see emit)
 FAR_PUTC equ CTX + 48           ; m16:32 far pointers for compatibility mode
 FAR_EXIT equ CTX + 56
@@ -625,7 +624,10 @@ section eng progbits follows=text align=16 vstart=ENGINE_ORG
 eng_start:
 bits 32
 %ifdef TESTPAYLOAD
-VARS equ 0x9200                 ; (engine.inc's)
+VARS    equ 0x9200              ; (engine.inc's)
+DATA    equ 0x100000
+M_NEED  equ -92
+M_END   equ -40
 ; A test of the mechanism and of putc's contract, in place of engine.inc:
 ; from the documented entry state it prints test_msg through putc, checking
 ; after every call that each register, xmm0..7 and the x87 stack are as
