@@ -70,13 +70,13 @@ def run_exp(m: Machine, x: np.ndarray) -> np.ndarray:
     exp_at = m.engine.symbols["exp"]
     loop_at = 0x0600
     # mov edi, IN_AT; mov ecx, n; L: fld dword [edi]; push ecx; call exp; pop ecx; add edi, 4; dec ecx; jnz L; hlt
-    code = b"\x66\xbf" + struct.pack("<I", IN_AT) + b"\x66\xb9" + struct.pack("<I", len(x))
-    body = b"\x67\xd9\x07\x66\x51"
+    code = b"\xbf" + struct.pack("<I", IN_AT) + b"\xb9" + struct.pack("<I", len(x))
+    body = b"\xd9\x07\x51"
     call_at = loop_at + len(code) + len(body)
-    body += b"\xe8" + struct.pack("<h", exp_at - (call_at + 3))
-    body += b"\x66\x59\x66\x83\xc7\x04\x66\x49"
+    body += b"\xe8" + struct.pack("<i", exp_at - (call_at + 5))
+    body += b"\x59\x83\xc7\x04\x49"
     jnz_at = loop_at + len(code) + len(body)
-    body += b"\x0f\x85" + struct.pack("<h", (loop_at + len(code)) - (jnz_at + 4))
+    body += b"\x0f\x85" + struct.pack("<i", (loop_at + len(code)) - (jnz_at + 6))
     prog = code + body + b"\xf4"
     m.write(loop_at, prog)
     m.uc.reg_write(UC_X86_REG_ESP, 0x1000)

@@ -342,11 +342,11 @@ def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) 
 # What each routine of sector.asm is for: the size table sums them per part, which shows where
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
-    "loader": ("start", "init", "load", "dims", "gdtr", "signature"),
+    "loader": ("start", "init", "load", "topm", "dims", "gdtr", "signature"),
     "guards": ("guards", "diskfail", "cpufail", "die", "exit"),
     "generate loop": ("gen", "done"),
-    "printing": ("print", "putc"),
-    "forward pass": ("forward", "exptab", "exp", "rope", "nextw", "rmsnorm", "mvw", "mvwb", "mvwn", "mv",
+    "printing": ("print", "putc", "rputc"),
+    "forward pass": ("forward", "engine_start", "exp", "rope", "nextw", "rmsnorm", "mvw", "mvwb", "mvwn", "mv",
                      "swiglu", "tox", "attention", "softmax_att", "softmax", "divmax"),
     "sampling": ("sample",),
 }
@@ -532,15 +532,16 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
              seed: int, stop_id: int = BOS, byte_base: int | None = 3) -> bytes:
     """The manifest sector (fields at its end, right before the checkpoint header).
 
-    The fields start at byte 420 (the engine's M_NEED, bp-92): the memory the run needs (the
-    end of the KV cache and logits), the id that ends the story (run.c's BOS, or a chat
-    model's end of answer), the id of <0x00> (3 in llama2.c's tokenizers; NO_BYTE_PIECES
-    when the tokenizer has none), then the addresses and settings. The weights' addresses are
-    in the per-layer table (see table()), so the 36 bytes before the fields stay zero.
+    The fields start at byte 416 (the engine's M_DLBA, ebp-96): the LBA the data area starts at
+    (the loader reads it from there), the memory the run needs (the end of the KV cache and
+    logits), the id that ends the story (run.c's BOS, or a chat model's end of answer), the id
+    of <0x00> (3 in llama2.c's tokenizers; NO_BYTE_PIECES when the tokenizer has none), then
+    the addresses and settings. The weights' addresses are in the per-layer table (see
+    table()), so the 32 bytes before the fields stay zero.
     """
     lay = legacy_layout(layout.config)
     base = layout.checkpoint_addr
-    fields = bytes(36) + struct.pack("<IHHI", layout.memory_end, stop_id,
+    fields = bytes(32) + struct.pack("<IIHHI", layout.data_lba, layout.memory_end, stop_id,
                                      NO_BYTE_PIECES if byte_base is None else byte_base, layout.kv_addr)
     fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], layout.rope_addr,
                           layout.rope_fi_offset,
