@@ -248,12 +248,13 @@ def _uefi_sizes(map_text: str, total: int) -> tuple[list[tuple[str, int]], dict[
     return rows, symbols, sections
 
 
+_UEFI_STUBS = ("uefi_entry", "putc", "exit")  # uefi.asm's own, in section eng after engine.inc
 _MARKERS = ("eng_image", "thunk_image")  # where section eng's and thunk's bytes are in the file
 # the UEFI engine's own parts (the rest are engine.inc's, named as in PARTS)
 UEFI_PARTS = {
     "PE header": ("hdr",),  # sections of uefi.asm
     "UEFI loader": ("text",),
-    "mode switch": ("thunk", "uefi_entry", "putc", "exit"),  # a section, and the 32-bit stubs
+    "mode switch": ("thunk", *_UEFI_STUBS),  # a section, and the 32-bit stubs
     "test payload": ("engine_start", "test_msg"),  # -DTESTPAYLOAD only
 }
 
@@ -265,12 +266,17 @@ def uefi_part_sizes(uefi: UefiEngine) -> list[tuple[str, int]]:
     part_of = {name: part for part, names in PARTS.items() for name in names}
     totals = dict.fromkeys([*UEFI_PARTS, *PARTS], 0)
     test = "TESTPAYLOAD" in uefi.defines
+    last = None
     for name, size in uefi.sizes:
         section = uefi.sections[name]
-        part = own.get(section) or (own.get(name) if name not in part_of or test else None) or part_of.get(name)
+        part = own.get(section) or (own.get(name) if name not in part_of or test or name in _UEFI_STUBS else None) \
+            or part_of.get(name)
+        if part is None and section == "eng":
+            part = last  # a constant's label inside a routine (exp's exlo): the routine's part
         if part is None:
             raise BootllamaError(f"routine {name!r} of uefi.asm belongs to no part")
         totals[part] += size
+        last = part
     return [(part, n) for part, n in totals.items() if n]
 
 
