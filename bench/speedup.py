@@ -118,10 +118,10 @@ def build_old(engine: image.Engine, ckpt: Path, tok: Path, out: Path) -> image.I
     image.mbr() accepts it, and afterwards the engine's sectors are written back unpatched."""
     code = engine.code
     if not any(code[image.MBR_SIGNATURE_AT:510]):  # an MBR engine: laid out as today's
-        return image.build_image(ckpt, tok, out, engine=engine)
+        return image.build_image(ckpt, tok, out, engine=engine, uefi=False)  # (old engines read LBA 10 on)
     shell = dataclasses.replace(engine, code=code[:image.MBR_SIGNATURE_AT] + bytes(510 - image.MBR_SIGNATURE_AT)
                                 + code[510:])
-    img = image.build_image(ckpt, tok, out, engine=shell, manifest_lba=engine.sectors)
+    img = image.build_image(ckpt, tok, out, engine=shell, manifest_lba=engine.sectors, uefi=False)
     with open(out, "r+b") as f:
         f.write(code)
     return dataclasses.replace(img, engine=engine)

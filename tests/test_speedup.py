@@ -39,7 +39,8 @@ def test_old_image_layout(tmp_path: Path) -> None:
     assert any(old_engine.code[image.MBR_SIGNATURE_AT:510])  # why image.mbr() would refuse it
     old = speedup.build_old(old_engine, ckpt, tok, tmp_path / "old.img")
     new = image.build_image(ckpt, tok, tmp_path / "new.img")
-    assert old.layout.data_lba == 2 and new.layout.data_lba == image.MANIFEST_LBA
+    assert old.layout.data_lba == 2  # (today's image: the data area is the ESP's file, at M_DLBA)
+    assert new.layout.data_lba == new.layout.volume().file_lba(image.DATA_FILE) > image.MANIFEST_LBA
     assert old.path.read_bytes()[:2 * image.SECTOR] == old_engine.code  # written unpatched
     assert speedup.data_area(old) == speedup.data_area(new)
     assert old.layout.chunks == new.layout.chunks

@@ -61,7 +61,7 @@ def build(site: str | os.PathLike[str], out: str | os.PathLike[str], prompt: str
     text = load_prompt(argparse.Namespace(prompt=prompt, chat=False, system=None), checkpoint, tokenizer)
     img = image.build_image(checkpoint, tokenizer, out, prompt=text, steps=steps,
                             temperature=temperature, seed=seed, engine=engine,
-                            rope=(site / meta["rope"]).read_bytes())
+                            rope=(site / meta["rope"]).read_bytes(), uefi=False)  # v86 boots BIOS only
     return {"memory_mib": img.layout.memory_mib, "chunks": img.layout.chunks, "steps": img.steps,
             "prompt_tokens": len(img.prompt_ids), "seed": seed, "seed_drawn": drawn,
             "temperature": temperature}

@@ -456,7 +456,9 @@ emit_main:                      ; emit with efi_main's context
 ; ---- finish: al = the exit code; rsp = efi_main's frame ---------------------
 finish:
     movzx ebx, al
+%ifndef HALT                    ; (-DHALT, as the legacy engine's: no exit port)
     out 0xf4, al                ; isa-debug-exit: QEMU ends here (2*al + 1)
+%endif
     sti
     mov rcx, [rsp+L_ST]         ; a real PC: the text stays until a key, or
     mov rcx, [rcx+ST_CONIN]     ; 5 minutes
