@@ -18,6 +18,7 @@ from unicorn.x86_const import UC_X86_REG_ESP
 
 from bootllama import image
 from bootllama.libm import expf as expf_generic
+from bootllama.probe import asm_constant
 from bootllama.unicorn_harness import Machine
 
 IN_AT = 0x400000  # above the harness's 4 MiB: the test maps room for the inputs
@@ -58,7 +59,10 @@ def glibc_table() -> np.ndarray:
 
 
 def test_table_is_glibcs(machine: Machine) -> None:
-    tab = np.frombuffer(machine.read(0x3000, 33 * 8), dtype="<f8")
+    # engine.inc's TAB: [ebp+K] holds exp's constants, copied from consts..consts_end; the table follows
+    sym = machine.engine.symbols
+    tab_at = machine.engine.vars_at + asm_constant("K") + sym["consts_end"] - sym["consts"]
+    tab = np.frombuffer(machine.read(tab_at, 33 * 8), dtype="<f8")
     assert np.array_equal(tab[:32].view(np.uint64), glibc_table().view(np.uint64))
     assert tab[32] == 2.0  # the 486 exp's SCALE: its low 48 bits must be zero
 

@@ -349,11 +349,11 @@ def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) 
 # What each routine of sector.asm is for: the size table sums them per part, which shows where
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
-    "loader": ("start", "init", "load", "topm", "dims", "gdtr", "signature"),
+    "loader": ("start", "init", "load", "topm", "gdtr", "signature"),
     "guards": ("guards", "diskfail", "cpufail", "die", "exit"),
     "generate loop": ("gen", "done"),
     "printing": ("print", "putc", "rputc"),
-    "forward pass": ("forward", "engine_start", "exp", "rope", "nextw", "rmsnorm", "mvw", "mvwb", "mvwn", "mv",
+    "forward pass": ("forward", "engine_start", "exp", "consts", "rope", "nextw", "rmsnorm", "mvw", "mvwn", "mv",
                      "swiglu", "tox", "attention", "softmax_att", "softmax", "divmax"),
     "sampling": ("sample",),
 }
@@ -541,25 +541,42 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
              seed: int, stop_id: int = BOS, byte_base: int | None = 3) -> bytes:
     """The manifest sector (fields at its end, right before the checkpoint header).
 
-    The fields start at byte 416 (the engine's M_DLBA, ebp-96): the LBA the data area starts at
-    (the loader reads it from there), the memory the run needs (the end of the KV cache and
-    logits), the id that ends the story (run.c's BOS, or a chat model's end of answer), the id
-    of <0x00> (3 in llama2.c's tokenizers; NO_BYTE_PIECES when the tokenizer has none), then
-    the addresses and settings. The weights' addresses are in the per-layer table (see
-    table()), so the 32 bytes before the fields stay zero.
+    The fields are its last 128 bytes (engine.inc's M_*, [ebp-128..-1]): the dimensions the
+    engine derives from the header (head_size, head_size * 4, a RoPE row's bytes, kv_dim,
+    kv_dim * 4, a cache position's bytes, |vocab_size|, the query heads per kv head), the LBA
+    the data area starts at (the loader reads it from there), the memory the run needs (the
+    end of the KV cache and logits), the id that ends the story (run.c's BOS, or a chat
+    model's end of answer), the id of <0x00> (3 in llama2.c's tokenizers; NO_BYTE_PIECES when
+    the tokenizer has none), the addresses and settings (the weights' addresses are in the
+    per-layer table, see table()), sqrtf(head_size), the data check's fix-up, head_size / 2,
+    and the first values of the engine's work variables (pos 0, token BOS).
     """
-    lay = legacy_layout(layout.config)
+    c = layout.config
+    lay = legacy_layout(c)
     base = layout.checkpoint_addr
-    fields = bytes(32) + struct.pack("<IIHHI", layout.data_lba, layout.memory_end, stop_id,
-                                     NO_BYTE_PIECES if byte_base is None else byte_base, layout.kv_addr)
+    hs = c.head_size
+    fields = struct.pack("<8I", hs, 4 * hs, layout.rope_row_bytes, c.kv_dim, 4 * c.kv_dim,
+                         c.n_layers * 2 * c.kv_dim * 4, c.vocab_size, c.n_heads // c.n_kv_heads)
+    fields += struct.pack("<IIHHI", layout.data_lba, layout.memory_end, stop_id,
+                          NO_BYTE_PIECES if byte_base is None else byte_base, layout.kv_addr)
     fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], layout.rope_addr,
                           layout.rope_fi_offset,
                           layout.tokenizer_addr + 4, layout.logits_addr, layout.prompt_addr,
                           steps, temperature, seed & (2**64 - 1),
                           DATA + layout.chunks * CHUNK * SECTOR)  # where the loader stops
     fields += struct.pack("<I", layout.table_addr)
-    assert len(fields) <= FIELDS - 32  # the engine keeps its variables in the last 32 (zero) bytes
-    return bytes(SECTOR - FIELDS) + fields + bytes(FIELDS - len(fields))
+    # sqrtf(head_size), the fix-up (0 here), head_size / 2, two spare, then pos, the table pointer, BOS
+    fields += struct.pack("<fIIIIIII", _sqrtf(hs), 0, hs // 2, 0, 0, 0, 0, BOS)
+    assert len(fields) == FIELDS
+    return bytes(SECTOR - FIELDS) + fields
+
+
+def _sqrtf(n: int) -> float:
+    """sqrtf(n) as run.c computes it: the float32 nearest to the square root. The double root is
+    correctly rounded, and rounding it again to float32 gives the correctly rounded float32 root
+    (a double has more than 2 * 24 + 2 bits, enough for square roots); no NumPy: the web page
+    builds images under Pyodide."""
+    return struct.unpack("<f", struct.pack("<f", math.sqrt(n)))[0]
 
 
 @dataclass(frozen=True)

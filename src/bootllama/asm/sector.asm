@@ -294,12 +294,9 @@ bits 16
     mov cr0, edx
     jmp 0:.r                    ; CS = 0
 .r:
-    push cs                     ; DS, ES, SS = 0 for the BIOS (their 4 GiB
-    pop ds                      ; limits stay)
-    push cs
-    pop es
-    push cs
-    pop ss
+    push cs                     ; SS = 0 for the BIOS, which may switch
+    pop ss                      ; stacks and back (DS and ES: rputc loads
+                                ; its own; the teletype takes no pointer)
     call rputc
     jmp topm
 
