@@ -16,7 +16,21 @@ Disk layout (512-byte sectors)::
                      [seq_len][head_size/2] float32; see rope_region)
     ...              zero padding: the loader reads whole chunks, Bochs wants whole cylinders
 
-The sector loads LBA D.. to physical address 1 MiB, so every file lands at a known address;
+That is the legacy-only layout (``build_image(uefi=False)``: the web page's). The default image
+boots both ways, legacy BIOS and UEFI (plan_esp)::
+
+    LBA 0            the MBR as above, partition entry 0 (active, type 0xEF) over the ESP
+    LBA 1..9         the engine's other sectors, then zeros
+    LBA 10, 11       copies of the manifest sector and of the checkpoint's first sector, for
+                     the legacy engine's boot read (LBA 1..64 to 0x7E00)
+    LBA ESP_LBA = 64 the EFI System Partition (bootllama.fat: FAT16, or FAT32 past 2 GiB):
+                     LLAMA.BIN, the data area above (manifest first) as one contiguous file
+                     of whole loader chunks, at LBA M_DLBA; EFI/BOOT/BOOTX64.EFI, the UEFI
+                     engine (uefi.asm)
+    ...              zeros to whole cylinders
+
+The sector loads LBA D.. (M_DLBA..) to physical address 1 MiB, and the UEFI engine reads
+LLAMA.BIN to 1 MiB into the memory it allocates, so every file lands at a known address;
 the manifest holds those addresses (byte offsets, never arithmetic), the run settings, and
 where the KV cache and the logits go in the memory above the data.
 

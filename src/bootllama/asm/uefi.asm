@@ -29,8 +29,9 @@
 ;   8. Interrupts off, far return into compatibility mode: uefi_entry loads
 ;      DS/ES/SS and jumps to the engine's entry.
 ; putc (compatibility mode) is a far call to thunk_putc (64-bit), which
-; switches to the firmware's stack, writes the byte to COM1 and to ConOut
-; (UTF-16, CR before LF, interrupts on), and returns with iretq.  exit is a
+; switches to the firmware's stack, writes the byte to COM1 and to the text
+; consoles that are not serial terminals (UTF-16, CR before LF, interrupts
+; on; see "the consoles" below), and returns with iretq.  exit is a
 ; far jump to thunk_exit: the firmware's stack and GDT back, then finish:
 ; isa-debug-exit (QEMU), else a key or a timeout, then back to the firmware.
 ;
@@ -294,7 +295,8 @@ efi_main:
     mov ecx, 1                  ; AllocatePages(AllocateMaxAddress,
     mov eax, 0xffffffff         ; (the max address: 4 GiB - 1)
     mov [rsp+L_B], rax
-    mov edx, 2                  ; EfiLoaderData, pages, &B)
+    mov edx, 1                  ; EfiLoaderCode, pages, &B): code runs from
+                                ; it (firmware that maps LoaderData no-execute)
     mov r8, [rsp+L_PAGES]
     lea r9, [rsp+L_B]
     mov rax, [rsp+L_BS]
