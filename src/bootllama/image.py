@@ -560,10 +560,10 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
     kv_dim * 4, a cache position's bytes, |vocab_size|, the query heads per kv head), the LBA
     the data area starts at (the loader reads it from there), the memory the run needs (the
     end of the KV cache and logits), the id that ends the story (run.c's BOS, or a chat
-    model's end of answer), the id of <0x00> (3 in llama2.c's tokenizers; NO_BYTE_PIECES when
-    the tokenizer has none), the addresses and settings (the weights' addresses are in the
+    model's end of answer), the addresses and settings (the weights' addresses are in the
     per-layer table, see table()), sqrtf(head_size), the data check's fix-up, head_size / 2,
-    and the first values of the engine's work variables (pos 0, token BOS).
+    the id of <0x00> (3 in llama2.c's tokenizers; NO_BYTE_PIECES when the tokenizer has
+    none), and the first values of the engine's work variables (pos 0, token BOS).
     """
     c = layout.config
     lay = legacy_layout(c)
@@ -571,16 +571,17 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
     hs = c.head_size
     fields = struct.pack("<8I", hs, 4 * hs, layout.rope_row_bytes, c.kv_dim, 4 * c.kv_dim,
                          c.n_layers * 2 * c.kv_dim * 4, c.vocab_size, c.n_heads // c.n_kv_heads)
-    fields += struct.pack("<IIHHI", layout.data_lba, layout.memory_end, stop_id,
-                          NO_BYTE_PIECES if byte_base is None else byte_base, layout.kv_addr)
+    fields += struct.pack("<IIII", layout.data_lba, layout.memory_end, stop_id, layout.kv_addr)
     fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], layout.rope_addr,
                           layout.rope_fi_offset,
                           layout.tokenizer_addr + 4, layout.logits_addr, layout.prompt_addr,
                           steps, temperature, seed & (2**64 - 1),
                           DATA + layout.chunks * CHUNK * SECTOR)  # where the loader stops
     fields += struct.pack("<I", layout.table_addr)
-    # sqrtf(head_size), the fix-up (0 here), head_size / 2, two spare, then pos, the table pointer, BOS
-    fields += struct.pack("<fIIIIIII", _sqrtf(hs), 0, hs // 2, 0, 0, 0, 0, BOS)
+    # sqrtf(head_size), the fix-up (0 here), head_size / 2, the id of <0x00>, one spare, then pos,
+    # the table pointer, BOS
+    fields += struct.pack("<fIIIIIII", _sqrtf(hs), 0, hs // 2, NO_BYTE_PIECES if byte_base is None else byte_base,
+                          0, 0, 0, BOS)
     assert len(fields) == FIELDS
     return bytes(SECTOR - FIELDS) + fields
 

@@ -60,7 +60,7 @@ start:
     mov es, ax
     mov ss, ax
     mov sp, 0x1000              ; (the stack grows down from 0x1000)
-    mov bp, VARS
+    mov ebp, VARS               ; (for engine.inc too)
     lgdt [gdtr]                 ; before the first putc, which uses it
     push ax                     ; DAP on the stack: LBA high
     push ax
@@ -116,14 +116,12 @@ guards:
     test ax, ax
     jnz cpufail
 %else
-    mov dword [6*4], cpufail    ; #UD: no CPUID (before the Pentium)
-    xor eax, eax
-    inc ax
-    cpuid
-    bt edx, 26                  ; SSE2 (exp's doubles; every CPU with it has
-    jnc cpufail                 ; SSE too)
+    mov dword [6*4], cpufail    ; #UD -> the CPU message
+    lfence                      ; SSE2 (exp's doubles; every CPU with it has
+                                ; SSE too): an SSE2 instruction that needs no
+                                ; CR4.OSFXSR, #UD on every CPU without SSE2
     mov eax, cr4
-    or ax, 0x200                ; CR4.OSFXSR: allow SSE
+    or ah, 2                    ; CR4.OSFXSR: allow SSE
     mov cr4, eax
 %endif
     xor ecx, ecx                ; ECX's high word is 0 from here on
@@ -186,7 +184,56 @@ guards:
 .ok:
     pop dx
     mov edi, DATA
-    jmp load                    ; (in the tail)
+
+; ---- load the data area to DATA, CHUNK sectors at a time -----------------
+load:
+    mov si, sp
+    mov ah, 0x42
+    int 0x13
+    jc diskfail                 ; (carry: error, or no extended reads)
+    add dword [si+8], CHUNK
+    mov al, '.'
+    call rputc                  ; progress, and back to unreal mode
+    mov esi, BOUNCE
+    mov cx, CHUNK*128           ; ecx = CHUNK*128 dwords (its high word is 0)
+    a32 rep movsd
+    cmp edi, [bp+M_END]
+    jb load
+    push dword engine_start     ; popad, ret: to engine.inc, EBP = VARS
+    pushad
+                                ; fall into topm
+
+; ---- topm: real mode -> flat 32-bit protected mode, then popad and ret ----
+topm:
+    mov eax, cr0
+    inc ax                      ; PE on (interrupts are off)
+    mov cr0, eax
+    jmp dword SEL_C32:.pm
+bits 32
+.pm:
+    mov ax, SEL_D
+    mov ds, eax
+    mov es, eax
+    mov ss, eax                 ; (the stack stays below 64 KiB: SP is ESP)
+    popad
+    ret
+
+; ---- putc (32-bit): al to COM1 and the screen, through real mode --------
+putc:
+    pushad
+    jmp SEL_C16:.rm
+bits 16
+.rm:
+    mov edx, cr0                ; (al is the byte)
+    dec dx                      ; PE off
+    mov cr0, edx
+    jmp 0:.r                    ; CS = 0
+.r:
+    push cs                     ; SS = 0 for the BIOS, which may switch
+    pop ss                      ; stacks and back (DS and ES: rputc loads
+                                ; its own; the teletype takes no pointer)
+    call rputc
+    jmp topm
 
 ; ---- rputc: al to COM1 and to the screen (BIOS teletype, CR before LF) -----
 ; then unreal: give DS and ES 4 GiB limits again, interrupts off
@@ -248,58 +295,7 @@ m_mem:  db "!RAM", E_MEM
     times 6 db 0                ; disk signature (4 bytes), 2 reserved
     times 64 db 0               ; partition table (entry 0: the data area)
     dw 0xaa55                   ; the tail sectors follow
-; ---- the tail sectors: the load, the mode switches, engine.inc --------------
-; ---- load the data area to DATA, CHUNK sectors at a time -----------------
-load:
-    mov si, sp
-    mov ah, 0x42
-    int 0x13
-    jc diskfail                 ; (carry: error, or no extended reads)
-    add dword [si+8], CHUNK
-    mov al, '.'
-    call rputc                  ; progress, and back to unreal mode
-    mov esi, BOUNCE
-    mov cx, CHUNK*128           ; ecx = CHUNK*128 dwords (its high word is 0)
-    a32 rep movsd
-    cmp edi, [bp+M_END]
-    jb load
-    push dword engine_start     ; popad, ret: to engine.inc, EBP = VARS
-    mov ebp, VARS
-    pushad
-                                ; fall into topm
-
-; ---- topm: real mode -> flat 32-bit protected mode, then popad and ret ----
-topm:
-    mov eax, cr0
-    inc ax                      ; PE on (interrupts are off)
-    mov cr0, eax
-    jmp dword SEL_C32:.pm
-bits 32
-.pm:
-    mov ax, SEL_D
-    mov ds, eax
-    mov es, eax
-    mov ss, eax                 ; (the stack stays below 64 KiB: SP is ESP)
-    popad
-    ret
-
-; ---- putc (32-bit): al to COM1 and the screen, through real mode --------
-putc:
-    pushad
-    jmp SEL_C16:.rm
-bits 16
-.rm:
-    mov edx, cr0                ; (al is the byte)
-    dec dx                      ; PE off
-    mov cr0, edx
-    jmp 0:.r                    ; CS = 0
-.r:
-    push cs                     ; SS = 0 for the BIOS, which may switch
-    pop ss                      ; stacks and back (DS and ES: rputc loads
-                                ; its own; the teletype takes no pointer)
-    call rputc
-    jmp topm
-
+; ---- the tail sectors: engine.inc ----------------------------------------
 %include "engine.inc"
     align 512, db 0
 engine_end:
