@@ -240,3 +240,25 @@ def test_both_engines_run_the_same_forward_pass_bytes(engine: image.Engine) -> N
     assert _same_bytes_but_calls_out(engine, app) > 0
     sampling = image.assemble(("SAMPLING",))
     assert _same_bytes_but_calls_out(sampling, image.assemble_uefi(("SAMPLING",))) > 0
+
+
+@pytest.mark.parametrize("name", ["qemu-uefi", "qemu"])
+def test_moved_or_damaged_data_file_gives_data_message(name: str, tmp_path: Path, engine: image.Engine) -> None:
+    # under UEFI a weight flipped in LLAMA.BIN, under a BIOS the file's bytes moved 4 KiB on (a
+    # later write put the file elsewhere, M_DLBA still says here): the data check stops both
+    img = image.build_image(CKPT, TOK, tmp_path / "a.img", steps=4, engine=engine)
+    lay = img.layout
+    at = lay.data_lba * 512
+    with open(img.path, "r+b") as f:
+        if name == "qemu-uefi":
+            f.seek(at + 4096)
+            byte = f.read(1)
+            f.seek(at + 4096)
+            f.write(bytes([byte[0] ^ 0x40]))
+        else:
+            f.seek(at)
+            data = f.read(lay.data_bytes - 4096)
+            f.seek(at)
+            f.write(bytes(4096) + data)
+    with pytest.raises(BootllamaError, match="!data"):
+        pcs.boot(name, img.path, lay, timeout=120)
