@@ -65,7 +65,9 @@ EFI_ABORTED equ 0x8000000000000015
 
 ; EFI tables: offsets
 ST_CONIN equ 0x30
+ST_CONOUT_H equ 0x38
 ST_CONOUT equ 0x40
+ST_STDERR_H equ 0x48
 ST_BS   equ 0x60
 BS_ALLOCPAGES equ 0x28
 BS_FREEPAGES equ 0x30
@@ -204,6 +206,11 @@ efi_main:
     jz .cons_done
     dec rbx
     mov rcx, [rsi+rbx*8]
+    mov rax, [rsp+L_ST]
+    cmp rcx, [rax+ST_CONOUT_H]  ; ConOut's and StdErr's own handles: the
+    je .handle                  ; splitters over all the others (some
+    cmp rcx, [rax+ST_STDERR_H]  ; firmware gives them device paths)
+    je .handle
     lea rdx, [guid_device_path]
     lea r8, [rsp+L_DP]
     mov rax, [rsp+L_BS]
