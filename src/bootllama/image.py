@@ -59,12 +59,11 @@ from typing import TYPE_CHECKING
 
 from bootllama.checkpoint import Config, atomic_write, legacy_layout, read_legacy_config, tensor_shapes
 from bootllama.errors import BootllamaError
+from bootllama.fat import Volume
 from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from bootllama.fat import Volume
 
 SECTOR = 512
 MANIFEST_LBA = 10  # sector.asm's MLBA: the manifest's sector, after the engine's and zeros
@@ -420,8 +419,6 @@ class Layout:
 
     def volume(self) -> Volume:
         """The ESP's file system (a UEFI layout only)."""
-        from bootllama.fat import Volume  # here: the web page builds legacy-only images without it
-
         if not self.esp_lba:
             raise BootllamaError("a legacy-only image has no EFI System Partition")
         return Volume(((DATA_FILE, self.data_bytes), (EFI_FILE, self.efi_size)), self.esp_lba)

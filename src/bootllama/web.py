@@ -26,7 +26,7 @@ from bootllama.pcs.base import GUARDS
 
 # bootllama's modules the page imports (pagebuild and what it imports; no NumPy among them)
 PAGE_MODULES = ("__init__.py", "errors.py", "checkpoint.py", "tokenizer.py", "image.py", "runc_args.py",
-                "pagebuild.py")
+                "pagebuild.py", "fat.py")
 PYODIDE_FILES = ("pyodide.js", "pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json",
                  "package.json")
 COMMON_LICENSES = Path("/usr/share/common-licenses")
@@ -97,6 +97,9 @@ def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
         eng = image.assemble(defines)
         (out / "engine" / f"{kind}.bin").write_bytes(eng.code)
         engines[kind] = pagebuild.engine_spec(eng, f"engine/{kind}.bin")
+        # the UEFI engine of the same build: the page's image boots UEFI PCs too, as build's does
+        (out / "engine" / f"{kind}.efi").write_bytes(image.assemble_uefi(defines, eng.symbols["engine_start"]).code)
+        engines[kind]["efi"] = f"engine/{kind}.efi"
     # run.c's rotation values depend on the model alone: computed here once, with NumPy
     config = image.read_legacy_config(checkpoint)
     (out / "model" / "rope.bin").write_bytes(image.rope_region(checkpoint, config))
