@@ -198,9 +198,10 @@ def test_uefi_size_table(defines: tuple[str, ...]) -> None:
     assert own <= UEFI_BUDGET, f"the UEFI engine's own code grew to {own} bytes"
     # the rest is engine.inc, as many bytes as in the legacy build (whose budgets hold them)
     legacy = image.assemble(defines)
-    shared = app.symbols["uefi_entry"] - app.symbols["engine_start"]
+    first = image.engine_first_label()
+    shared = app.symbols["uefi_entry"] - app.symbols[first]
     assert app.code_bytes == own + shared
-    assert shared == sum(n for name, n in legacy.sizes if legacy.symbols.get(name, 0) >= legacy.symbols["engine_start"]
+    assert shared == sum(n for name, n in legacy.sizes if legacy.symbols.get(name, 0) >= legacy.symbols[first]
                          and name != "signature")
 
 
@@ -211,8 +212,9 @@ def _same_bytes_but_calls_out(legacy: image.Engine, app: image.UefiEngine) -> in
     """engine.inc's bytes in both builds, at the same address: equal except the rel32 of the
     calls and jumps to putc and exit (each engine's own, outside engine.inc).  Returns how many
     such references differ."""
-    start = legacy.symbols["engine_start"]
-    assert app.symbols["engine_start"] == start
+    first = image.engine_first_label()
+    start = legacy.symbols[first]
+    assert app.symbols[first] == start
     n = app.symbols["uefi_entry"] - start  # engine.inc's bytes: up to the UEFI engine's stubs
     ours = legacy.code[start - image.ORG:start - image.ORG + n]
     theirs = app.code[app.eng_offset:app.eng_offset + n]
@@ -236,7 +238,7 @@ def _same_bytes_but_calls_out(legacy: image.Engine, app: image.UefiEngine) -> in
 
 
 def test_both_engines_run_the_same_forward_pass_bytes(engine: image.Engine) -> None:
-    app = image.assemble_uefi(engine.defines, engine.symbols["engine_start"])
+    app = image.assemble_uefi(engine.defines, engine.symbols[image.engine_first_label()])
     assert _same_bytes_but_calls_out(engine, app) > 0
     sampling = image.assemble(("SAMPLING",))
     assert _same_bytes_but_calls_out(sampling, image.assemble_uefi(("SAMPLING",))) > 0

@@ -205,8 +205,9 @@ def assemble_uefi(defines: tuple[str, ...] = (), engine_org: int | None = None,
     if not src.with_name("engine.inc").is_file():
         defines = (*defines, "TESTPAYLOAD")  # until the shared forward pass exists: a payload of its own
     legacy = tuple(d for d in defines if d != "TESTPAYLOAD")
+    first = engine_first_label(src.with_name("engine.inc")) if "TESTPAYLOAD" not in defines else "engine_start"
     if engine_org is None and "TESTPAYLOAD" not in defines:
-        engine_org = assemble(legacy, src.with_name("sector.asm")).symbols["engine_start"]
+        engine_org = assemble(legacy, src.with_name("sector.asm")).symbols[first]
     if engine_org is not None:
         defines = (*defines, f"ENGINE_ORG={engine_org:#x}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -227,11 +228,20 @@ def assemble_uefi(defines: tuple[str, ...] = (), engine_org: int | None = None,
     size_of_raw = struct.unpack_from("<I", code, 0x40 + 24 + 4)[0]  # the optional header's SizeOfCode
     if code[:2] != b"MZ" or len(code) > UEFI_HEADER + size_of_raw:
         raise BootllamaError("assembled UEFI engine is not a PE32+ image of the size its header says")
-    if engine_org is not None and symbols.get("engine_start") != engine_org:
-        raise BootllamaError("engine.inc's first byte is not engine_start: its bytes would not sit where the "
-                             "legacy build has them")
+    if engine_org is not None and symbols.get(first) != engine_org:
+        raise BootllamaError(f"engine.inc's first label, {first}, is not at its first byte: its bytes would not "
+                             "sit where the legacy build has them")
     code += bytes(UEFI_HEADER + size_of_raw - len(code))
     return UefiEngine(code, sizes, defines, symbols, sections, int(m.group(1), 16))
+
+
+def engine_first_label(path: Path | None = None) -> str:
+    """The first label engine.inc defines: where its bytes start, in both builds."""
+    text = (path or asm_source().with_name("engine.inc")).read_text()
+    m = re.search(r"^([A-Za-z_]\w*):", text, re.M)
+    if m is None:
+        raise BootllamaError("engine.inc defines no label")
+    return m.group(1)
 
 
 def _uefi_sizes(map_text: str, total: int) -> tuple[list[tuple[str, int]], dict[str, int], dict[str, str]]:
@@ -625,7 +635,7 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         engine = assemble(("SAMPLING",) if temperature > 0 else ())
     if temperature > 0 and "sample" not in engine.symbols:
         raise BootllamaError("this engine build samples greedily only; assemble it with -DSAMPLING")
-    app = assemble_uefi(engine.defines, engine.symbols.get("engine_start")) if uefi is True else uefi or None
+    app = assemble_uefi(engine.defines, engine.symbols.get(engine_first_label())) if uefi is True else uefi or None
     efi = app.code if isinstance(app, UefiEngine) else app
     ckpt_size = os.path.getsize(checkpoint)
     tok_size = os.path.getsize(tokenizer_path)

@@ -98,7 +98,8 @@ def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
         (out / "engine" / f"{kind}.bin").write_bytes(eng.code)
         engines[kind] = pagebuild.engine_spec(eng, f"engine/{kind}.bin")
         # the UEFI engine of the same build: the page's image boots UEFI PCs too, as build's does
-        (out / "engine" / f"{kind}.efi").write_bytes(image.assemble_uefi(defines, eng.symbols["engine_start"]).code)
+        efi = image.assemble_uefi(defines, eng.symbols[image.engine_first_label()])
+        (out / "engine" / f"{kind}.efi").write_bytes(efi.code)
         engines[kind]["efi"] = f"engine/{kind}.efi"
     # run.c's rotation values depend on the model alone: computed here once, with NumPy
     config = image.read_legacy_config(checkpoint)
