@@ -81,8 +81,8 @@ def test_sector_zero_is_an_mbr(tmp_path: Path) -> None:
     assert entries[1:] == [bytes(16)] * 3
     status, ptype = entries[0][0], entries[0][4]
     first, count = struct.unpack_from("<II", entries[0], 8)
-    assert (status, ptype) == (0x80, 0xDA)
-    assert first == lay.data_lba and first + count == len(data) // 512  # the data area, inside the disk
+    assert (status, ptype) == (0x80, 0xEF)  # the EFI System Partition, the data area's file in it
+    assert first == lay.esp_lba < lay.data_lba and first + count == lay.esp_lba + lay.esp_sectors <= len(data) // 512
     assert first * 512 >= len(img.engine.code)  # after the engine's sectors
     # CHS of the first sector, in the 16-head, 63-sector geometry the image is padded to
     c, rest = divmod(first, 16 * 63)

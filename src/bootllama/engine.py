@@ -101,6 +101,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     img = _build(args, args.output)
     lay = img.layout
     print(image.format_size_table(img.engine), file=sys.stderr)
+    if img.uefi is not None:
+        print(image.format_uefi_size_table(img.uefi), file=sys.stderr)
     print(f"wrote {args.output}: {lay.disk_sectors} sectors, {len(img.prompt_ids)} prompt tokens, "
           f"{img.steps} steps, needs {lay.memory_mib} MiB of memory and a CPU with {img.engine.cpu}",
           file=sys.stderr)

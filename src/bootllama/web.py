@@ -29,7 +29,7 @@ from bootllama.tokenizer import Tokenizer
 
 # bootllama's modules the page imports (pagebuild and what it imports; no NumPy among them)
 PAGE_MODULES = ("__init__.py", "errors.py", "interrupts.py", "checkpoint.py", "tokenizer.py", "image.py",
-                "runc_args.py", "pagebuild.py")
+                "runc_args.py", "pagebuild.py", "fat.py")
 PYODIDE_FILES = ("pyodide.js", "pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json",
                  "package.json")
 COMMON_LICENSES = Path("/usr/share/common-licenses")
@@ -152,6 +152,10 @@ def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
         eng = image.assemble(defines)
         _put(out / "engine" / f"{kind}.bin", eng.code)
         engines[kind] = pagebuild.engine_spec(eng, f"engine/{kind}.bin")
+        # the UEFI engine of the same build: the page's image boots UEFI PCs too, as build's does
+        efi = image.assemble_uefi(defines, eng.symbols[image.engine_first_label()])
+        _put(out / "engine" / f"{kind}.efi", efi.code)
+        engines[kind]["efi"] = f"engine/{kind}.efi"
     # run.c's rotation values depend on the model alone: computed here once, with NumPy
     config = image.read_legacy_config(checkpoint)
     _put(out / "model" / "rope.bin", image.rope_region(checkpoint, config))

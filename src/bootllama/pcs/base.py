@@ -94,8 +94,11 @@ class Serial:
 
 
 def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: str,
-                on_bytes: Callable[[bytes], None] | None = None) -> Serial:
+                on_bytes: Callable[[bytes], None] | None = None, after: bytes = b"") -> Serial:
     """Read ``proc``'s stdout (COM1) until it closes: ``chunks`` dots, then the story.
+
+    ``after``: a byte that ends what the firmware wrote (the UEFI engine's form feed); what
+    comes before it is dropped.
 
     A guard's message (from a '!' among the dots on) goes to ``message``, not to the story
     or ``on_bytes``; reading goes on until the PC exits, and its status tells.  Raises
@@ -118,6 +121,11 @@ def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: 
         if not data:
             return s
         now = time.monotonic()
+        if after:  # still in the firmware's text
+            cut = data.find(after)
+            data = data[cut + 1:] if cut >= 0 else b""
+            if cut >= 0:
+                after, s.t0 = b"", now
         while data and len(s.dots) < chunks:
             take = min(chunks - len(s.dots), len(data))
             s.dots += data[:take]

@@ -142,7 +142,7 @@ async function python() {
             const py = await loadPyodide({ indexURL: new URL("pyodide/", location.href).href });
             const meta = await siteMeta();
             const files = ["site.json", meta.checkpoint, meta.tokenizer, meta.rope,
-                           ...Object.values(meta.engines).map((e) => e.file), ...meta.modules];
+                           ...Object.values(meta.engines).flatMap((e) => [e.file, e.efi]), ...meta.modules];
             for (const file of files) {
                 const path = `${SITE}/${file}`;
                 py.FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
