@@ -66,7 +66,7 @@ def test_image_holds_files_unchanged(tmp_path: Path, engine: image.Engine) -> No
     # its first 384 bytes: the verify record (bootllama verify), which the engine never reads
     record = image.unpack_record(man)
     assert record is not None and record.data_lba == lay.data_lba
-    assert [p.name for p in record.parts][:4] == ["engine", "manifest", "checkpoint", "tokenizer"]
+    assert [p.name for p in record.parts][:5] == ["engine", "UEFI engine", "manifest", "checkpoint", "tokenizer"]
     ck = CKPT.read_bytes()
     off = (lay.checkpoint_addr - image.DATA) + lay.data_lba * 512
     assert data[off : off + len(ck)] == ck

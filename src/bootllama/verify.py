@@ -2,7 +2,7 @@
 
 The builder (image.build_image) writes a verify record into the manifest sector's first bytes
 (the engine never reads them): the CRC32, byte offset and length of each part of the image (the
-engine's sectors, the manifest's fields, the checkpoint, the tokenizer, the prompt's ids, the
+engine's sectors, the UEFI engine's file in the EFI System Partition, the manifest's fields, the checkpoint, the tokenizer, the prompt's ids, the
 address table, the RoPE values). ``verify`` finds the record in the manifest sector the boot
 read loads (LBA image.MANIFEST_LBA, else the first LBA of the MBR's partition), checks the
 record's own CRC32, then every part, and checks that the manifest's address fields point where
@@ -102,7 +102,7 @@ def verify(path: str | os.PathLike[str]) -> tuple[list[image.Part], list[str]]:
         if size < record.disk_bytes:
             raise BootllamaError(f"truncated: {size} of its {record.disk_bytes} bytes")
         by_name = {p.name: p for p in record.parts}
-        if set(by_name) != {"engine", "manifest", *(name for _, name, _ in _ADDRESS_FIELDS)}:
+        if set(by_name) - {"UEFI engine"} != {"engine", "manifest", *(name for _, name, _ in _ADDRESS_FIELDS)}:
             raise BootllamaError("its verify record lists other parts than this bootllama writes")
         damaged = [p.name for p in record.parts if p.name != "manifest" and _crc(f, p.offset, p.length) != p.crc]
         man = by_name["manifest"]
