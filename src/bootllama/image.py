@@ -56,6 +56,10 @@ CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
 DATA = 0x100000  # where the data area (the manifest) lands
 CYLINDER = 16 * 63  # sectors per cylinder of the geometry Bochs is given
 FIELDS = 128  # the manifest's fields: its last 128 bytes
+# the floor (floor.asm): its first read takes LBA 1..CHUNK, so the data area follows it; the
+# builder writes rmsnorm's eps and the x87's control word into M_TEMP's and M_SEED's places
+FLOOR_MANIFEST_LBA = 1 + CHUNK
+FLOOR_EPS_AT = SECTOR - 52
 # activation buffers in the sector's 64 KiB window (floats)
 MAX_DIM = 1024
 MAX_HIDDEN = 2048
@@ -422,10 +426,15 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
                 out: str | os.PathLike[str], prompt: str | bytes | None = None, steps: int = 0,
                 temperature: float = 0.0, seed: int = 0,
                 engine: Engine | None = None, rope: bytes | None = None,
-                manifest_lba: int = MANIFEST_LBA) -> Image:
+                manifest_lba: int = MANIFEST_LBA, floor: bool = False) -> Image:
     """Lay out a bootable raw disk image (written atomically). ``rope``: this checkpoint's
     rope_region(), when the caller has it already; ``manifest_lba``: for engines from before
-    MLBA (bench/speedup.py's old one reads its manifest right after its sectors)."""
+    MLBA (bench/speedup.py's old one reads its manifest right after its sectors); ``floor``:
+    floor.asm's image, the default story only."""
+    if floor:
+        if prompt or steps or temperature or seed or engine is not None:
+            raise BootllamaError("the floor tells the default story only: no prompt, -n, -t, -s or engine options")
+        engine, manifest_lba = assemble(("FLOOR",), asm_source().with_name("floor.asm")), FLOOR_MANIFEST_LBA
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
@@ -445,6 +454,8 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     tok_size = os.path.getsize(tokenizer_path)
     layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba)
     man = manifest(layout, ids, steps, temperature, seed, stop_id=tok.stop_id, byte_base=byte_base)
+    if floor:  # eps and the control word (float32 precision, exceptions masked) in place of -t, -s
+        man = man[:FLOOR_EPS_AT] + struct.pack("<fI", 1e-5, 0x7F) + man[FLOOR_EPS_AT + 8:]
     with atomic_write(out) as raw:
         raw.write(mbr(engine.code, layout, zlib.crc32(man)))
         raw.write(bytes(layout.data_lba * SECTOR - len(engine.code)))  # zeros up to the manifest's LBA
