@@ -29,6 +29,9 @@ SEL_C32 equ 16                  ; flat 32-bit code
 
 start:
     cli                         ; for good (each int restores our IF)
+    mov eax, cr4
+    or ah, 2                    ; CR4.OSFXSR: allow SSE
+    mov cr4, eax
     xor ax, ax
     mov ds, ax
     mov ss, ax
@@ -72,14 +75,12 @@ load:
     jmp load
 
 topm:
+    mov ebp, VARS               ; (engine.inc's entry state)
     mov eax, cr0
     inc ax                      ; PE on
     mov cr0, eax
-    jmp dword SEL_C32:.pm       ; flat 32-bit code; DS and ES keep their
-bits 32                         ; flat 4 GiB descriptors from the loop
-.pm:
-    mov ebp, VARS
-    jmp engine_start
+    jmp dword SEL_C32:engine_start ; flat 32-bit code; DS and ES keep
+bits 32                         ; their flat 4 GiB descriptors from the loop
 
 putc:                           ; al to COM1 (QEMU's UART: no wait, no set-up)
     push edx
@@ -87,9 +88,6 @@ putc:                           ; al to COM1 (QEMU's UART: no wait, no set-up)
     out dx, al
     pop edx
     ret
-
-exit:
-    out 0xf4, al                ; isa-debug-exit: QEMU quits (status 2*al+1)
 
 gdtr:   dw 23                   ; (the null entry, never loaded, is the 8
         dd flat - SEL_D         ; bytes before flat)
