@@ -22,6 +22,9 @@ bits 16
 org 0x7c00
 
 CHUNK   equ 64                  ; sectors per read (32 KiB)
+%if (CHUNK*128) & 0xFF
+  %error "the copy's count is set through CH"
+%endif
 BOUNCE  equ 0x10E00             ; the read buffer: segment 0x10E0, PRE's
                                 ; 0x07E0 with its high byte made 0x10
 SEL_D   equ 8                   ; GDT selectors: flat 4 GiB data,
@@ -69,7 +72,8 @@ load:
     pop es                      ; ... back (selector 0, base 0)
     pop ds
     mov esi, BOUNCE
-    mov cx, CHUNK*128           ; dwords
+    mov ch, CHUNK*128 >> 8      ; dwords (ECX is 0: from the xor, then each
+                                ; copy leaves it 0; the BIOS keeps it)
     a32 rep movsd               ; to DATA and up
     mov si, sp                  ; the DAP again
     jmp load
