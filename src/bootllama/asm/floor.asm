@@ -93,8 +93,9 @@ putc:                           ; al to COM1 (QEMU's UART: no wait, no set-up)
     pop edx
     ret
 
-gdtr:   dw 23                   ; (the null entry, never loaded, is the 8
-        dd flat - SEL_D         ; bytes before flat)
+gdtr:                           ; (the null entry, never loaded, is the 8
+        dw 23                   ; bytes before flat)
+        dd flat - SEL_D
 flat:   dw 0xffff, 0            ; SEL_D: flat 4 GiB data
         db 0, 0x92, 0xcf, 0
         dw 0xffff, 0            ; SEL_C32: flat 4 GiB 32-bit code
