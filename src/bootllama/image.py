@@ -56,9 +56,9 @@ CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
 DATA = 0x100000  # where the data area (the manifest) lands
 CYLINDER = 16 * 63  # sectors per cylinder of the geometry Bochs is given
 FIELDS = 128  # the manifest's fields: its last 128 bytes
-# the floor (floor.asm): its first read takes LBA 1..CHUNK, so the data area follows it; the
-# builder writes rmsnorm's eps and the x87's control word into M_TEMP's and M_SEED's places
-FLOOR_MANIFEST_LBA = 1 + CHUNK
+# the floor (floor.asm): its first read takes LBA 1..32 (its CHUNK), so the data area follows
+# it; the builder writes rmsnorm's eps into M_TEMP's place (engine.inc's M_EPS)
+FLOOR_MANIFEST_LBA = 1 + 32
 FLOOR_EPS_AT = SECTOR - 52
 # activation buffers in the sector's 64 KiB window (floats)
 MAX_DIM = 1024
@@ -454,8 +454,8 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     tok_size = os.path.getsize(tokenizer_path)
     layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba)
     man = manifest(layout, ids, steps, temperature, seed, stop_id=tok.stop_id, byte_base=byte_base)
-    if floor:  # eps and the control word (float32 precision, exceptions masked) in place of -t, -s
-        man = man[:FLOOR_EPS_AT] + struct.pack("<fI", 1e-5, 0x7F) + man[FLOOR_EPS_AT + 8:]
+    if floor:  # rmsnorm's eps in place of -t's temperature
+        man = man[:FLOOR_EPS_AT] + struct.pack("<f", 1e-5) + man[FLOOR_EPS_AT + 4:]
     with atomic_write(out) as raw:
         raw.write(mbr(engine.code, layout, zlib.crc32(man)))
         raw.write(bytes(layout.data_lba * SECTOR - len(engine.code)))  # zeros up to the manifest's LBA

@@ -10,23 +10,27 @@
 ;
 ; Disk (image.build_image(floor=True)): this sector, the engine's tail
 ; sectors, zeros up to LBA 1 + CHUNK, then the data area (the manifest
-; first) as for the other builds, padded to whole CHUNKs.
-; Loader: in 16-bit real mode with BIOS extended reads; the first read puts
-; LBA 1.. (the tail) at 0x7E00, the next ones go to BOUNCE and are copied
-; to DATA in unreal mode until a read past the disk's end fails; then flat
-; 32-bit protected mode with the unreal descriptors DS and ES still hold
-; and the real-mode SS (base 0, B = 0: the stack stays below 64 KiB).
+; first) as for the other builds, padded to whole cylinders.
+; Loader: 16-bit real mode, BIOS extended reads; the first read puts LBA
+; 1..CHUNK (the tail) at 0x7E00, the next ones go to BOUNCE and are copied
+; to DATA through ES with a 4 GiB limit (unreal mode) until a read past the
+; disk's end fails; then flat 32-bit protected mode: DS loaded, ES keeping
+; its flat descriptor, SS the real-mode one (base 0, B = 0: the stack stays
+; below 64 KiB).  EBP = VARS = DATA + 512, the checkpoint header.
+; The x87 runs as QEMU's reset leaves it (empty, 64-bit precision), the
+; story stays exact; rmsnorm's eps is the builder's, in the manifest.
 ; Exit: isa-debug-exit (port 0xF4), 0: the story ended.
 
 bits 16
 org 0x7c00
 
-CHUNK   equ 64                  ; sectors per read (32 KiB)
+CHUNK   equ 32                  ; sectors per read (16 KiB)
 %if (CHUNK*128) & 0xFF
   %error "the copy's count is set through CH"
 %endif
-BOUNCE  equ 0x10E00             ; the read buffer: segment 0x10E0, PRE's
-                                ; 0x07E0 with its high byte made 0x10
+BOUNCE  equ 0x2E00              ; the read buffer (below 64 KiB: DS stays a
+                                ; real-mode segment): segment 0x02E0, the
+                                ; first read's 0x07E0 with its high byte 0x02
 SEL_D   equ 8                   ; GDT selectors: flat 4 GiB data,
 SEL_C32 equ 16                  ; flat 32-bit code
 
@@ -51,7 +55,7 @@ start:
     mov si, sp
     mov ah, 0x42                ; extended read; DL is the boot drive
     int 0x13
-    mov byte [si+7], BOUNCE >> 12 ; buffer 0x10E0:0; the LBA runs on to the
+    mov byte [si+7], BOUNCE >> 12 ; buffer 0x02E0:0; the LBA runs on to the
     mov edi, DATA               ; data area (the builder puts it there)
     xor ecx, ecx                ; (ECX's high word 0 for the copies)
 load:
@@ -59,18 +63,15 @@ load:
     mov ah, 0x42
     int 0x13
     jc topm                     ; a read past the disk's end: all loaded
-    push ds                     ; the real-mode selectors (0) ...
-    push es
+    push es                     ; the real-mode selector (0) ...
     mov eax, cr0
     inc ax                      ; PE on (interrupts are off)
     mov cr0, eax
     mov bx, SEL_D
-    mov ds, bx                  ; 4 GiB limits, base 0
-    mov es, bx
+    mov es, bx                  ; a 4 GiB limit, base 0
     dec ax
-    mov cr0, eax                ; PE off: the limits stay cached
+    mov cr0, eax                ; PE off: the limit stays cached
     pop es                      ; ... back (selector 0, base 0)
-    pop ds
     mov esi, BOUNCE
     mov ch, CHUNK*128 >> 8      ; dwords (ECX is 0: from the xor, then each
                                 ; copy leaves it 0; the BIOS keeps it)
@@ -83,14 +84,13 @@ topm:
     mov eax, cr0
     inc ax                      ; PE on
     mov cr0, eax
-    jmp dword SEL_C32:engine_start ; flat 32-bit code; DS and ES keep
-bits 32                         ; their flat 4 GiB descriptors from the loop
+    mov ds, bx                  ; flat data (bx = SEL_D from the loop); ES
+    jmp dword SEL_C32:engine_start ; keeps its flat descriptor from the loop
+bits 32
 
-putc:                           ; al to COM1 (QEMU's UART: no wait, no set-up)
-    push edx
-    mov dx, 0x3f8
-    out dx, al
-    pop edx
+putc:                           ; al to COM1 (QEMU's UART: no wait, no set-up);
+    mov dx, 0x3f8               ; clobbers edx (no caller in the floor keeps
+    out dx, al                  ; anything in it)
     ret
 
 gdtr:                           ; (the null entry, never loaded, is the 8
