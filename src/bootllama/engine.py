@@ -57,6 +57,12 @@ def _build(args: argparse.Namespace, out: str | os.PathLike[str], keep: str | No
     """Build the image for ``args`` at ``out``; with ``keep``, also publish it there (run's
     --image). Both paths are checked against the inputs before anything is built."""
     _check_settings(args)
+    if getattr(args, "floor", False):
+        if any((args.checkpoint, args.tokenizer, args.temperature, args.seed, args.steps, args.prompt, args.model,
+                args.chat, args.system, args.cpu != "sse2")):
+            raise BootllamaError("--floor builds the packaged model's default story only: give no other option but -o")
+        checkpoint, tokenizer = resolve_paths(args)
+        return image.build_image(checkpoint, tokenizer, out, floor=True)
     checkpoint, tokenizer = resolve_paths(args)
     inputs = image.image_inputs(checkpoint, tokenizer)
     for path in (out, keep):
@@ -142,6 +148,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # type
     add_generate_arguments(build)
     build.add_argument("-o", dest="output", required=True, metavar="IMAGE", help="raw disk image to write")
     _add_cpu(build)
+    build.add_argument("--floor", action="store_true",
+                       help="the smallest engine: the packaged model's default story on QEMU only (COM1, no guards)")
     build.set_defaults(func=cmd_build)
 
     run = subparsers.add_parser("run", help="build the image and boot it in QEMU (or another PC), streaming the story")

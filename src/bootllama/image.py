@@ -72,6 +72,10 @@ CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
 DATA = 0x100000  # where the data area (the manifest) lands
 CYLINDER = 16 * 63  # sectors per cylinder of the geometry Bochs is given
 FIELDS = 128  # the manifest's fields: its last 128 bytes
+# the floor (floor.asm): its first read takes LBA 1..32 (its CHUNK), so the data area follows
+# it; the builder writes rmsnorm's eps into M_TEMP's place (engine.inc's M_EPS)
+FLOOR_MANIFEST_LBA = 1 + 32
+FLOOR_EPS_AT = SECTOR - 52
 # activation buffers in the sector's 64 KiB window (floats)
 MAX_DIM = 1024
 MAX_HIDDEN = 2048
@@ -614,13 +618,20 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
                 out: str | os.PathLike[str], prompt: str | bytes | None = None, steps: int = 0,
                 temperature: float = 0.0, seed: int = 0,
                 engine: Engine | None = None, rope: bytes | None = None,
-                manifest_lba: int = MANIFEST_LBA, uefi: bool | bytes | UefiEngine = True) -> Image:
+                manifest_lba: int = MANIFEST_LBA, uefi: bool | bytes | UefiEngine = True,
+                floor: bool = False) -> Image:
     """Lay out a bootable raw disk image (written atomically). ``rope``: this checkpoint's
     rope_region(), when the caller has it already; ``manifest_lba``: for engines from before
     MLBA (bench/speedup.py's old one reads its manifest right after its sectors); ``uefi``:
     True (assemble the UEFI engine with the legacy engine's defines) or one (or its bytes) give the
     image that boots both ways (plan_esp), False the legacy-only one (the data at LBA
-    ``manifest_lba``: the web page's, which has no NASM, and old engines')."""
+    ``manifest_lba``: the web page's, which has no NASM, and old engines'); ``floor``:
+    floor.asm's image, the default story only (legacy BIOS only)."""
+    if floor:
+        if prompt or steps or temperature or seed or engine is not None:
+            raise BootllamaError("the floor tells the default story only: no prompt, -n, -t, -s or engine options")
+        engine, manifest_lba = assemble(("FLOOR",), asm_source().with_name("floor.asm")), FLOOR_MANIFEST_LBA
+        uefi = False
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
@@ -652,6 +663,8 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     elif len(rope) != rope_bytes(config):
         raise BootllamaError("the rotation values given do not fit this checkpoint")
     man = manifest(layout, ids, steps, temperature, seed, stop_id=tok.stop_id, byte_base=byte_base)
+    if floor:  # rmsnorm's eps in place of -t's temperature
+        man = man[:FLOOR_EPS_AT] + struct.pack("<f", 1e-5) + man[FLOOR_EPS_AT + 4:]
     with atomic_write(out, inputs=image_inputs(checkpoint, tokenizer_path)) as raw:
         boot = mbr(engine.code, layout, zlib.crc32(man))
         raw.write(boot)

@@ -2,11 +2,12 @@
 
 The builder (image.build_image) writes a verify record into the manifest sector's first bytes
 (the engine never reads them): the CRC32, byte offset and length of each part of the image (the
-engine's sectors, the UEFI engine's file in the EFI System Partition, the manifest's fields, the checkpoint, the tokenizer, the prompt's ids, the
-address table, the RoPE values). ``verify`` finds the record in the manifest sector the boot
-read loads (LBA image.MANIFEST_LBA, else the first LBA of the MBR's partition), checks the
-record's own CRC32, then every part, and checks that the manifest's address fields point where
-the record says the parts are. A damaged part is named; nothing is repaired.
+engine's sectors, the UEFI engine's file in the EFI System Partition, the manifest's fields, the
+checkpoint, the tokenizer, the prompt's ids, the address table, the RoPE values). ``verify``
+finds the record in the manifest sector the boot read loads (LBA image.MANIFEST_LBA, else the
+first LBA of the MBR's partition), checks the record's own CRC32, then every part, and checks
+that the manifest's address fields point where the record says the parts are. A damaged part is
+named; nothing is repaired.
 
 What it cannot see: damage to the zero padding between parts (nothing reads it), and a stick
 whose record and part were both rewritten consistently. The data check's fix-up dword, written
