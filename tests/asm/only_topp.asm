@@ -1,0 +1,2 @@
+bits 32
+%include "topp.inc"
