@@ -52,6 +52,17 @@ def test_runc_chat_fixture_boots(name: str, request: pytest.FixtureRequest, tmp_
     assert got == (_eof_cut(case, runc) if case["eof"] else runc)
 
 
+@pytest.mark.slow
+def test_runc_chat_fixture_boots_on_a_486(tmp_path: Path) -> None:
+    """The 486 build (x87 products, no SSE) with top-p: run.c's text for a 511-byte turn."""
+    case = CASES["s260k_topp_511"]
+    ckpt, tok = _paths(case, None)
+    img = _build_cli([str(ckpt), "-z", str(tok), "-m", "chat", *case["args"], "--cpu", "486"], tmp_path / "c.img")
+    assert {"CPU486", "TOPP", "TALK"} <= set(img.engine.defines)
+    got = boot_typed(img, (DATA / case["lines"]).read_bytes(), timeout=3600, cpu="486")
+    assert got == (DATA / case["stdout"]).read_bytes()
+
+
 def _stories(lines: bytes, steps: int, temperature: float = 0.0, topp: float = 1.0, seed: int = 5) -> bytes:
     model = load_checkpoint(STORIES)
     tok = Tokenizer.load(TOK512, model.config.vocab_size)
