@@ -9,20 +9,23 @@ import sys
 from pathlib import Path
 
 from bootllama import image, pcs
-from bootllama.checkpoint import atomic_write, refuse_inputs
+from bootllama.checkpoint import atomic_write, read_legacy_config, refuse_inputs
 from bootllama.errors import BootllamaError
 from bootllama.interrupts import deferred, remove, temp_dir
 from bootllama.pcs import qemu
 from bootllama.runc_args import (
+    TYPED,
     add_generate_arguments,
+    check_mode,
     is_top_p,
     load_prompt,
-    refuse_typed_input,
     resolve_paths,
     resolve_seed,
     resolve_temperature,
     resolve_topp,
 )
+from bootllama.talkblock import Talk
+from bootllama.tokenizer import Tokenizer
 
 # --cpu NAME -> the engine's NASM defines, and the QEMU CPU model `run` gives that build
 CPUS = {"sse2": (), "486": ("CPU486",)}
@@ -43,14 +46,22 @@ def default_timeout(data_bytes: int, steps: int) -> float:
 
 
 def _check_settings(args: argparse.Namespace) -> None:
-    refuse_typed_input(args)
     args.temperature = resolve_temperature(args.temperature)
     args.topp = resolve_topp(args.topp)
-    if is_top_p(args.temperature, args.topp):
-        raise BootllamaError(f"top-p sampling (-p {args.topp:g}) runs in the reference only (`bootllama generate`); "
-                             "the engine samples with -p 0 or -p 1 (run.c's sample_mult)")
     if args.steps < 0:
         args.steps = 0
+
+
+def talk_of(args: argparse.Namespace) -> Talk | None:
+    """What the image does with typed input: -m chat (-y, -i the first turn), or -i - (the story machine)."""
+    check_mode(args)
+    if args.mode == "chat":
+        system = os.fsencode(args.system) if args.system is not None else None
+        first = os.fsencode(args.prompt) if args.prompt not in (None, TYPED) else None
+        return Talk("chat", system, first)
+    if args.prompt == TYPED:
+        return Talk("story")
+    return None
 
 
 def _build(args: argparse.Namespace, out: str | os.PathLike[str], keep: str | None = None) -> image.Image:
@@ -68,13 +79,19 @@ def _build(args: argparse.Namespace, out: str | os.PathLike[str], keep: str | No
     for path in (out, keep):
         if path is not None:
             refuse_inputs(path, inputs)
-    prompt = load_prompt(args, checkpoint, tokenizer)
+    talk = talk_of(args)
+    prompt = None if talk else load_prompt(args, checkpoint, tokenizer)
     seed, drawn = resolve_seed(args.seed)
     if drawn and args.temperature > 0:  # as generate: the run can be repeated with -s
         print(f"seed: {seed}", file=sys.stderr)
-    defines = (("SAMPLING",) if args.temperature > 0 else ()) + CPUS[args.cpu]
+    tok = Tokenizer.load(tokenizer, read_legacy_config(checkpoint).vocab_size)
+    defines = image.engine_defines(tok, args.temperature, is_top_p(args.temperature, args.topp), talk,
+                                   CPUS[args.cpu])
+    # typed input needs a getc of the UEFI engine's (ConIn), which it does not have yet: an
+    # interactive image boots legacy BIOS PCs only
     img = image.build_image(checkpoint, tokenizer, out, prompt=prompt, steps=args.steps,
-                            temperature=args.temperature, seed=seed, engine=image.assemble(defines))
+                            temperature=args.temperature, seed=seed, engine=image.assemble(defines),
+                            topp=args.topp, talk=talk, uefi=talk is None)
     if keep is not None:
         publish(Path(out), keep, inputs)
     return img
@@ -109,7 +126,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(image.format_size_table(img.engine), file=sys.stderr)
     if img.uefi is not None:
         print(image.format_uefi_size_table(img.uefi), file=sys.stderr)
-    print(f"wrote {args.output}: {lay.disk_sectors} sectors, {len(img.prompt_ids)} prompt tokens, "
+    talk = talk_of(args)
+    what = (("run.c's chat" if "ENC_BPE=0" in img.engine.defines else "the model's chat template") + " at boot"
+            if talk and talk.mode == "chat" else "a story for each prompt typed at boot" if talk
+            else f"{len(img.prompt_ids)} prompt tokens")
+    print(f"wrote {args.output}: {lay.disk_sectors} sectors, {what}, "
           f"{img.steps} steps, needs {lay.memory_mib} MiB of memory and a CPU with {img.engine.cpu}",
           file=sys.stderr)
     return 0

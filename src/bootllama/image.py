@@ -66,6 +66,8 @@ from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece, sidecar_path
 if TYPE_CHECKING:
     import numpy as np
 
+    from bootllama.talkblock import Talk
+
 SECTOR = 512
 MANIFEST_LBA = 10  # sector.asm's MLBA: the manifest's sector, after the engine's and zeros
 CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
@@ -384,6 +386,12 @@ PARTS = {
     "forward pass": ("forward", "exptab", "exp", "consts", "rope", "nextw", "rmsnorm", "mvw", "mvwn", "mv",
                      "swiglu", "tox", "attention", "softmax_att", "softmax", "divmax"),
     "sampling": ("sample",),
+    "top-p": ("topp",),
+    "encoder": ("encode", "enc_done", "enc_lookup", "enc_concat", "enc_none", "enc_delete", "enc_bpe",
+                "enc_stretch", "enc_word", "enc_bpeword", "enc_pair"),
+    "talk": ("talk", "story", "chat", "full", "bye", "pick", "render", "encode_ids", "say", "readline",
+             "m_prompt", "m_sys", "m_user", "m_asst", "m_ascii", "m_full"),
+    "input": ("getc", "echo", "rmode"),
 }
 
 
@@ -437,6 +445,8 @@ class Layout:
         if not self.esp_lba:
             raise BootllamaError("a legacy-only image has no EFI System Partition")
         return Volume(((DATA_FILE, self.data_bytes), (EFI_FILE, self.efi_size)), self.esp_lba)
+    talk_addr: int = 0  # the talk block (talkblock.py: top-p, typed input), after the RoPE values
+    ram_addr: int = 0  # the talk block's buffers (and top-p's scratch), after the KV cache
 
     @property
     def rope_row_bytes(self) -> int:
@@ -463,7 +473,7 @@ def _pad(n: int, to: int = SECTOR) -> int:
 
 
 def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_size: int,
-         n_prompt: int, manifest_lba: int = MANIFEST_LBA) -> Layout:
+         n_prompt: int, manifest_lba: int = MANIFEST_LBA, talk_bytes: int = 0, ram_bytes: int = 0) -> Layout:
     for name, value, limit in (("dim", config.dim, MAX_DIM), ("hidden_dim", config.hidden_dim, MAX_HIDDEN),
                                ("seq_len", config.seq_len, MAX_SEQ)):
         if value > limit:
@@ -476,11 +486,13 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     prompt = tok + _pad(tokenizer_size)
     table = prompt + _pad(4 * (n_prompt + 1))
     rope = table + _pad(4 * (len(_LAYER_TABLE) * config.n_layers + len(_FINAL_TABLE)))
-    data_end = rope + _pad(rope_bytes(config))
+    talk = rope + _pad(rope_bytes(config))
+    data_end = talk + _pad(talk_bytes)
     logits = _pad(data_end, 4096)
     kv = _pad(logits + 4 * config.vocab_size, 4096)
     kv_bytes = config.seq_len * config.n_layers * 2 * config.kv_dim * 4
-    memory_end = kv + kv_bytes
+    ram = _pad(kv + kv_bytes, 4096)
+    memory_end = ram + ram_bytes if ram_bytes else kv + kv_bytes
     if memory_end > MAX_MEMORY:
         raise BootllamaError(
             f"model needs {memory_end / 2**30:.2f} GiB of memory with its KV cache; "
@@ -488,7 +500,8 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     last_lba = data_lba + (data_end - DATA) // SECTOR - 1
     read_end = data_lba + ((last_lba - data_lba) // CHUNK + 1) * CHUNK
     disk = _pad(read_end, CYLINDER)
-    return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk, table, rope)
+    return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk, table, rope,
+                  talk if talk_bytes else 0, ram if ram_bytes else 0)
 
 
 def plan_esp(layout: Layout, efi_size: int) -> Layout:
@@ -588,10 +601,10 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
                           steps, temperature, seed & (2**64 - 1),
                           DATA + layout.chunks * CHUNK * SECTOR)  # where the loader stops
     fields += struct.pack("<I", layout.table_addr)
-    # sqrtf(head_size), the fix-up (0 here), head_size / 2, the id of <0x00>, one spare, then pos,
+    # sqrtf(head_size), the fix-up (0 here), head_size / 2, the id of <0x00>, the talk block (0: none), then pos,
     # the table pointer, BOS
     fields += struct.pack("<fIIIIIII", _sqrtf(hs), 0, hs // 2, NO_BYTE_PIECES if byte_base is None else byte_base,
-                          0, 0, 0, BOS)
+                          layout.talk_addr, 0, 0, BOS)
     assert len(fields) == FIELDS
     return bytes(SECTOR - FIELDS) + fields
 
@@ -619,19 +632,23 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
                 temperature: float = 0.0, seed: int = 0,
                 engine: Engine | None = None, rope: bytes | None = None,
                 manifest_lba: int = MANIFEST_LBA, uefi: bool | bytes | UefiEngine = True,
-                floor: bool = False) -> Image:
+                floor: bool = False, topp: float = 1.0, talk: Talk | None = None) -> Image:
     """Lay out a bootable raw disk image (written atomically). ``rope``: this checkpoint's
     rope_region(), when the caller has it already; ``manifest_lba``: for engines from before
     MLBA (bench/speedup.py's old one reads its manifest right after its sectors); ``uefi``:
     True (assemble the UEFI engine with the legacy engine's defines) or one (or its bytes) give the
     image that boots both ways (plan_esp), False the legacy-only one (the data at LBA
     ``manifest_lba``: the web page's, which has no NASM, and old engines'); ``floor``:
-    floor.asm's image, the default story only (legacy BIOS only)."""
+    floor.asm's image, the default story only (legacy BIOS only). ``topp``: run.c's -p (with a
+    temperature, 0 < p < 1 is top-p sampling); ``talk``: typed input at boot (talkblock.py;
+    legacy BIOS only until the UEFI engine has a getc through ConIn)."""
     if floor:
         if prompt or steps or temperature or seed or engine is not None:
             raise BootllamaError("the floor tells the default story only: no prompt, -n, -t, -s or engine options")
         engine, manifest_lba = assemble(("FLOOR",), asm_source().with_name("floor.asm")), FLOOR_MANIFEST_LBA
         uefi = False
+    if talk is not None:
+        uefi = False  # uefi.asm has no getc yet (talk.inc's head says what it needs)
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
@@ -643,16 +660,25 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         steps = config.seq_len
     if len(ids) > config.seq_len:
         raise BootllamaError(f"prompt is {len(ids)} tokens; the context holds {config.seq_len}")
+    top_p = topp if temperature > 0 and 0.0 < topp < 1.0 else None
     if engine is None:
-        # temperature sampling is an assembly-time option: the greedy engine stays smaller
-        engine = assemble(("SAMPLING",) if temperature > 0 else ())
+        # temperature sampling, top-p and typed input are assembly-time options: the greedy engine stays smaller
+        engine = assemble(engine_defines(tok, temperature, top_p is not None, talk))
     if temperature > 0 and "sample" not in engine.symbols:
         raise BootllamaError("this engine build samples greedily only; assemble it with -DSAMPLING")
-    app = assemble_uefi(engine.defines, engine.symbols.get(engine_first_label())) if uefi is True else uefi or None
-    efi = app.code if isinstance(app, UefiEngine) else app
+    if (top_p is not None) != ("topp" in engine.symbols) or (talk is not None) != ("talk" in engine.symbols):
+        raise BootllamaError("this engine build does not match the image's top-p or typed-input settings")
     ckpt_size = os.path.getsize(checkpoint)
     tok_size = os.path.getsize(tokenizer_path)
-    layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba)
+    talk_bytes = ram = 0
+    if top_p is not None or talk is not None:
+        from bootllama import talkblock
+
+        talk_bytes = talkblock.block_size(tok, talk, top_p, 0)
+        ram = talkblock.ram_bytes(tok, talk, top_p is not None)
+    app = assemble_uefi(engine.defines, engine.symbols.get(engine_first_label())) if uefi is True else uefi or None
+    efi = app.code if isinstance(app, UefiEngine) else app
+    layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba, talk_bytes, ram)
     if efi is not None:
         if manifest_lba != MANIFEST_LBA or engine.sectors > MANIFEST_LBA:
             raise BootllamaError("an image with an EFI System Partition needs the manifest's copy at LBA "
@@ -698,6 +724,10 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
                            ("RoPE values", rope)):
             parts.append(Part(name, raw.tell(), len(data), zlib.crc32(data)))
             f.write(data + bytes(_pad(len(data)) - len(data)))
+        if talk_bytes:
+            block = talkblock.talk_block(tok, talk, top_p, layout.talk_addr, layout.ram_addr, layout.tokenizer_addr)
+            parts.append(Part("talk block", raw.tell(), len(block), zlib.crc32(block)))
+            f.write(block + bytes(_pad(len(block)) - len(block)))
         raw.truncate(layout.disk_sectors * SECTOR)  # (zeros: they add nothing to the sum)
         # the checksums go into the manifest sector's first bytes, which the engine never reads
         # (they replace zeros there, so their dwords join the sum)
@@ -760,6 +790,19 @@ def data_sum(path: str | os.PathLike[str], layout: Layout) -> int:
             total += sum(struct.unpack(f"<{len(block) // 4}I", block))
             left -= len(block)
     return total & 0xFFFFFFFF
+
+
+def engine_defines(tok: Tokenizer, temperature: float, top_p: bool, talk: Talk | None,
+                   cpu: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The NASM defines of the engine an image needs: -DSAMPLING for a temperature, -DTOPP for
+    top-p, -DTALK (with only the encoder kind this tokenizer uses) for typed input."""
+    out = ("SAMPLING",) if temperature > 0 else ()
+    out += ("TOPP",) if top_p else ()
+    if talk is not None:
+        from bootllama.tokenizer import ByteLevelTokenizer
+
+        out += ("TALK", "ENC_RUNC=0" if isinstance(tok, ByteLevelTokenizer) else "ENC_BPE=0")
+    return out + cpu
 
 
 def _chs(lba: int) -> bytes:

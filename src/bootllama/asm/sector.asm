@@ -248,6 +248,7 @@ rputc:
     xchg ax, cx
     mov dl, 0xf8
     out dx, al
+.scr:                           ; (echo: the screen only; dx = 0x3F8)
     xor bx, bx                  ; page 0
     mov ah, 0x0e                ; teletype (the BIOS keeps ax, bx, dx)
     cmp al, 10
@@ -297,6 +298,67 @@ m_mem:  db "!RAM", E_MEM
     dw 0xaa55                   ; the tail sectors follow
 ; ---- the tail sectors: engine.inc ----------------------------------------
 %include "engine.inc"
+%ifdef TALK
+; ---- getc (32-bit): al = the next input byte, ah = 1 if from the keyboard ----
+; COM1's receiver or the BIOS keyboard, whichever has a byte first (talk.md);
+; waits in real mode with interrupts on, so the keyboard's IRQ is served
+getc:
+    pushad
+    jmp SEL_C16:.rm
+bits 16
+.rm:
+    call rmode
+    sti                         ; the keyboard's IRQ fills the BIOS's buffer
+.poll:
+    mov dx, 0x3fd
+    in al, dx
+    test al, 1                  ; COM1's line status: a byte received
+    jnz .com
+    mov ah, 1
+    int 0x16                    ; a keystroke waiting? (ZF = 0)
+    jz .poll
+    mov ah, 0
+    int 0x16                    ; take it: al = its ASCII (0: none)
+    mov ah, 1
+    jmp short .got
+.com:
+    mov dl, 0xf8
+    in al, dx                   ; COM1's byte
+    mov ah, 0
+.got:
+    cli
+    mov bp, sp
+    mov [bp+28], ax             ; into pushad's eax (SS = 0)
+    jmp topm
+
+; ---- echo (32-bit): al to the screen only (typed text; never COM1) ---------
+bits 32
+echo:
+    pushad
+    jmp SEL_C16:.rm
+bits 16
+.rm:
+    call rmode
+    call .tty
+    jmp topm
+.tty:
+    pushad                      ; rputc's frame, entered after its COM1 part
+    mov dx, 0x3f8               ; (the flat selector, for its unreal)
+    jmp rputc.scr
+
+; real mode from the 16-bit code segment (PE off, CS = 0, SS = 0)
+rmode:
+    mov edx, cr0
+    dec dx                      ; PE off
+    mov cr0, edx
+    xor dx, dx
+    mov ss, dx                  ; SS = 0 for the BIOS
+    pop dx
+    push word 0                 ; CS = 0 and back to the caller
+    push dx
+    retf
+bits 32
+%endif
     align 512, db 0
 engine_end:
 TAIL    equ (engine_end - $$) / 512 - 1   ; sectors after this one
