@@ -103,7 +103,8 @@ def verify(path: str | os.PathLike[str]) -> tuple[list[image.Part], list[str]]:
         if size < record.disk_bytes:
             raise BootllamaError(f"truncated: {size} of its {record.disk_bytes} bytes")
         by_name = {p.name: p for p in record.parts}
-        if set(by_name) - {"UEFI engine", "talk block"} != {"engine", "manifest", *(name for _, name, _ in _ADDRESS_FIELDS)}:
+        optional = {"UEFI engine", "talk block"}  # an image that boots UEFI PCs; one that takes typed input
+        if set(by_name) - optional != {"engine", "manifest", *(name for _, name, _ in _ADDRESS_FIELDS)}:
             raise BootllamaError("its verify record lists other parts than this bootllama writes")
         damaged = [p.name for p in record.parts if p.name != "manifest" and _crc(f, p.offset, p.length) != p.crc]
         man = by_name["manifest"]
