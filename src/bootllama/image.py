@@ -501,7 +501,7 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     read_end = data_lba + ((last_lba - data_lba) // CHUNK + 1) * CHUNK
     disk = _pad(read_end, CYLINDER)
     return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk, table, rope,
-                  talk if talk_bytes else 0, ram if ram_bytes else 0)
+                  talk_addr=talk if talk_bytes else 0, ram_addr=ram if ram_bytes else 0)
 
 
 def plan_esp(layout: Layout, efi_size: int) -> Layout:
