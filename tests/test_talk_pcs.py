@@ -65,14 +65,14 @@ def test_key_codes() -> None:
 PAYLOAD = b"You are a poet.\nHi\n" + bytes(b for b in range(256) if b != 4) + b"\n" + b"y" * 700
 
 
-@pytest.mark.parametrize("pc", ["qemu", "qemu-ahci", "qemu-usb-ehci", "qemu-usb-xhci", "v86"])
+@pytest.mark.parametrize("pc", ["qemu", "qemu-ahci", "qemu-usb-ehci", "qemu-usb-xhci", "v86", "bochs"])
 def test_input_bytes(echo_image: Path, pc: str) -> None:
     result = pcs.boot(pc, echo_image, LAYOUT, timeout=120, input=PAYLOAD)  # type: ignore[arg-type]
     assert result.text == echoed(PAYLOAD + closing_bytes(PAYLOAD))
     assert result.text.endswith(b"y" * 189 + b"\n")  # the harness closed the open line, then sent EOT
 
 
-@pytest.mark.parametrize("pc", ["qemu", "v86"])
+@pytest.mark.parametrize("pc", ["qemu", "v86", "bochs"])
 def test_input_stream(echo_image: Path, pc: str) -> None:
     """A stream, as an interactive terminal gives it: lines come one at a time, later."""
     read, write = os.pipe()

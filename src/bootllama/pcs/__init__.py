@@ -50,12 +50,10 @@ def boot(name: str, image: str | os.PathLike[str], layout: Layout, *, timeout: f
     if name == "v86":
         return v86.boot(image, layout.memory_mib, layout.chunks, timeout=timeout, on_bytes=on_bytes,
                         input=input)
-    if input is not None:
-        raise BootllamaError(f"input to COM1 works on the QEMU PCs and v86, not {name}")
     if name == "bochs":
         times: dict[str, float] = {}
         t0 = time.monotonic()
-        text = bochs.boot_bochs(image, layout, max_bytes=max_bytes, timeout=timeout, timings=times)
+        text = bochs.boot_bochs(image, layout, max_bytes=max_bytes, timeout=timeout, timings=times, input=input)
         if on_bytes and text:
             on_bytes(text)
         return RunResult(text, "bochs", times.get("load_seconds", time.monotonic() - t0),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import socket
 import subprocess
 import threading
 import time
@@ -157,7 +158,7 @@ class Feeder:
     :func:`closing_bytes`.  ``source`` is bytes, or a readable binary stream read as its data
     comes (an interactive terminal gives whole lines).  Stops quietly when the PC has exited."""
 
-    def __init__(self, pipe: BinaryIO, source: Input) -> None:
+    def __init__(self, pipe: BinaryIO | socket.socket, source: Input) -> None:
         self.pipe = pipe
         self.fd = pipe.fileno()
         self.source = source
