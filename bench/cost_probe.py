@@ -1,6 +1,6 @@
 """Where the engine's time goes under TCG: the cost of one instruction, found by doubling it.
 
-Each variant of sector.asm executes one instruction (or routine) a second time on a scratch
+Each variant of the engine (engine.inc) executes one instruction (or routine) a second time on a scratch
 value, so the story is byte-identical to the base engine's and every forward pass does the
 same work plus that extra. Booting the variants alternately on the default story and
 comparing median rates gives the extra's cost per token, and so its share of the base
@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speedup import GenCpu, cpu_name, loadavg  # noqa: E402  (bench/speedup.py: QEMU's CPU time)
 
-STEP = """    a32 movss xmm1, [esi]
-    a32 mulss xmm1, [ebx]
+STEP = """    movss xmm1, [esi]
+    mulss xmm1, [ebx]
     addss xmm0, xmm1
     add esi, eax
     add ebx, byte 4
@@ -49,8 +49,8 @@ STEP = """    a32 movss xmm1, [esi]
 # the sites of the element-wise x87 multiplications: rmsnorm's sum of squares and its scaling by
 # ss and the weight, swiglu's product with hb2 (fmul, then the x87 copy the doubling works on)
 SS = "    fmul st0\n    faddp                       ; ss += x*x\n"
-SCALE = "    fmul st1\n    a32 fmul dword [esi]\n"
-HB2 = "    fmul dword [si+0x2000]      ; hb2\n"
+SCALE = "    fmul st1\n    fmul dword [esi]\n"
+HB2 = "    fmul dword [esi+0x2000]     ; hb2\n"
 
 
 def _x87(mul: bool) -> list[tuple[str, str]]:
@@ -58,9 +58,9 @@ def _x87(mul: bool) -> list[tuple[str, str]]:
     def twice(op: str) -> str:
         return "    fld st0\n" + (f"    {op}\n" if mul else "") + "    fstp st0\n"
     return [(SS, twice("fmul st0") + SS),
-            (SCALE, twice("fmul st2") + "    fmul st1\n" + twice("a32 fmul dword [esi]")
-             + "    a32 fmul dword [esi]\n"),
-            (HB2, twice("fmul dword [si+0x2000]") + HB2)]
+            (SCALE, twice("fmul st2") + "    fmul st1\n" + twice("fmul dword [esi]")
+             + "    fmul dword [esi]\n"),
+            (HB2, twice("fmul dword [esi+0x2000]") + HB2)]
 
 
 SOFTMAX_EXP = "    call exp                    ; x = expf(x - max)\n"
@@ -90,14 +90,14 @@ VARIANTS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
     # the same product again (w * x into xmm2): squaring the product instead would make some
     # results subnormal, which QEMU computes on a slower path than the engine's own products
     "mulss": ("a second mulss per product term (the same w*x into xmm2)", "product",
-              [("    a32 mulss xmm1, [ebx]\n", "    movaps xmm2, xmm1\n    a32 mulss xmm2, [ebx]\n"
-                                               "    a32 mulss xmm1, [ebx]\n")]),
+              [("    mulss xmm1, [ebx]\n", "    movaps xmm2, xmm1\n    mulss xmm2, [ebx]\n"
+                                           "    mulss xmm1, [ebx]\n")]),
     "movaps": ("an SSE register copy per product term (the mulss row's own overhead)", "product",
-               [("    a32 mulss xmm1, [ebx]\n", "    movaps xmm2, xmm1\n    a32 mulss xmm1, [ebx]\n")]),
+               [("    mulss xmm1, [ebx]\n", "    movaps xmm2, xmm1\n    mulss xmm1, [ebx]\n")]),
     "fdiv": ("a second x87 division per divmax element", "fdiv",
              [("    fdiv st2\n", "    fld st0\n    fdiv st3\n    fstp st0\n    fdiv st2\n")]),
     "divss": ("an SSE scalar division per divmax element (x / 1e-5 into xmm3), beside the fdiv", "fdiv",
-              [("    fdiv st2\n", "    a32 movss xmm3, [esi]\n    divss xmm3, [eps]\n    fdiv st2\n")]),
+              [("    fdiv st2\n", "    movss xmm3, [esi]\n    divss xmm3, [eps]\n    fdiv st2\n")]),
     "divmax": ("a third divmax per attention row, by 1.0 (exact): its x87 fld, fcomi, fdiv, fstp per score",
                "score", [("    call divmax                 ; x /= sum\n",
                           "    call divmax                 ; x /= sum\n    emms\n    fld1\n    call divmax\n")]),
@@ -130,9 +130,24 @@ def variant_source(base: str, patches: list[tuple[str, str]]) -> str:
     for old, new in patches:
         if src.count(old) != 1:
             first = old.strip().splitlines()[0]
-            raise BootllamaError(f"sector.asm changed: no single {first!r} to patch; update cost_probe.py")
+            raise BootllamaError(f"engine.inc changed: no single {first!r} to patch; update cost_probe.py")
         src = src.replace(old, new)
     return src
+
+
+def engine_source() -> str:
+    """engine.inc's text: the variants patch it."""
+    return image.asm_source().with_name("engine.inc").read_text()
+
+
+def write_variant(dest: Path, base: str, patches: list[tuple[str, str]]) -> Path:
+    """sector.asm and sample.inc copied into ``dest`` beside the patched engine.inc; the sector to assemble."""
+    dest.mkdir(parents=True, exist_ok=True)
+    asm = image.asm_source()
+    for name in ("sector.asm", "sample.inc"):
+        Path(dest, name).write_text(asm.with_name(name).read_text())
+    Path(dest, "engine.inc").write_text(variant_source(base, patches))
+    return Path(dest, "sector.asm")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,16 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [n for n in chosen if n not in VARIANTS]
         if unknown:
             raise BootllamaError(f"unknown variant {unknown[0]!r}; the variants: {', '.join(VARIANTS)}")
-    base_src = image.asm_source().read_text()
+    base_src = engine_source()
     ckpt, tok = packaged_path("stories260K.bin"), packaged_path("tok512.bin")
     load_start = loadavg()
     with tempfile.TemporaryDirectory(prefix="bootllama-costs-") as tmp:
         imgs = {}
         for name in chosen:
             patches = VARIANTS[name][2]
-            src = Path(tmp, f"{len(imgs)}.asm")
-            src.write_text(variant_source(base_src, patches))
-            # (greedy builds only: sample.inc, not beside the copy, is not included)
+            src = write_variant(Path(tmp, str(len(imgs))), base_src, patches)
             imgs[name] = image.build_image(ckpt, tok, Path(tmp, f"{len(imgs)}.img"),
                                            engine=image.assemble(source=src))
         rates: dict[str, list[float]] = {n: [] for n in chosen}  # wall clock

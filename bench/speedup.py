@@ -7,13 +7,16 @@ QEMU TCG, ``--rounds`` times each. Every run's story must be byte-identical to l
 (``../shared/oracles/stories260K_greedy.txt``). Writes bench/speedup.md and bench/speedup.json:
 each engine's median tokens/s (min-max), load seconds, and the ratio new / old of the medians.
 
-The old engine is 2 sectors (boot code over bytes 440..509: no MBR fields), so its image is laid
-out with 2 engine sectors (the data area at LBA 2) and its sectors are written unpatched; the
-data area (manifest, checkpoint, tokenizer, prompt, address table) is the same bytes in both
-images (checked).
+The default old engine is 2 sectors (boot code over bytes 440..509: no MBR fields), so its image
+is laid out with 2 engine sectors (the data area at LBA 2) and its sectors are written unpatched;
+an old engine that is an MBR (``--old main``, say) gets an ordinary image. The data area (manifest,
+checkpoint, tokenizer, prompt, address table) is the same bytes in both images (checked), but for
+the manifest's leading fields (M_DLBA and what else later engines read there, which older ones
+ignore). ``--pc v86`` boots both in v86 instead of QEMU TCG (wall-clock rates only).
 
     python bench/speedup.py                 # 5 rounds
     python bench/speedup.py --rounds 9
+    python bench/speedup.py --old main --rounds 3 --pc v86
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from bench_engine import cpu_name, log
 from bootllama import image
 from bootllama.checkpoint import packaged_path
 from bootllama.errors import BootllamaError
-from bootllama.pcs import qemu
+from bootllama.pcs import qemu, v86
 
 ROOT = Path(__file__).resolve().parents[1]
 ORACLE = ROOT.parent / "shared" / "oracles" / "stories260K_greedy.txt"
@@ -95,11 +98,14 @@ def qemu_version() -> str:
 
 
 def old_source(commit: str, dest: Path) -> Path:
-    """Write the old engine's sector.asm (and its sample.inc, which greedy builds do not include)."""
-    for name in ("sector.asm", "sample.inc"):
+    """Write the old engine's sector.asm (and its sample.inc, which greedy builds do not include,
+    and its engine.inc where it has one)."""
+    for name in ("sector.asm", "sample.inc", "engine.inc"):
         proc = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:src/bootllama/asm/{name}"],
                               capture_output=True)
         if proc.returncode != 0:
+            if name == "engine.inc":
+                continue  # (engines before the 32-bit form are one file)
             raise BootllamaError(f"git show {commit}:src/bootllama/asm/{name} failed: "
                                  f"{proc.stderr.decode(errors='replace').strip()}")
         Path(dest, name).write_bytes(proc.stdout)
@@ -111,6 +117,8 @@ def build_old(engine: image.Engine, ckpt: Path, tok: Path, out: Path) -> image.I
     own sector count; sector 0's bytes 440..509 (its code, not MBR fields) are blanked so that
     image.mbr() accepts it, and afterwards the engine's sectors are written back unpatched."""
     code = engine.code
+    if not any(code[image.MBR_SIGNATURE_AT:510]):  # an MBR engine: laid out as today's
+        return image.build_image(ckpt, tok, out, engine=engine)
     shell = dataclasses.replace(engine, code=code[:image.MBR_SIGNATURE_AT] + bytes(510 - image.MBR_SIGNATURE_AT)
                                 + code[510:])
     img = image.build_image(ckpt, tok, out, engine=shell, manifest_lba=engine.sectors)
@@ -119,11 +127,18 @@ def build_old(engine: image.Engine, ckpt: Path, tok: Path, out: Path) -> image.I
     return dataclasses.replace(img, engine=engine)
 
 
+# the manifest's bytes that differ between engine generations (zeros before M_DLBA existed)
+LEADING_FIELDS = slice(image.SECTOR - image.FIELDS, image.SECTOR - 92)
+
+
 def data_area(img: image.Image) -> bytes:
+    """The data area as the engines read it, the manifest's leading fields blanked."""
     lay = img.layout
     with open(img.path, "rb") as f:
         f.seek(lay.data_lba * image.SECTOR)
-        return f.read((lay.last_lba + 1 - lay.data_lba) * image.SECTOR)
+        data = bytearray(f.read((lay.last_lba + 1 - lay.data_lba) * image.SECTOR))
+    data[LEADING_FIELDS] = bytes(LEADING_FIELDS.stop - LEADING_FIELDS.start)
+    return bytes(data)
 
 
 def summary(rates: list[float], loads: list[float], cpu: list[float], cpu_rates: list[float]) -> dict[str, object]:
@@ -140,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="boots of each engine, alternating (default 5)")
     ap.add_argument("--old", default=OLD_COMMIT, help=f"git commit of the old sector.asm (default {OLD_COMMIT})")
     ap.add_argument("--output-dir", type=Path, default=ROOT / "bench", help="where speedup.md/.json go")
+    ap.add_argument("--pc", choices=("tcg", "v86"), default="tcg", help="QEMU TCG (default) or v86")
     args = ap.parse_args(argv)
     if args.rounds < 1:
         raise BootllamaError("--rounds must be at least 1")
@@ -164,7 +180,11 @@ def main(argv: list[str] | None = None) -> int:
             for name, img in imgs.items():
                 cpu0 = child_cpu()
                 gen_cpu = GenCpu()
-                res = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, accel="tcg", on_bytes=gen_cpu)
+                if args.pc == "v86":
+                    res = v86.boot(img.path, img.layout.memory_mib, img.layout.chunks)
+                else:
+                    res = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, accel="tcg",
+                                    on_bytes=gen_cpu)
                 cpu[name].append(child_cpu() - cpu0)
                 cpu_rates[name].append(gen_cpu.tok_per_s(res.tokens))
                 if res.text != oracle:
@@ -176,19 +196,23 @@ def main(argv: list[str] | None = None) -> int:
                     f"QEMU CPU {cpu[name][-1]:.2f} s, "
                     f"{cpu_rates[name][-1]:.1f} tok per CPU s  (load average {os.getloadavg()[0]:.2f})")
     load_end = loadavg()
+    pc_name = "QEMU TCG" if args.pc == "tcg" else "v86"
     old, new = (statistics.median(rates[k]) for k in ("old", "new"))
     ratio = new / old
     cpu_ratio = statistics.median(cpu["old"]) / statistics.median(cpu["new"])
-    gen_cpu_ratio = statistics.median(cpu_rates["new"]) / statistics.median(cpu_rates["old"])
+    has_cpu = all(cpu_rates["old"])  # (v86 runs in Node: no QEMU CPU times)
+    gen_cpu_ratio = statistics.median(cpu_rates["new"]) / statistics.median(cpu_rates["old"]) if has_cpu else 0.0
     # each round's pair, booted back to back, under about the same load
     paired = statistics.median(n / o for n, o in zip(rates["new"], rates["old"], strict=True))
-    paired_cpu = statistics.median(n / o for n, o in zip(cpu_rates["new"], cpu_rates["old"], strict=True))
+    paired_cpu = statistics.median(n / o for n, o in zip(cpu_rates["new"], cpu_rates["old"], strict=True)) \
+        if has_cpu else 0.0
     when = dt.datetime.now(dt.UTC)
     meta = {
-        "command": command, "date": f"{when:%Y-%m-%d %H:%M} UTC", "accelerator": "tcg",
+        "command": command, "date": f"{when:%Y-%m-%d %H:%M} UTC", "accelerator": args.pc,
         "qemu": qemu_version(), "cpu": cpu_name(), "nproc": os.cpu_count(),
         "load_average": {"start": load_start, "end": load_end},
-        "old": f"{args.old}:{ASM} ({old_engine.sectors} sectors, x87 exp with f2xm1)",
+        "old": f"{args.old}:{ASM} ({old_engine.sectors} sectors"
+               + (", x87 exp with f2xm1)" if args.old == OLD_COMMIT else ")"),
         "new": f"{ASM} of this checkout ({imgs['new'].engine.sectors} sectors, glibc's expf in SSE2 doubles)",
         "story": f"stories260K greedy, no prompt: {len(oracle)} bytes, {tokens['new']} forward passes, "
                  "identical to llama2.c's in every run",
@@ -202,11 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "speedup.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        "# The engine against the old one (QEMU TCG)",
+        f"# The engine against the old one ({pc_name})",
         "",
         f"Generated by `{command}` on {meta['date']}: {meta['story']}; the two engines booted "
-        f"alternately, {args.rounds} time{'s' if args.rounds != 1 else ''} each, under QEMU TCG "
-        f"({meta['qemu']}, `-cpu max`) on "
+        f"alternately, {args.rounds} time{'s' if args.rounds != 1 else ''} each, under {pc_name} "
+        f"({meta['qemu'] if args.pc == 'tcg' else 'v86 in Node'}, `-cpu max`) on "
         f"{meta['cpu']} ({meta['nproc']} CPUs, shared with other jobs: load average "
         f"{load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end).",
         "",

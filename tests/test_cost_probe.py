@@ -1,4 +1,4 @@
-"""bench/cost_probe.py patches sector.asm textually: every variant must still apply and assemble."""
+"""bench/cost_probe.py patches engine.inc textually: every variant must still apply and assemble."""
 
 from __future__ import annotations
 
@@ -33,11 +33,10 @@ def base_used() -> int:
 
 @pytest.mark.parametrize("name", list(cost_probe.VARIANTS))
 def test_variant_patches_and_assembles(name: str, tmp_path: Path, base_used: int) -> None:
-    base = image.asm_source().read_text()
+    base = cost_probe.engine_source()
     _, counted, patches = cost_probe.VARIANTS[name]
-    src = tmp_path / "sector.asm"
-    src.write_text(cost_probe.variant_source(base, patches))
-    text = src.read_text()
+    src = cost_probe.write_variant(tmp_path, base, patches)
+    text = (tmp_path / "engine.inc").read_text()
     assert all(new in text for _, new in patches)
     used = image.assemble(source=src).used
     if name == "base":

@@ -39,8 +39,9 @@ def test_manifest_carries_stop_id_and_no_byte_pieces(tmp_path: Path, bytelevel_m
     img = image.build_image(ckpt, tok, tmp_path / "a.img", prompt=BYTELEVEL_PROMPT, engine=image.assemble())
     data = img.path.read_bytes()
     man = data[img.layout.data_lba * 512 : img.layout.data_lba * 512 + 512]
-    # M_STOP (bp-88) and M_BYTE (bp-86): the fields end where the checkpoint header begins (bp)
-    stop, byte = struct.unpack_from("<HH", man, 512 - 88)
+    # M_STOP (ebp-88) and M_BYTE (ebp-20): the fields end where the checkpoint header begins (ebp)
+    (stop,) = struct.unpack_from("<I", man, 512 - 88)
+    (byte,) = struct.unpack_from("<I", man, 512 - 20)
     assert (stop, byte) == (2, image.NO_BYTE_PIECES)
 
 

@@ -18,6 +18,7 @@ from unicorn.x86_const import UC_X86_REG_ESP
 
 from bootllama import image
 from bootllama.libm import expf as expf_generic
+from bootllama.probe import asm_constant
 from bootllama.unicorn_harness import Machine
 
 IN_AT = 0x400000  # above the harness's 4 MiB: the test maps room for the inputs
@@ -58,9 +59,11 @@ def glibc_table() -> np.ndarray:
 
 
 def test_table_is_glibcs(machine: Machine) -> None:
-    tab = np.frombuffer(machine.read(0x3000, 33 * 8), dtype="<f8")
-    assert np.array_equal(tab[:32].view(np.uint64), glibc_table().view(np.uint64))
-    assert tab[32] == 2.0  # the 486 exp's SCALE: its low 48 bits must be zero
+    # engine.inc's TAB: [ebp+K] holds exp's constants, copied from consts..consts_end; the table follows
+    sym = machine.engine.symbols
+    tab_at = machine.engine.vars_at + asm_constant("K") + sym["consts_end"] - sym["consts"]
+    tab = np.frombuffer(machine.read(tab_at, 32 * 8), dtype="<f8")
+    assert np.array_equal(tab.view(np.uint64), glibc_table().view(np.uint64))
 
 
 def run_exp(m: Machine, x: np.ndarray) -> np.ndarray:
@@ -70,13 +73,13 @@ def run_exp(m: Machine, x: np.ndarray) -> np.ndarray:
     exp_at = m.engine.symbols["exp"]
     loop_at = 0x0600
     # mov edi, IN_AT; mov ecx, n; L: fld dword [edi]; push ecx; call exp; pop ecx; add edi, 4; dec ecx; jnz L; hlt
-    code = b"\x66\xbf" + struct.pack("<I", IN_AT) + b"\x66\xb9" + struct.pack("<I", len(x))
-    body = b"\x67\xd9\x07\x66\x51"
+    code = b"\xbf" + struct.pack("<I", IN_AT) + b"\xb9" + struct.pack("<I", len(x))
+    body = b"\xd9\x07\x51"
     call_at = loop_at + len(code) + len(body)
-    body += b"\xe8" + struct.pack("<h", exp_at - (call_at + 3))
-    body += b"\x66\x59\x66\x83\xc7\x04\x66\x49"
+    body += b"\xe8" + struct.pack("<i", exp_at - (call_at + 5))
+    body += b"\x59\x83\xc7\x04\x49"
     jnz_at = loop_at + len(code) + len(body)
-    body += b"\x0f\x85" + struct.pack("<h", (loop_at + len(code)) - (jnz_at + 4))
+    body += b"\x0f\x85" + struct.pack("<i", (loop_at + len(code)) - (jnz_at + 6))
     prog = code + body + b"\xf4"
     m.write(loop_at, prog)
     m.uc.reg_write(UC_X86_REG_ESP, 0x1000)

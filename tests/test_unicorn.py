@@ -54,7 +54,7 @@ def test_softmax_is_runc_softmax(machine: Machine, n: int) -> None:
     d = np.sqrt(F(8))
     machine.write_f32(X_AT, x)
     machine.write_f32(VEC_AT, np.array([d], dtype=F))
-    machine.run_code(b"\x67\xd9\x05" + VEC_AT.to_bytes(4, "little"))  # fld dword [dword VEC_AT]
+    machine.run_code(b"\xd9\x05" + VEC_AT.to_bytes(4, "little"))  # fld dword [VEC_AT]
     machine.call("softmax", esi=X_AT, ecx=n)
     want = softmax(x / d, exp=expf_generic)
     assert np.array_equal(machine.read_f32(X_AT, n), want)

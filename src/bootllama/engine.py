@@ -9,19 +9,21 @@ import tempfile
 from pathlib import Path
 
 from bootllama import image, pcs
-from bootllama.errors import BootllamaError
+from bootllama.checkpoint import read_legacy_config
 from bootllama.pcs import qemu
 from bootllama.runc_args import (
     TYPED,
     add_generate_arguments,
+    check_mode,
     is_top_p,
     load_prompt,
-    refuse_typed_input,
     resolve_paths,
     resolve_seed,
     resolve_temperature,
     resolve_topp,
 )
+from bootllama.talkblock import Talk
+from bootllama.tokenizer import Tokenizer
 
 # --cpu NAME -> the engine's NASM defines, and the QEMU CPU model `run` gives that build
 CPUS = {"sse2": (), "486": ("CPU486",)}
@@ -45,26 +47,38 @@ def default_timeout(data_bytes: int, steps: int) -> float:
 
 
 def _check_settings(args: argparse.Namespace) -> None:
-    refuse_typed_input(args)
     args.temperature = resolve_temperature(args.temperature)
     args.topp = resolve_topp(args.topp)
-    if is_top_p(args.temperature, args.topp):
-        raise BootllamaError(f"top-p sampling (-p {args.topp:g}) runs in the reference only (`bootllama generate`); "
-                             "the engine samples with -p 0 or -p 1 (run.c's sample_mult)")
     if args.steps < 0:
         args.steps = 0
+
+
+def talk_of(args: argparse.Namespace) -> Talk | None:
+    """What the image does with typed input: -m chat (-y, -i the first turn), or -i - (the story machine)."""
+    check_mode(args)
+    if args.mode == "chat":
+        system = os.fsencode(args.system) if args.system is not None else None
+        first = os.fsencode(args.prompt) if args.prompt not in (None, TYPED) else None
+        return Talk("chat", system, first)
+    if args.prompt == TYPED:
+        return Talk("story")
+    return None
 
 
 def _build(args: argparse.Namespace, out: str | os.PathLike[str]) -> image.Image:
     _check_settings(args)
     checkpoint, tokenizer = resolve_paths(args)
-    prompt = load_prompt(args, checkpoint, tokenizer)
+    talk = talk_of(args)
+    prompt = None if talk else load_prompt(args, checkpoint, tokenizer)
     seed, drawn = resolve_seed(args.seed)
     if drawn and args.temperature > 0:  # as generate: the run can be repeated with -s
         print(f"seed: {seed}", file=sys.stderr)
-    defines = (("SAMPLING",) if args.temperature > 0 else ()) + CPUS[args.cpu]
+    tok = Tokenizer.load(tokenizer, read_legacy_config(checkpoint).vocab_size)
+    defines = image.engine_defines(tok, args.temperature, is_top_p(args.temperature, args.topp), talk,
+                                   CPUS[args.cpu])
     return image.build_image(checkpoint, tokenizer, out, prompt=prompt, steps=args.steps,
-                             temperature=args.temperature, seed=seed, engine=image.assemble(defines))
+                             temperature=args.temperature, seed=seed, engine=image.assemble(defines),
+                             topp=args.topp, talk=talk)
 
 
 def cmd_build(args: argparse.Namespace) -> int:

@@ -50,6 +50,8 @@ from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece
 if TYPE_CHECKING:
     import numpy as np
 
+    from bootllama.talkblock import Talk
+
 SECTOR = 512
 MANIFEST_LBA = 10  # sector.asm's MLBA: the manifest's sector, after the engine's and zeros
 CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
@@ -208,13 +210,19 @@ def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) 
 # What each routine of sector.asm is for: the size table sums them per part, which shows where
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
-    "loader": ("start", "init", "load", "dims", "gdtr", "signature"),
+    "loader": ("start", "init", "load", "topm", "gdtr", "signature"),
     "guards": ("guards", "diskfail", "cpufail", "die", "exit"),
     "generate loop": ("gen", "done"),
-    "printing": ("print", "putc"),
-    "forward pass": ("forward", "exptab", "exp", "rope", "nextw", "rmsnorm", "mvw", "mvwb", "mvwn", "mv",
+    "printing": ("print", "putc", "rputc"),
+    "forward pass": ("forward", "engine_start", "exp", "consts", "rope", "nextw", "rmsnorm", "mvw", "mvwn", "mv",
                      "swiglu", "tox", "attention", "softmax_att", "softmax", "divmax"),
     "sampling": ("sample",),
+    "top-p": ("topp",),
+    "encoder": ("encode", "enc_done", "enc_lookup", "enc_concat", "enc_none", "enc_delete", "enc_bpe",
+                "enc_stretch", "enc_word", "enc_bpeword", "enc_pair"),
+    "talk": ("talk", "story", "chat", "full", "bye", "pick", "render", "encode_ids", "say", "readline",
+             "m_prompt", "m_sys", "m_user", "m_asst", "m_ascii", "m_full"),
+    "input": ("getc", "echo", "rmode"),
 }
 
 
@@ -254,6 +262,8 @@ class Layout:
     disk_sectors: int
     table_addr: int = 0  # the engine's per-layer address table (see table())
     rope_addr: int = 0  # run.c's rotation values: fcr rows, then fci rows (see rope_region())
+    talk_addr: int = 0  # the talk block (talkblock.py: top-p, typed input), after the RoPE values
+    ram_addr: int = 0  # the talk block's buffers (and top-p's scratch), after the KV cache
 
     @property
     def rope_row_bytes(self) -> int:
@@ -280,7 +290,7 @@ def _pad(n: int, to: int = SECTOR) -> int:
 
 
 def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_size: int,
-         n_prompt: int, manifest_lba: int = MANIFEST_LBA) -> Layout:
+         n_prompt: int, manifest_lba: int = MANIFEST_LBA, talk_bytes: int = 0, ram_bytes: int = 0) -> Layout:
     for name, value, limit in (("dim", config.dim, MAX_DIM), ("hidden_dim", config.hidden_dim, MAX_HIDDEN),
                                ("seq_len", config.seq_len, MAX_SEQ)):
         if value > limit:
@@ -295,11 +305,13 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     prompt = tok + _pad(tokenizer_size)
     table = prompt + _pad(4 * (n_prompt + 1))
     rope = table + _pad(4 * (len(_LAYER_TABLE) * config.n_layers + len(_FINAL_TABLE)))
-    data_end = rope + _pad(rope_bytes(config))
+    talk = rope + _pad(rope_bytes(config))
+    data_end = talk + _pad(talk_bytes)
     logits = _pad(data_end, 4096)
     kv = _pad(logits + 4 * config.vocab_size, 4096)
     kv_bytes = config.seq_len * config.n_layers * 2 * config.kv_dim * 4
-    memory_end = kv + kv_bytes
+    ram = _pad(kv + kv_bytes, 4096)
+    memory_end = ram + ram_bytes if ram_bytes else kv + kv_bytes
     if memory_end > MAX_MEMORY:
         raise BootllamaError(
             f"model needs {memory_end / 2**30:.2f} GiB of memory with its KV cache; "
@@ -307,7 +319,8 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     last_lba = data_lba + (data_end - DATA) // SECTOR - 1
     read_end = data_lba + ((last_lba - data_lba) // CHUNK + 1) * CHUNK
     disk = _pad(read_end, CYLINDER)
-    return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk, table, rope)
+    return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk, table, rope,
+                  talk if talk_bytes else 0, ram if ram_bytes else 0)
 
 
 def rope_bytes(config: Config) -> int:
@@ -372,24 +385,43 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
              seed: int, stop_id: int = BOS, byte_base: int | None = 3) -> bytes:
     """The manifest sector (fields at its end, right before the checkpoint header).
 
-    The fields start at byte 420 (the engine's M_NEED, bp-92): the memory the run needs (the
+    The fields are its last 128 bytes (engine.inc's M_*, [ebp-128..-1]): the dimensions the
+    engine derives from the header (head_size, head_size * 4, a RoPE row's bytes, kv_dim,
+    kv_dim * 4, a cache position's bytes, |vocab_size|, the query heads per kv head), the LBA
+    the data area starts at (the loader reads it from there), the memory the run needs (the
     end of the KV cache and logits), the id that ends the story (run.c's BOS, or a chat
-    model's end of answer), the id of <0x00> (3 in llama2.c's tokenizers; NO_BYTE_PIECES
-    when the tokenizer has none), then the addresses and settings. The weights' addresses are
-    in the per-layer table (see table()), so the 36 bytes before the fields stay zero.
+    model's end of answer), the addresses and settings (the weights' addresses are in the
+    per-layer table, see table()), sqrtf(head_size), the data check's fix-up, head_size / 2,
+    the id of <0x00> (3 in llama2.c's tokenizers; NO_BYTE_PIECES when the tokenizer has
+    none), and the first values of the engine's work variables (pos 0, token BOS).
     """
-    lay = legacy_layout(layout.config)
+    c = layout.config
+    lay = legacy_layout(c)
     base = layout.checkpoint_addr
-    fields = bytes(36) + struct.pack("<IHHI", layout.memory_end, stop_id,
-                                     NO_BYTE_PIECES if byte_base is None else byte_base, layout.kv_addr)
+    hs = c.head_size
+    fields = struct.pack("<8I", hs, 4 * hs, layout.rope_row_bytes, c.kv_dim, 4 * c.kv_dim,
+                         c.n_layers * 2 * c.kv_dim * 4, c.vocab_size, c.n_heads // c.n_kv_heads)
+    fields += struct.pack("<IIII", layout.data_lba, layout.memory_end, stop_id, layout.kv_addr)
     fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], layout.rope_addr,
                           layout.rope_fi_offset,
                           layout.tokenizer_addr + 4, layout.logits_addr, layout.prompt_addr,
                           steps, temperature, seed & (2**64 - 1),
                           DATA + layout.chunks * CHUNK * SECTOR)  # where the loader stops
     fields += struct.pack("<I", layout.table_addr)
-    assert len(fields) <= FIELDS - 32  # the engine keeps its variables in the last 32 (zero) bytes
-    return bytes(SECTOR - FIELDS) + fields + bytes(FIELDS - len(fields))
+    # sqrtf(head_size), the fix-up (0 here), head_size / 2, the id of <0x00>, the talk block (0: none), then pos,
+    # the table pointer, BOS
+    fields += struct.pack("<fIIIIIII", _sqrtf(hs), 0, hs // 2, NO_BYTE_PIECES if byte_base is None else byte_base,
+                          layout.talk_addr, 0, 0, BOS)
+    assert len(fields) == FIELDS
+    return bytes(SECTOR - FIELDS) + fields
+
+
+def _sqrtf(n: int) -> float:
+    """sqrtf(n) as run.c computes it: the float32 nearest to the square root. The double root is
+    correctly rounded, and rounding it again to float32 gives the correctly rounded float32 root
+    (a double has more than 2 * 24 + 2 bits, enough for square roots); no NumPy: the web page
+    builds images under Pyodide."""
+    return struct.unpack("<f", struct.pack("<f", math.sqrt(n)))[0]
 
 
 @dataclass(frozen=True)
@@ -405,10 +437,12 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
                 out: str | os.PathLike[str], prompt: str | bytes | None = None, steps: int = 0,
                 temperature: float = 0.0, seed: int = 0,
                 engine: Engine | None = None, rope: bytes | None = None,
-                manifest_lba: int = MANIFEST_LBA) -> Image:
+                manifest_lba: int = MANIFEST_LBA, topp: float = 1.0, talk: Talk | None = None) -> Image:
     """Lay out a bootable raw disk image (written atomically). ``rope``: this checkpoint's
     rope_region(), when the caller has it already; ``manifest_lba``: for engines from before
-    MLBA (bench/speedup.py's old one reads its manifest right after its sectors)."""
+    MLBA (bench/speedup.py's old one reads its manifest right after its sectors). ``topp``:
+    run.c's -p (with a temperature, 0 < p < 1 is top-p sampling); ``talk``: typed input at boot
+    (talkblock.py)."""
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
@@ -419,14 +453,23 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         steps = config.seq_len
     if len(ids) > config.seq_len:
         raise BootllamaError(f"prompt is {len(ids)} tokens; the context holds {config.seq_len}")
+    top_p = topp if temperature > 0 and 0.0 < topp < 1.0 else None
     if engine is None:
-        # temperature sampling is an assembly-time option: the greedy engine stays smaller
-        engine = assemble(("SAMPLING",) if temperature > 0 else ())
+        # temperature sampling, top-p and typed input are assembly-time options: the greedy engine stays smaller
+        engine = assemble(engine_defines(tok, temperature, top_p is not None, talk))
     if temperature > 0 and "sample" not in engine.symbols:
         raise BootllamaError("this engine build samples greedily only; assemble it with -DSAMPLING")
+    if (top_p is not None) != ("topp" in engine.symbols) or (talk is not None) != ("talk" in engine.symbols):
+        raise BootllamaError("this engine build does not match the image's top-p or typed-input settings")
     ckpt_size = os.path.getsize(checkpoint)
     tok_size = os.path.getsize(tokenizer_path)
-    layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba)
+    talk_bytes = ram = 0
+    if top_p is not None or talk is not None:
+        from bootllama import talkblock
+
+        talk_bytes = talkblock.block_size(tok, talk, top_p, 0)
+        ram = talkblock.ram_bytes(tok, talk, top_p is not None)
+    layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba, talk_bytes, ram)
     man = manifest(layout, ids, steps, temperature, seed, stop_id=tok.stop_id, byte_base=byte_base)
     with atomic_write(out) as f:
         f.write(mbr(engine.code, layout, zlib.crc32(man)))
@@ -443,8 +486,24 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         elif len(rope) != rope_bytes(config):
             raise BootllamaError("the rotation values given do not fit this checkpoint")
         f.write(rope + bytes(_pad(len(rope)) - len(rope)))
+        if talk_bytes:
+            block = talkblock.talk_block(tok, talk, top_p, layout.talk_addr, layout.ram_addr, layout.tokenizer_addr)
+            f.write(block + bytes(_pad(len(block)) - len(block)))
         f.truncate(layout.disk_sectors * SECTOR)
     return Image(Path(out), layout, engine, ids, steps)
+
+
+def engine_defines(tok: Tokenizer, temperature: float, top_p: bool, talk: Talk | None,
+                   cpu: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The NASM defines of the engine an image needs: -DSAMPLING for a temperature, -DTOPP for
+    top-p, -DTALK (with only the encoder kind this tokenizer uses) for typed input."""
+    out = ("SAMPLING",) if temperature > 0 else ()
+    out += ("TOPP",) if top_p else ()
+    if talk is not None:
+        from bootllama.tokenizer import ByteLevelTokenizer
+
+        out += ("TALK", "ENC_RUNC=0" if isinstance(tok, ByteLevelTokenizer) else "ENC_BPE=0")
+    return out + cpu
 
 
 def _chs(lba: int) -> bytes:

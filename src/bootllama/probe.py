@@ -28,10 +28,11 @@ from bootllama.reference import MathMode, Reference
 
 
 def asm_constant(name: str) -> int:
-    """A numeric `NAME equ 0x...` of sector.asm (the memory map lives there, once)."""
-    m = re.search(rf"^{name}\s+equ\s+(0x[0-9A-Fa-f]+|\d+)\b", image.asm_source().read_text(), re.M)
+    """A numeric `NAME equ 0x...` of engine.inc (the memory map lives there, once)."""
+    src = image.asm_source().with_name("engine.inc").read_text()
+    m = re.search(rf"^{name}\s+equ\s+(0x[0-9A-Fa-f]+|\d+)\b", src, re.M)
     if not m:
-        raise BootllamaError(f"sector.asm defines no numeric {name}")
+        raise BootllamaError(f"engine.inc defines no numeric {name}")
     return int(m.group(1), 0)
 
 

@@ -1,8 +1,7 @@
 """Run one routine of the assembled engine in-process with Unicorn, on memory we lay out.
 
-The engine is 16-bit code that uses 32-bit registers and addresses (unreal mode). Unicorn's
-real mode, like QEMU's TCG it is built from, does not enforce the 64 KiB segment limits, so
-the routines run as they do after the sector's `unreal` step. A test writes vectors into
+engine.inc is flat 32-bit protected-mode code, which Unicorn's 32-bit mode (flat segments)
+runs as the PC does after the sector's switch to protected mode. A test writes vectors into
 memory, sets the registers the routine takes, calls it by label and reads the results back,
 to compare with the NumPy reference bit for bit.
 """
@@ -13,12 +12,10 @@ import struct
 from dataclasses import dataclass
 
 import numpy as np
-from unicorn import UC_ARCH_X86, UC_MODE_16, Uc, UcError
+from unicorn import UC_ARCH_X86, UC_MODE_32, Uc, UcError
 from unicorn.x86_const import (
     UC_X86_REG_CR0,
     UC_X86_REG_CR4,
-    UC_X86_REG_CS,
-    UC_X86_REG_DS,
     UC_X86_REG_EAX,
     UC_X86_REG_EBP,
     UC_X86_REG_EBX,
@@ -26,10 +23,8 @@ from unicorn.x86_const import (
     UC_X86_REG_EDI,
     UC_X86_REG_EDX,
     UC_X86_REG_EFLAGS,
-    UC_X86_REG_ES,
     UC_X86_REG_ESI,
     UC_X86_REG_ESP,
-    UC_X86_REG_SS,
 )
 
 from bootllama.errors import BootllamaError
@@ -52,22 +47,20 @@ class Machine:
 
     @classmethod
     def boot(cls, engine: Engine) -> Machine:
-        uc = Uc(UC_ARCH_X86, UC_MODE_16)
+        uc = Uc(UC_ARCH_X86, UC_MODE_32)
         uc.mem_map(0, MEMORY)
         uc.mem_write(ORG, engine.code)
         uc.mem_write(RETURN, b"\xf4")
-        for seg in (UC_X86_REG_CS, UC_X86_REG_DS, UC_X86_REG_ES, UC_X86_REG_SS):
-            uc.reg_write(seg, 0)
         uc.reg_write(UC_X86_REG_CR4, uc.reg_read(UC_X86_REG_CR4) | 0x200)  # OSFXSR: SSE on
         uc.reg_write(UC_X86_REG_CR0, uc.reg_read(UC_X86_REG_CR0) & ~0x4)  # EM off: x87/SSE on
         m = cls(engine, uc)
-        # what the sector does once loaded: exp's table, the x87 at 24-bit precision, the
-        # derived dimensions (of a small header, which a test may overwrite); it stops at gen
+        # what engine.inc does first: exp's table, the x87 at 24-bit precision, the derived
+        # dimensions (of a small header, which a test may overwrite); it stops at gen
         uc.mem_write(engine.vars_at, struct.pack("<7i", 64, 128, 2, 4, 2, 512, 32))
         uc.reg_write(UC_X86_REG_EBP, engine.vars_at)
         uc.reg_write(UC_X86_REG_ECX, 0)
         uc.reg_write(UC_X86_REG_ESP, STACK)
-        uc.emu_start(engine.symbols["exptab"], engine.symbols["gen"])
+        uc.emu_start(engine.symbols["engine_start"], engine.symbols["gen"])
         return m
 
     def run_code(self, code: bytes) -> None:
@@ -96,8 +89,8 @@ class Machine:
         uc = self.uc
         for name, value in regs.items():
             uc.reg_write(REGS[name], value & 0xFFFFFFFF)
-        sp = STACK - 2
-        uc.mem_write(sp, RETURN.to_bytes(2, "little"))
+        sp = STACK - 4
+        uc.mem_write(sp, RETURN.to_bytes(4, "little"))
         uc.reg_write(UC_X86_REG_ESP, sp)
         uc.reg_write(UC_X86_REG_EFLAGS, 0x2)
         try:
