@@ -1,6 +1,9 @@
 // bootllama's page: boots the image in v86 and streams COM1 into #text.
 // Contract: #text holds exactly the bytes the sector writes to COM1 after its loading dots (UTF-8);
 // #status reads "done" once the sector has written its exit code 0 to port 0xF4.
+// Typing (talk.md): lines from #talk go to COM1's receiver of the story machine (talk.img, built
+// with the site: no rebuild); they show in #text as a terminal echoes them, and
+// window.bootllama.com1 holds COM1's bytes alone (UTF-8), which are run.c's stdout.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -8,7 +11,8 @@ const SITE = "/site";  // where the page's files go in Pyodide's file system
 let emulator = null;
 let pyodideReady = null;
 let generation = 0;  // which boot is current: an old emulator's events are ignored
-window.bootllama = { runs: 0 };  // for tests: what the page booted
+window.bootllama = { runs: 0, com1: "" };  // for tests: what the page booted, what COM1 carried
+let typing = null;  // the current boot's input: { typed, loaded, queue, echo }
 
 function setStatus(message, error = false) {
     $("status").textContent = message;
@@ -113,6 +117,7 @@ async function boot(imageBytes, info) {
         await old.destroy();
     }
     $("text").textContent = "";
+    window.bootllama.com1 = "";
     $("stats").textContent = info.temperature > 0 ? `seed ${info.seed}` : "";
     window.bootllama.image = { sha256: await sha256(imageBytes), bytes: imageBytes.length, info };
     const decoder = new TextDecoder("utf-8");
@@ -125,6 +130,18 @@ async function boot(imageBytes, info) {
     let textNode = document.createTextNode("");
     $("text").appendChild(textNode);
     let pendingText = "";
+    // a line typed on the page: shown as a terminal echoes it, then sent once the UART exists
+    const echo = (line) => {
+        if (pendingText) { textNode.appendData(pendingText); pendingText = ""; }
+        const span = document.createElement("span");
+        span.className = "typed";
+        span.textContent = line;
+        $("text").appendChild(span);
+        textNode = document.createTextNode("");
+        $("text").appendChild(textNode);
+    };
+    // a typed line is shown where a terminal shows it: after the guide that asks for it
+    typing = { typed: !!info.typed, loaded: false, queue: [], echo, run, echoes: [] };
 
     const rate = () => {
         const seconds = (performance.now() - tLoaded) / 1000;
@@ -163,7 +180,7 @@ async function boot(imageBytes, info) {
         hda: { buffer: imageBytes.buffer.slice(imageBytes.byteOffset, imageBytes.byteOffset + imageBytes.byteLength) },
         boot_order: 0x132,
         autostart: false,
-        disable_keyboard: true,
+        disable_keyboard: !info.typed,  // the story machine reads the keyboard too (int 16h)
         disable_mouse: true,
         disable_speaker: true,
     });
@@ -180,7 +197,12 @@ async function boot(imageBytes, info) {
         }
         if (guarded) { printed.push(byte); return; }
         printed.push(byte);
-        pendingText += decoder.decode(Uint8Array.of(byte), { stream: true });
+        const piece = decoder.decode(Uint8Array.of(byte), { stream: true });
+        pendingText += piece;
+        window.bootllama.com1 += piece;
+        if (typing && typing.run === run && typing.echoes.length && GUIDES.some((g) => window.bootllama.com1.endsWith(g))) {
+            typing.echo(typing.echoes.shift());
+        }
     });
     em.add_listener("emulator-loaded", () => {
         if (run !== generation) return;
@@ -196,6 +218,11 @@ async function boot(imageBytes, info) {
         cpu.io.register_write(0xE9, {}, () => { beats += 1; });
         setStatus("booting");
         em.run();
+        if (typing && typing.run === run) {
+            typing.loaded = true;
+            for (const bytes of typing.queue) sendBytes(bytes);
+            typing.queue = [];
+        }
     });
     // halted with interrupts off and no exit code: nothing more will come
     const haltPoll = setInterval(() => {
@@ -204,11 +231,61 @@ async function boot(imageBytes, info) {
     }, 250);
 }
 
+// COM1's receiver: v86's UART queues what it is sent, so a line typed early waits for the PC
+function sendBytes(bytes) {
+    for (const byte of bytes) emulator.bus.send("serial0-input", byte);
+}
+
+// what the engine prints before it reads a line (conversation.py's guides)
+const GUIDES = ["Prompt: ", "User: ", "Enter system prompt (optional): "];
+
+function sendInput(bytes, shown) {
+    if (!typing) return;
+    if (shown !== null) {
+        if (GUIDES.some((g) => window.bootllama.com1.endsWith(g)) && !typing.echoes.length) typing.echo(shown);
+        else typing.echoes.push(shown);
+    }
+    if (typing.loaded) sendBytes(bytes);
+    else typing.queue.push(bytes);
+}
+
+// Boot the story machine the site was written with (talk.img): no image is built
+async function bootStoryMachine() {
+    const info = JSON.parse(new TextDecoder().decode(await fetchBytes("talk.json")));
+    fillForm(Object.fromEntries(Object.entries(info.settings).map(([k, v]) => [k, String(v)])));
+    setStatus("fetching the story machine");
+    history.pushState(null, "", `?${new URLSearchParams(info.settings).toString().replace(/\+/g, "%20")}`);
+    await boot(await fetchBytes("talk.img"), info);
+}
+
+let talkStarting = null;
+$("talk").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const line = $("line").value;
+    $("line").value = "";
+    try {
+        if (!typing || !typing.typed) {
+            if (!talkStarting) talkStarting = bootStoryMachine().finally(() => { talkStarting = null; });
+            await talkStarting;
+        }
+        sendInput(new TextEncoder().encode(line + "\n"), line + "\n");
+    } catch (e) {
+        console.error(e);
+        setStatus(`error: ${e.message || JSON.stringify(e)}`, true);
+    }
+});
+
+$("eot").addEventListener("click", () => {
+    if (typing && typing.typed) sendInput(Uint8Array.of(4), null);  // EOT: end of input
+});
+
 async function start(raw, fromUrl) {
     const [settings, error] = checkSettings(raw);
     if (error) { setStatus(error, true); return; }
     try {
-        if (fromUrl === "default") {
+        if (fromUrl !== "default" && settings.i === "-") {
+            await bootStoryMachine();
+        } else if (fromUrl === "default") {
             const info = JSON.parse(new TextDecoder().decode(await fetchBytes("boot.json")));
             fillForm(Object.fromEntries(Object.entries(info.settings).map(([k, v]) => [k, String(v)])));
             setStatus("fetching the image");
