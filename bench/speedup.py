@@ -7,12 +7,11 @@ QEMU TCG, ``--rounds`` times each. Every run's story must be byte-identical to l
 (``../shared/oracles/stories260K_greedy.txt``). Writes bench/speedup.md and bench/speedup.json:
 each engine's median tokens/s (min-max), load seconds, and the ratio new / old of the medians.
 
-The default old engine is 2 sectors (boot code over bytes 440..509: no MBR fields), so its image
-is laid out with 2 engine sectors (the data area at LBA 2) and its sectors are written unpatched;
-an old engine that is an MBR (``--old main``, say) gets an ordinary image. The data area (manifest,
-checkpoint, tokenizer, prompt, address table) is the same bytes in both images (checked), but for
-the manifest's leading fields (M_DLBA and what else later engines read there, which older ones
-ignore). ``--pc v86`` boots both in v86 instead of QEMU TCG (wall-clock rates only).
+The old engine is assembled and its image laid out by the old commit's own image.py (the manifest's
+fields move between generations, and each engine reads its own builder's manifest); the data area
+holds the same checkpoint and tokenizer bytes in both images (checked). ``--old main`` compares
+today's main with this checkout; ``--pc v86`` boots both in v86 instead of QEMU TCG (wall-clock
+rates only).
 
     python bench/speedup.py                 # 5 rounds
     python bench/speedup.py --rounds 9
@@ -22,8 +21,8 @@ ignore). ``--pc v86`` boots both in v86 instead of QEMU TCG (wall-clock rates on
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
+import importlib.util
 import json
 import os
 import resource
@@ -112,33 +111,38 @@ def old_source(commit: str, dest: Path) -> Path:
     return Path(dest, "sector.asm")
 
 
-def build_old(engine: image.Engine, ckpt: Path, tok: Path, out: Path) -> image.Image:
-    """An image for an engine from before the MBR: image.build_image lays it out with the engine's
-    own sector count; sector 0's bytes 440..509 (its code, not MBR fields) are blanked so that
-    image.mbr() accepts it, and afterwards the engine's sectors are written back unpatched."""
-    code = engine.code
-    if not any(code[image.MBR_SIGNATURE_AT:510]):  # an MBR engine: laid out as today's
-        return image.build_image(ckpt, tok, out, engine=engine)
-    shell = dataclasses.replace(engine, code=code[:image.MBR_SIGNATURE_AT] + bytes(510 - image.MBR_SIGNATURE_AT)
-                                + code[510:])
-    img = image.build_image(ckpt, tok, out, engine=shell, manifest_lba=engine.sectors)
-    with open(out, "r+b") as f:
-        f.write(code)
-    return dataclasses.replace(img, engine=engine)
+def old_builder(commit: str, dest: Path):  # type: ignore[no-untyped-def]
+    """The old commit's image.py, imported as a module of its own: the old engine reads the manifest
+    its own builder wrote (the fields moved since), so its image is laid out by that builder."""
+    proc = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:src/bootllama/image.py"], capture_output=True)
+    if proc.returncode != 0:
+        raise BootllamaError(f"git show {commit}:src/bootllama/image.py failed: "
+                             f"{proc.stderr.decode(errors='replace').strip()}")
+    path = Path(dest, "old_image.py")
+    path.write_bytes(proc.stdout)
+    spec = importlib.util.spec_from_file_location("bootllama_old_image", path)
+    if spec is None or spec.loader is None:
+        raise BootllamaError(f"cannot load {path}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # (its dataclasses look their module up)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-# the manifest's bytes that differ between engine generations (zeros before M_DLBA existed)
-LEADING_FIELDS = slice(image.SECTOR - image.FIELDS, image.SECTOR - 92)
+def build_old(commit: str, ckpt: Path, tok: Path, dest: Path) -> tuple[image.Engine, image.Image]:
+    """The old engine, assembled and laid out by its own commit's image.py."""
+    mod = old_builder(commit, dest)
+    engine = mod.assemble(source=old_source(commit, dest))
+    return engine, mod.build_image(ckpt, tok, Path(dest, "old.img"), engine=engine)
 
 
 def data_area(img: image.Image) -> bytes:
-    """The data area as the engines read it, the manifest's leading fields blanked."""
+    """The checkpoint and the tokenizer as the engines load them (the manifest's fields, and the
+    address table and RoPE values the builder computes, differ between generations)."""
     lay = img.layout
     with open(img.path, "rb") as f:
-        f.seek(lay.data_lba * image.SECTOR)
-        data = bytearray(f.read((lay.last_lba + 1 - lay.data_lba) * image.SECTOR))
-    data[LEADING_FIELDS] = bytes(LEADING_FIELDS.stop - LEADING_FIELDS.start)
-    return bytes(data)
+        f.seek((lay.data_lba + 1) * image.SECTOR)
+        return f.read(lay.prompt_addr - lay.checkpoint_addr)
 
 
 def summary(rates: list[float], loads: list[float], cpu: list[float], cpu_rates: list[float]) -> dict[str, object]:
@@ -166,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/speedup.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
     load_start = loadavg()
     with tempfile.TemporaryDirectory(prefix="bootllama-speedup-") as tmp:
-        old_engine = image.assemble(source=old_source(args.old, Path(tmp)))
-        imgs = {"old": build_old(old_engine, ckpt, tok, Path(tmp, "old.img")),
+        old_dir = Path(tmp, "old")
+        old_dir.mkdir()
+        old_engine, old_img = build_old(args.old, ckpt, tok, old_dir)
+        imgs = {"old": old_img,
                 "new": image.build_image(ckpt, tok, Path(tmp, "new.img"))}
         if data_area(imgs["old"]) != data_area(imgs["new"]):
             raise BootllamaError("the two images' data areas differ: the comparison would not be fair")

@@ -137,6 +137,21 @@ def test_15m_shape_matches_reference(tmp_path: Path, engine: image.Engine) -> No
     assert boot(img) == generate(Reference(load_checkpoint(path)), tok, "Once upon", steps=24)
 
 
+@pytest.mark.parametrize("cfg", [
+    Config(dim=64, hidden_dim=24, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=512, seq_len=48),
+    pytest.param(Config(dim=1024, hidden_dim=16, n_layers=1, n_heads=8, n_kv_heads=4, vocab_size=512, seq_len=16,
+                        shared_classifier=False), marks=pytest.mark.slow),
+], ids=["64-24", "1024-16"])
+def test_hidden_dim_smaller_than_dim(tmp_path: Path, engine: image.Engine, cfg: Config) -> None:
+    # run.c runs such shapes (issue 19, item 12); xb holds max(dim, hidden_dim) floats
+    m = random_model(cfg, seed=12)
+    path = tmp_path / "narrow.bin"
+    write_legacy(m, path)
+    img = image.build_image(path, TOK, tmp_path / "a.img", prompt="Once upon", steps=cfg.seq_len, engine=engine)
+    tok = Tokenizer.load(TOK, cfg.vocab_size)
+    assert boot(img) == generate(Reference(load_checkpoint(path)), tok, "Once upon", steps=cfg.seq_len)
+
+
 def test_build_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "x.img"
     assert main(["build", "-o", str(out), "-i", "a " * 600]) == 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -177,3 +178,46 @@ def test_header_promising_less_than_the_file_holds(tmp_path: Path) -> None:
     code, err = _cli(["build", str(ckpt), "-z", str(TOK), "-o", str(out)])
     assert code == 1 and err.count("\n") == 1 and "legacy header implies" in err, err
     assert not out.exists()
+
+
+# --- damaged data: the engine's data check -----------------------------------------------
+
+
+def _flip_points(img: image.Image) -> dict[str, int]:
+    """Byte offsets in the image, one in each part of the data area the engine reads."""
+    lay = img.layout
+    d = lay.data_lba * image.SECTOR
+    return {
+        "header n_layers": d + image.SECTOR + 8,  # the issue's hang: n_layers 133
+        "a weight": d + image.SECTOR + 28 + 4 * 1000,
+        "a tokenizer length": d + lay.tokenizer_addr - image.DATA + 4 + 4,
+        "the steps field": d + STEPS_FIELD,
+        "a RoPE value": d + lay.rope_addr - image.DATA + 64,
+    }
+
+
+def test_intact_image_sums_to_zero(built: tuple[image.Image, bytes]) -> None:
+    img, _ = built
+    assert image.data_sum(img.path, img.layout) == 0
+    # an area of zeros (a data LBA that points at nothing) does not pass: the sum starts at DATA
+    assert image.data_fixup(0) != 0 and (image.DATA + image.data_fixup(0)) & 0xFFFFFFFF == 0
+
+
+@pytest.mark.parametrize("where", ["header n_layers", "a weight", "a tokenizer length", "the steps field",
+                                   "a RoPE value"])
+def test_damaged_data_gets_the_data_message(tmp_path: Path, built: tuple[image.Image, bytes], where: str) -> None:
+    img, data = built
+    lay = img.layout
+    at = _flip_points(img)[where]
+    bad = bytearray(data)
+    bad[at] ^= 0x85 if where == "header n_layers" else 0x01  # 5 -> 128 + 5 layers; or one low bit
+    path = tmp_path / "bad.img"
+    path.write_bytes(bytes(bad))
+    assert image.data_sum(path, lay) != 0
+    cmd = qemu.qemu_command(path, lay.memory_mib, "tcg")
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (13, b"." * lay.chunks + b"!data")  # exit code 6
+    seen: list[bytes] = []
+    with pytest.raises(BootllamaError, match=r"!data \(the data loaded from the disk is damaged"):
+        qemu.boot(path, lay.memory_mib, lay.chunks, timeout=60, on_bytes=seen.append)
+    assert b"".join(seen) == b"!data"  # (after the last dot it streams as text would; the exit code tells)

@@ -34,13 +34,10 @@ def _has_old_commit() -> bool:
 @pytest.mark.skipif(not _has_old_commit(), reason="the old engine's commit is not in this clone's history")
 def test_old_image_layout(tmp_path: Path) -> None:
     ckpt, tok = packaged_path("stories260K.bin"), packaged_path("tok512.bin")
-    old_engine = image.assemble(source=speedup.old_source(speedup.OLD_COMMIT, tmp_path))
-    assert old_engine.sectors == 2
-    assert any(old_engine.code[image.MBR_SIGNATURE_AT:510])  # why image.mbr() would refuse it
-    old = speedup.build_old(old_engine, ckpt, tok, tmp_path / "old.img")
+    old_engine, old = speedup.build_old(speedup.OLD_COMMIT, ckpt, tok, tmp_path)
     new = image.build_image(ckpt, tok, tmp_path / "new.img")
-    assert old.layout.data_lba == 2 and new.layout.data_lba == image.MANIFEST_LBA
-    assert old.path.read_bytes()[:2 * image.SECTOR] == old_engine.code  # written unpatched
+    assert old_engine.sectors == 2 and old.layout.data_lba == 2 and new.layout.data_lba == image.MANIFEST_LBA
+    assert old.path.read_bytes()[:2 * image.SECTOR] == old_engine.code  # the old builder's own image
     assert speedup.data_area(old) == speedup.data_area(new)
     assert old.layout.chunks == new.layout.chunks
 

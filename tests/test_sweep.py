@@ -83,11 +83,17 @@ class Case:
     seed: int
     prompt: str | None
     steps: int
+    topp: float = 1.0  # 0 < topp < 1 with a temperature: run.c's sample_topp (-DTOPP)
+
+    @property
+    def top_p(self) -> bool:
+        return self.temperature > 0 and 0 < self.topp < 1
 
     @property
     def id(self) -> str:
         name = self.shape.name if self.shape else "stories260K"
         how = f"t{self.temperature:g}-s{self.seed}" if self.temperature else "greedy"
+        how += f"-p{self.topp:g}" if self.top_p else ""
         return f"{name}-{how}-{'prompt' if self.prompt else 'bos'}-n{self.steps}"
 
 
@@ -101,13 +107,22 @@ def _cases() -> list[Case]:
         for t in TEMPERATURES:
             prompt = rng.choice(PROMPTS) if rng.random() < 0.4 else None
             cases.append(Case(shape, t, rng.randrange(1, 2**63), prompt, steps))
+    # top-p (run.c's default sampling, -p 0.9): stories260K as `bootllama run -t 1.0 -p 0.9`, then
+    # other settings on every third shape, cutoffs from nearly all candidates to one
+    cases.append(Case(None, 1.0, 15, None, 0, 0.9))
+    cases.append(Case(None, 0.8, 42, "Once upon a time", 0, 0.5))
+    for i, shape in enumerate(SHAPES[1::3]):
+        steps = min(shape.config.seq_len, 40)
+        prompt = rng.choice(PROMPTS) if i % 2 else None
+        cases.append(Case(shape, TEMPERATURES[i % len(TEMPERATURES)], rng.randrange(1, 2**63), prompt, steps,
+                          [0.9, 0.5, 0.99, 0.1, 0.95, 0.3][i % 6]))
     return cases
 
 
 CASES = _cases()
 # the default suite's slice: stories260K -t 1 -s 15, a grouped-query sample at temperature 8 with
 # the 32,000-piece vocabulary, an odd head count greedy with a prompt, a multi-query sample
-QUICK = {CASES[0].id}
+QUICK = {CASES[0].id, next(c.id for c in CASES if c.top_p)}  # (and `run -t 1.0 -p 0.9`)
 
 
 def _pick_quick() -> None:
@@ -135,12 +150,15 @@ def test_sweep_covers_what_it_claims() -> None:
     assert {c.shared_classifier for c in configs} == {True, False}
     assert {c.vocab_size for c in configs} == {512, 32000}
     assert max(c.temperature for c in CASES) == 8.0 and any(c.prompt for c in sampled)
-    assert len(QUICK) == 4
+    assert len(QUICK) == 5
+    topp = [c for c in CASES if c.top_p]
+    assert len(topp) >= 8 and {c.shape.config.vocab_size for c in topp if c.shape} == {512, 32000}
 
 
 @pytest.fixture(scope="module")
-def engines() -> dict[bool, image.Engine]:
-    return {False: image.assemble(), True: image.assemble(("SAMPLING",))}
+def engines() -> dict[tuple[bool, bool], image.Engine]:
+    return {(False, False): image.assemble(), (True, False): image.assemble(("SAMPLING",)),
+            (True, True): image.assemble(("SAMPLING", "TOPP"))}
 
 
 _models: dict[str, Path] = {}
@@ -160,7 +178,7 @@ def checkpoint_for(case: Case, tmp_path_factory: pytest.TempPathFactory) -> tupl
 def reference_text(ckpt: Path, tok_path: Path, case: Case, math: MathMode | None = None) -> bytes:
     model = load_checkpoint(ckpt)
     tok = Tokenizer.load(tok_path, model.config.vocab_size)
-    sampler = Sampler(model.config.vocab_size, case.temperature, 1.0, case.seed)
+    sampler = Sampler(model.config.vocab_size, case.temperature, case.topp, case.seed)
     return generate(Reference(model, math), tok, case.prompt, steps=case.steps, sampler=sampler)
 
 
@@ -174,11 +192,12 @@ def diagnose(ckpt: Path, tok_path: Path, case: Case, got: bytes, want: bytes) ->
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=() if c.id in QUICK else pytest.mark.slow)
                                   for c in CASES])
-def test_engine_matches_reference(case: Case, engines: dict[bool, image.Engine], tmp_path: Path,
+def test_engine_matches_reference(case: Case, engines: dict[tuple[bool, bool], image.Engine], tmp_path: Path,
                                   tmp_path_factory: pytest.TempPathFactory) -> None:
     ckpt, tok = checkpoint_for(case, tmp_path_factory)
     img = image.build_image(ckpt, tok, tmp_path / "a.img", prompt=case.prompt, steps=case.steps,
-                            temperature=case.temperature, seed=case.seed, engine=engines[case.temperature > 0])
+                            temperature=case.temperature, seed=case.seed, topp=case.topp,
+                            engine=engines[case.temperature > 0, case.top_p])
     got = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, timeout=600).text
     want = reference_text(ckpt, tok, case)
     assert got == want, diagnose(ckpt, tok, case, got, want)

@@ -211,10 +211,10 @@ def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) 
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
     "loader": ("start", "init", "load", "topm", "gdtr", "signature"),
-    "guards": ("guards", "diskfail", "cpufail", "die", "exit"),
+    "guards": ("guards", "diskfail", "cpufail", "die", "exit", "engine_start"),
     "generate loop": ("gen", "done"),
     "printing": ("print", "putc", "rputc"),
-    "forward pass": ("forward", "engine_start", "exp", "consts", "rope", "nextw", "rmsnorm", "mvw", "mvwn", "mv",
+    "forward pass": ("forward", "exptab", "exp", "consts", "rope", "nextw", "rmsnorm", "mvw", "mvwn", "mv",
                      "swiglu", "tox", "attention", "softmax_att", "softmax", "divmax"),
     "sampling": ("sample",),
     "top-p": ("topp",),
@@ -295,8 +295,6 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
                                ("seq_len", config.seq_len, MAX_SEQ)):
         if value > limit:
             raise BootllamaError(f"{name}={value} is larger than the engine's buffers allow ({limit})")
-    if config.hidden_dim < config.dim:
-        raise BootllamaError("hidden_dim smaller than dim is not supported by the engine's buffers")
     # the manifest lands in the page after the engine's code (sector.asm's MLBA): the engine's
     # sectors, then zeros up to it
     data_lba = max(engine_sectors, manifest_lba)
@@ -471,9 +469,10 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         ram = talkblock.ram_bytes(tok, talk, top_p is not None)
     layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba, talk_bytes, ram)
     man = manifest(layout, ids, steps, temperature, seed, stop_id=tok.stop_id, byte_base=byte_base)
-    with atomic_write(out) as f:
-        f.write(mbr(engine.code, layout, zlib.crc32(man)))
-        f.write(bytes(layout.data_lba * SECTOR - len(engine.code)))  # zeros up to the manifest's LBA
+    with atomic_write(out) as raw:
+        raw.write(mbr(engine.code, layout, zlib.crc32(man)))
+        raw.write(bytes(layout.data_lba * SECTOR - len(engine.code)))  # zeros up to the manifest's LBA
+        f = DwordSum(raw)  # the data area, summed as the engine's data check sums it
         f.write(man)
         _copy_padded(checkpoint, f)
         _copy_padded(tokenizer_path, f)
@@ -489,8 +488,52 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         if talk_bytes:
             block = talkblock.talk_block(tok, talk, top_p, layout.talk_addr, layout.ram_addr, layout.tokenizer_addr)
             f.write(block + bytes(_pad(len(block)) - len(block)))
-        f.truncate(layout.disk_sectors * SECTOR)
+        raw.truncate(layout.disk_sectors * SECTOR)  # (zeros: they add nothing to the sum)
+        # the very last step: the fix-up that makes the engine's sum over DATA..M_END come out 0
+        raw.seek(layout.data_lba * SECTOR + FIX_AT)
+        raw.write(struct.pack("<I", data_fixup(f.total)))
     return Image(Path(out), layout, engine, ids, steps)
+
+
+FIX_AT = SECTOR - 28  # engine.inc's M_FIX (ebp-28): the data check's fix-up, in the manifest sector
+
+
+class DwordSum:
+    """A writer that passes bytes on and keeps the additive sum (mod 2^32) of their little-endian
+    dwords, as the engine's data check adds them up; ``total`` counts whole dwords only."""
+
+    def __init__(self, f) -> None:  # type: ignore[no-untyped-def]
+        self.f = f
+        self.total = 0
+        self.rest = b""
+
+    def write(self, data: bytes) -> None:
+        self.f.write(data)
+        buf = self.rest + data
+        n = len(buf) & ~3
+        self.total = (self.total + sum(struct.unpack_from(f"<{n // 4}I", buf))) & 0xFFFFFFFF if n else self.total
+        self.rest = buf[n:]
+
+
+def data_fixup(total: int) -> int:
+    """The M_FIX dword for a data area whose dwords (with M_FIX = 0) sum to ``total``: the engine
+    seeds its sum with DATA (so an area of zeros fails) and wants 0 (mod 2^32)."""
+    return -(total + DATA) & 0xFFFFFFFF
+
+
+def data_sum(path: str | os.PathLike[str], layout: Layout) -> int:
+    """The engine's data check over an image: DATA plus the dwords from the manifest's LBA to
+    the loader's end (M_END), mod 2^32; 0 for an intact image."""
+    total = DATA
+    with open(path, "rb") as f:
+        f.seek(layout.data_lba * SECTOR)
+        left = layout.chunks * CHUNK * SECTOR
+        while left:
+            block = f.read(min(left, 1 << 20))
+            block += bytes(min(left, 1 << 20) - len(block))  # (past the file's end: the read fails anyway)
+            total += sum(struct.unpack(f"<{len(block) // 4}I", block))
+            left -= len(block)
+    return total & 0xFFFFFFFF
 
 
 def engine_defines(tok: Tokenizer, temperature: float, top_p: bool, talk: Talk | None,

@@ -54,13 +54,13 @@ class Machine:
         uc.reg_write(UC_X86_REG_CR4, uc.reg_read(UC_X86_REG_CR4) | 0x200)  # OSFXSR: SSE on
         uc.reg_write(UC_X86_REG_CR0, uc.reg_read(UC_X86_REG_CR0) & ~0x4)  # EM off: x87/SSE on
         m = cls(engine, uc)
-        # what engine.inc does first: exp's table, the x87 at 24-bit precision, the derived
-        # dimensions (of a small header, which a test may overwrite); it stops at gen
+        # what engine.inc does after its data check: exp's constants and table, the x87 at
+        # 24-bit precision (a small header, which a test may overwrite); it stops at gen
         uc.mem_write(engine.vars_at, struct.pack("<7i", 64, 128, 2, 4, 2, 512, 32))
         uc.reg_write(UC_X86_REG_EBP, engine.vars_at)
         uc.reg_write(UC_X86_REG_ECX, 0)
         uc.reg_write(UC_X86_REG_ESP, STACK)
-        uc.emu_start(engine.symbols["engine_start"], engine.symbols["gen"])
+        uc.emu_start(engine.symbols["exptab"], engine.symbols["gen"])
         return m
 
     def run_code(self, code: bytes) -> None:

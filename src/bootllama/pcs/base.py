@@ -29,6 +29,7 @@ GUARDS = {
     3: "the A20 gate could not be switched on",
     4: "the CPU lacks what this build needs (SSE2; the 486 build: an FPU)",
     5: "the PC has less memory than the run needs",
+    6: "the data loaded from the disk is damaged (its sum does not check)",
 }
 EXIT_DONE = 1  # (0 << 1) | 1: the story is over
 EXIT_DISK = 5  # (2 << 1) | 1: a BIOS read failed
