@@ -82,3 +82,25 @@ def test_keyboard_prompt_is_the_run_i_story(tmp_path: Path) -> None:
     assert once.returncode == 0, once.stderr
     assert result.text == b"Prompt: " + once.stdout + b"Prompt: \n"
     assert result.text == reference("-i", "-", "-n", "60", stdin=prompt.encode() + b"\n")
+
+
+def test_run_at_a_terminal() -> None:
+    """Standard input a terminal (a pty): its lines go to COM1 as typed, Ctrl-D at the start of a
+    line ends the run; what we print is COM1 alone (the terminal echoes the typing, we do not)."""
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "bootllama.cli", "run", "-i", "-", "-n", "40"], stdin=slave,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    os.close(slave)
+    try:
+        os.write(master, b"Lily and Tom\n")
+        os.write(master, b"\x04")  # Ctrl-D: the terminal's end of input
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    assert proc.returncode == 0, err
+    assert out == reference("-i", "-", "-n", "40", stdin=b"Lily and Tom\n")
