@@ -131,7 +131,8 @@ def chat_screenshot(out: Path, lines: list[str], steps: int = 0, scale: int = 1,
                 while not serial[lay.chunks:].startswith(want):
                     text = serial[lay.chunks:]
                     if time.monotonic() > deadline:
-                        raise BootllamaError(f"no complete chat within {timeout:.0f} s ({len(text)} of {len(want)} bytes)")
+                        raise BootllamaError(f"no complete chat within {timeout:.0f} s "
+                                             f"({len(text)} of {len(want)} bytes)")
                     if not want.startswith(text):
                         raise BootllamaError(f"the engine's chat differs from the reference's at byte {len(text)}")
                     asked = text.count(SYSTEM_GUIDE) + text.count(USER_GUIDE)
