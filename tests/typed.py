@@ -17,10 +17,10 @@ EOT = b"\x04"
 
 
 def boot_typed(img: image.Image, lines: bytes, timeout: float = 600.0, eot: bool = True,
-               extra: list[str] | None = None) -> bytes:
+               extra: list[str] | None = None, cpu: str | None = None) -> bytes:
     """What COM1 carries after the loading dots, for ``lines`` typed on COM1 (then EOT)."""
     lay = img.layout
-    cmd = qemu.qemu_command(Path(img.path), lay.memory_mib, "tcg", extra)
+    cmd = qemu.qemu_command(Path(img.path), lay.memory_mib, "tcg", extra, cpu=cpu)
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdin is not None
     try:

@@ -85,7 +85,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     img = _build(args, args.output)
     lay = img.layout
     print(image.format_size_table(img.engine), file=sys.stderr)
-    print(f"wrote {args.output}: {lay.disk_sectors} sectors, {len(img.prompt_ids)} prompt tokens, "
+    talk = talk_of(args)
+    what = (("run.c's chat" if "ENC_BPE=0" in img.engine.defines else "the model's chat template") + " at boot"
+            if talk and talk.mode == "chat" else "a story for each prompt typed at boot" if talk
+            else f"{len(img.prompt_ids)} prompt tokens")
+    print(f"wrote {args.output}: {lay.disk_sectors} sectors, {what}, "
           f"{img.steps} steps, needs {lay.memory_mib} MiB of memory and a CPU with {img.engine.cpu}",
           file=sys.stderr)
     return 0

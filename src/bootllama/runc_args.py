@@ -91,8 +91,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-m", dest="mode", choices=MODES, default="generate",
                         help="mode, as run.c's: generate (default) or chat (a conversation: the system prompt "
                              "and user turns read from standard input, -i the first turn; a converted GGUF "
-                             "talks in its own chat template; build, run and web refuse it until the engine reads "
-                             "typed input)")
+                             "talks in its own chat template; build and run make an image that reads them at boot)")
     parser.add_argument("-y", "--system", dest="system", metavar="SYSTEM", default=None,
                         help="the system prompt for -m chat (or --template); with -m chat and no -y it is asked "
                              "for, as run.c does")
@@ -149,7 +148,7 @@ def check_mode(args: argparse.Namespace) -> None:
 
 
 def refuse_typed_input(args: argparse.Namespace) -> None:
-    """The engine's commands: what needs typed input at boot is not there yet."""
+    """The page (``bootllama web``): what needs typed input is not there yet."""
     if _mode(args) == "chat":
         raise BootllamaError("-m chat: the engine does not read typed input yet; `bootllama generate -m chat` "
                              "runs it in the reference, and --template -i TEXT builds an image that answers one "

@@ -118,7 +118,6 @@ def ram_bytes(tok: Tokenizer, talk: Talk | None, topp: bool) -> int:
 def talk_block(tok: Tokenizer, talk: Talk | None, topp: float | None, base: int, ram: int,
                tokenizer_addr: int) -> bytes:
     """The block for an image at ``base`` (data area) with its buffers at ``ram`` (after the KV cache)."""
-    from bootllama.conversation import check_runc_text
     from bootllama.enctables import encoder_tables
 
     mode = mode_of(tok, talk)
@@ -133,6 +132,8 @@ def talk_block(tok: Tokenizer, talk: Talk | None, topp: float | None, base: int,
     pieces: list[tuple[int, int]] = [(0, 0)] * 7
     system = first = (0, 0)
     if mode in (MODE_RUNC, MODE_TEMPLATE):
+        from bootllama.conversation import check_runc_text  # (the story machine's block needs no NumPy)
+
         assert talk is not None
         check_runc_text("-y", talk.system)
         check_runc_text("-i", talk.first)
