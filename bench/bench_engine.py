@@ -7,8 +7,9 @@ measures, median of ``--runs`` runs:
 * the engine booted in QEMU under TCG (and under hardware KVM when ``qemu.hardware_kvm()``):
   load seconds (boot to the last progress dot) and generation tokens/s (last dot to the
   story's final byte);
-* for stories260K, the same image on Bochs and on v86 (``bootllama.pcs``; v86 when Node, the
-  npm v86 and SeaBIOS are installed);
+* for stories260K, the same image on Bochs, on v86 (``bootllama.pcs``; v86 when Node, the
+  npm v86 and SeaBIOS are installed) and under UEFI (``qemu-uefi``: QEMU TCG with OVMF, the
+  UEFI engine; its load time starts when the engine does, after the firmware's boot);
 * the NumPy reference's tokens/s on the same checkpoint, prompt and step count;
 * the ratio engine / reference, whether the engine printed exactly the reference's bytes,
   (no column against the peer sectorllm: a ratio to another project is cited only where both
@@ -260,6 +261,8 @@ def run_case(case: Case, engine: image.Engine, accels: list[str], runs: int, qui
         accels = [*accels, "bochs"]  # the second PC, on the small model only: it is slow
     if case.config is None and v86_available():
         accels = [*accels, "v86"]  # the third PC (WebAssembly under Node, the web page's PC)
+    if case.config is None and qemu.OVMF.is_file():
+        accels = [*accels, "uefi"]  # the UEFI engine: QEMU TCG with OVMF, the same image
     rows = [Row(case.name, shape(config), accel, n, tokens=passes, reference_tok_s=ref_tok_s,
                 runs_reference_tok_s=ref_rates) for accel in accels]
     try:
@@ -283,6 +286,8 @@ def run_case(case: Case, engine: image.Engine, accels: list[str], runs: int, qui
                 continue
             if row.accel == "v86":
                 r = pcs.boot("v86", img.path, lay, timeout=timeout)
+            elif row.accel == "uefi":  # load: from the UEFI engine's start (after OVMF's boot)
+                r = pcs.boot("qemu-uefi", img.path, lay, accel="tcg", timeout=timeout)
             else:
                 r = pcs.boot("qemu", img.path, lay, accel=row.accel, timeout=timeout)
             tokens = r.tokens if r.tokens > 0 else passes

@@ -22,6 +22,11 @@ command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ -f /usr/share/seabios/bios.bin ] && [ -f /usr/share/seabios/vgabios-stdvga.bin ] || missing+=(seabios)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# the UEFI PCs: QEMU's x86-64 system (qemu-system-x86 has it) with OVMF, Debian's UEFI firmware
+# without CSM; fsck.fat (dosfstools) checks the image's EFI System Partition in the tests
+command -v qemu-system-x86_64 >/dev/null 2>&1 || missing+=(qemu-system-x86)
+[ -f /usr/share/ovmf/OVMF.fd ] || missing+=(ovmf)
+command -v fsck.fat >/dev/null 2>&1 || [ -x /usr/sbin/fsck.fat ] || missing+=(dosfstools)
 
 if [ ${#missing[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then

@@ -159,10 +159,12 @@ def test_bad_tokenizer_files(t512: Tokenizer, tmp_path: Path) -> None:
     _load_bad(tmp_path, long_piece, 513, "length 9")
 
 
-def test_extra_pieces_are_ignored_as_in_runc(t512: Tokenizer, tmp_path: Path) -> None:
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(t512: Tokenizer, tmp_path: Path) -> None:
+    # run.c reads the first vocab_size pieces of another model's tokenizer and prints garbage
     path = tmp_path / "tok.bin"
     path.write_bytes(t512.to_bytes())
-    assert Tokenizer.load(path, 300).pieces == t512.pieces[:300]
+    with pytest.raises(BootllamaError, match="tokenizer has 512 pieces but the model's vocabulary has 300"):
+        Tokenizer.load(path, 300)
 
 
 def test_byte_fallback_outside_a_small_vocabulary_is_an_error() -> None:

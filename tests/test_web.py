@@ -147,6 +147,135 @@ def test_page_rejects_a_bad_url(browser, base_url: str) -> None:  # type: ignore
     page.close()
 
 
+# three submits within 0.2 s, each with other settings (the form's values as typed)
+QUICK_SUBMITS = """async (settings) => {
+    window.bootllama.before = window.bootllama.runs;
+    for (const [i, n, t, s] of settings) {
+        Object.assign(document.getElementById("prompt"), { value: i });
+        Object.assign(document.getElementById("steps"), { value: n });
+        Object.assign(document.getElementById("temperature"), { value: t });
+        Object.assign(document.getElementById("seed"), { value: s });
+        document.getElementById("boot").click();
+        await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+}"""
+
+
+def test_page_boots_one_story_at_a_time(browser, base_url: str, model) -> None:  # type: ignore[no-untyped-def]
+    # "boot again" clicked three times within 0.3 s, first while the default story runs, then
+    # while Pyodide starts: each click cancels the boot in flight and the last one's story is shown
+    # (before, the page ended "done" with an empty #text: a cancelled boot cleared the new story)
+    page = browser.new_page()
+    page.goto(base_url)
+    page.wait_for_function("document.getElementById('text').textContent.length > 0", timeout=PAGE_TIMEOUT_MS)
+    seed = "12345678901234567890123456"  # 26 digits: atoi clamps, and a JavaScript number would round it
+    page.evaluate(QUICK_SUBMITS, [["Tom", "20", "0", "1"], ["Sue", "30", "0", "2"], ["Lily had a", "40", "0.8", seed]])
+    page.wait_for_function("window.bootllama.runs > window.bootllama.before || "
+                           "document.getElementById('status').classList.contains('error')", timeout=PAGE_TIMEOUT_MS)
+    assert page.text_content("#status") == "done"
+    want = _reference(model, "Lily had a", 40, 0.8, 2**64 - 1).decode()  # atoi's -1, sign-extended
+    assert page.text_content("#text") == want
+    page.wait_for_timeout(1000)  # no cancelled boot finishes later, nor writes into the story
+    assert page.evaluate("[window.bootllama.runs - window.bootllama.before, window.bootllama.cancelled]") == [1, 3]
+    assert page.text_content("#text") == want and page.text_content("#status") == "done"
+    # the seed as typed, in the form, the link and the stats, and the seed run.c's atoi makes of it
+    assert page.input_value("#seed") == seed and f"s={seed}" in page.url and "i=Lily%20had%20a&n=40" in page.url
+    assert f"seed {seed} (run.c's atoi reads 18446744073709551615)" in str(page.text_content("#stats"))
+    page.close()
+
+
+STORY = "Once upon a time, there was a little girl named Lily. She loved to play outside. "
+
+
+def test_page_rejects_settings_without_changing_the_link(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    page = browser.new_page()
+    page.goto(base_url)
+    page.wait_for_function("document.getElementById('text').textContent.length > 0", timeout=PAGE_TIMEOUT_MS)
+    url = page.url
+    rejected = {
+        # a setting that is not a number
+        ("a", "40", "warm", "1"): 'temperature must be a number, not "warm"',
+        # too long for the context from its byte count alone (7 bytes at most a token)
+        ("a" * 4000, "40", "0", "1"): "prompt is at least 573 tokens; the context holds 512",
+        # 3,240 bytes: fits that bound, but not the fewest pieces the text splits into (run.c's
+        # encode makes 1,042 tokens of it, and Python's takes seconds to say so)
+        (STORY * 40, "40", "0", "1"): "tokens; the context holds 512",
+        # a link too long for a web server (a seed of 9,000 digits is a whole number, as run.c's
+        # atoi reads it; a prompt that fits this model's context makes no link that long)
+        ("a", "40", "0", "1" * 9000): "the link for these settings would be 90",
+    }
+    for settings, message in rejected.items():
+        page.evaluate(QUICK_SUBMITS, [list(settings)])
+        page.wait_for_function("(m) => document.getElementById('status').textContent.includes(m)", arg=message,
+                               timeout=10_000)
+        assert page.evaluate("document.getElementById('status').classList.contains('error')")
+        # the old story is gone, the link is the one before, and the rejected setting stays in the form
+        assert (page.text_content("#text"), page.text_content("#stats"), page.url) == ("", "", url)
+        assert page.input_value("#prompt") == settings[0] and page.input_value("#seed") == settings[3]
+        if settings[0] == STORY * 40:  # the bound is a lower bound, and close
+            least = int(str(page.text_content("#status")).split()[4])
+            assert 900 < least <= len(Tokenizer.load(TOK, 512).encode(STORY * 40)) == 1042
+    page.wait_for_timeout(500)  # the cancelled story does not come back
+    assert page.text_content("#text") == "" and page.evaluate("window.bootllama.cancelled") == 1
+    assert page.evaluate("window.bootllama.runs") == 0
+    # none of these started Python: a long prompt is refused in a moment, not after its merges
+    assert page.evaluate("typeof pyodide") == "undefined" and "pyodide.asm.wasm" not in page.evaluate(
+        "performance.getEntriesByType('resource').map((e) => e.name).join(' ')")
+    page.close()
+
+
+BOUND_PROMPTS = ["", "a", "Once upon a time", STORY * 3, "Ünïcode ☃ and <0x41> 日本語", "<0x41><0x42>", "a\0b c",
+                 "  two  spaces\nand a line",
+                 "\u2122\u20ac\u2026\u201d\u201c\u2019\u2018\u2014\u2013", "x" * 700, "the " * 300]
+
+
+def test_page_prompt_bound_is_a_lower_bound(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    # the page's bound never refuses a prompt run.c's encoder fits (and is close on plain text)
+    tok = Tokenizer.load(TOK, 512)
+    page = browser.new_page()
+    page.goto(f"{base_url}?t=abc")  # a rejected setting: nothing boots
+    got = page.evaluate("(prompts) => Promise.all(prompts.map(window.bootllama.leastTokens))", BOUND_PROMPTS)
+    want = [len(tok.encode(p.encode().split(b"\0")[0])) for p in BOUND_PROMPTS]
+    assert all(g <= w for g, w in zip(got, want, strict=True)), list(zip(got, want, strict=True))
+    assert got[:4] == want[:4]  # plain English splits as run.c's merges split it
+    page.close()
+
+
+def test_prompt_bound_kind(tmp_path: Path) -> None:
+    tok = Tokenizer.load(TOK, 512)
+    assert web.prompt_bound(tok) == "pieces"
+    # a piece holding a byte piece's text: a merge with a byte-fallback token could cover other
+    # text than its piece, so the page falls back to the byte count
+    odd = Tokenizer([*tok.pieces[:-1], b"<0x41>a"], tok.scores, tok.max_token_length)
+    assert web.prompt_bound(odd) == "bytes"
+    other_bytes = Tokenizer([*tok.pieces[:3], b"A", *tok.pieces[4:]], tok.scores, tok.max_token_length)
+    assert web.prompt_bound(other_bytes) == "bytes"
+    # an empty byte piece: merging with it adds a byte and no text to a piece, so no bound holds
+    empty = Tokenizer([*tok.pieces[:3], b"\0x", *tok.pieces[4:]], tok.scores, tok.max_token_length)
+    assert web.prompt_bound(empty) == "none"
+
+
+def test_page_stops_a_short_disk_with_the_sectors_message(browser, base_url: str, site: Path) -> None:  # type: ignore[no-untyped-def]
+    # the site's image cut to 1,000 sectors (a broken transfer): !disk in a moment, as on QEMU
+    cut = (site / "boot.img").read_bytes()[: 1000 * 512]
+    page = browser.new_page()
+    page.route("**/boot.img", lambda route: route.fulfill(status=200, body=cut,
+                                                          headers={"Content-Type": "application/octet-stream"}))
+    page.goto(base_url)
+    assert _wait(page) == "the sector stopped: !disk (a disk read error, or a BIOS without extended disk reads)"
+    page.close()
+
+
+def test_server_answers_a_too_long_link_with_a_message(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    # past http.server's 64 KiB request line: the page's words, not a bare "414"
+    page = browser.new_page()
+    response = page.goto(base_url + "?i=" + "a" * 70_000)
+    assert response is not None and response.status == 414
+    assert "This link is too long" in str(page.text_content("h1"))
+    assert "type a shorter prompt" in str(page.text_content("#message"))
+    page.close()
+
+
 @pytest.mark.parametrize(("prompt", "steps", "temperature", "seed"), [
     (None, 0, 0.0, 3), ("Once upon a time", 30, 0.0, 5), ("Ünïcode ☃ and <0x41>", 100, 1.2, 2**63 + 11),
     ("", 1, 0.5, 1), ("Tom", -3, -1.0, 9),

@@ -6,12 +6,16 @@ through the BIOS teletype as well as to COM1) then stays up. The script waits un
 carried the whole story, which it knows in advance from the NumPy reference, asks QEMU's
 QMP monitor for a ``screendump`` (PPM), and writes it as a PNG (default docs/screenshot.png).
 
-    python tools/screenshot.py [-o docs/screenshot.png] [-i PROMPT] [-n STEPS] [--scale 2]
+With ``--uefi`` the same image boots under OVMF (UEFI, no CSM) and the picture is the UEFI
+engine's screen (its -DHALT build waits for a key instead of leaving QEMU).
+
+    python tools/screenshot.py [-o docs/screenshot.png] [-i PROMPT] [-n STEPS] [--scale 2] [--uefi]
 
 With ``--chat LINE ...`` it boots run.c's chat mode instead (``build -m chat``) and types the
 lines on the PC's keyboard (QMP send-key), the system prompt first, each after the guide that
 asks for it, so the screen shows the conversation as a person typing at the PC sees it; the
-picture is taken once the last answer is over (the reference says when).
+picture is taken once the last answer is over (the reference says when).  Chat images are
+legacy-only (the UEFI engine has no keyboard input yet), so ``--chat`` does not go with ``--uefi``.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ def expected_story(checkpoint: Path, tokenizer: Path, prompt: str | None, steps:
 
 
 def screenshot(out: Path, prompt: str | None = None, steps: int = 0, scale: int = 1,
-               timeout: float = 300.0) -> bytes:
+               timeout: float = 300.0, uefi: bool = False) -> bytes:
     """Boot, wait for the story, dump the screen to ``out`` (PNG); return the story bytes."""
     checkpoint, tokenizer = packaged_path("stories260K.bin"), packaged_path("tok512.bin")
     want = expected_story(checkpoint, tokenizer, prompt, steps)
@@ -55,21 +59,22 @@ def screenshot(out: Path, prompt: str | None = None, steps: int = 0, scale: int 
         img = image.build_image(checkpoint, tokenizer, tmp / "boot.img", prompt=prompt, steps=steps, engine=engine)
         lay = img.layout
         sock = tmp / "qmp.sock"
-        cmd = qemu.qemu_command(img.path, lay.memory_mib, "tcg", ["-qmp", f"unix:{sock},server=on,wait=off"])
+        cmd = qemu.qemu_command(img.path, lay.memory_mib, "tcg", ["-qmp", f"unix:{sock},server=on,wait=off"],
+                                machine="uefi" if uefi else "pc")
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             assert proc.stdout is not None
             fd = proc.stdout.fileno()
-            serial = b""
+            serial = got = b""
             deadline = time.monotonic() + timeout
             # COM1 carries one '.' per chunk loaded, then the story; HALT keeps QEMU up after it
-            while serial[lay.chunks:] != want:
+            while got[lay.chunks:] != want:
                 if time.monotonic() > deadline:
                     raise BootllamaError(f"no complete story within {timeout:.0f} s "
-                                         f"({len(serial) - lay.chunks} of {len(want)} bytes)")
-                if b"!" in serial[:lay.chunks]:
+                                         f"({len(got) - lay.chunks} of {len(want)} bytes)")
+                if b"!" in got[:lay.chunks]:
                     raise BootllamaError("the sector reported a disk read error ('!')")
-                if len(serial) - lay.chunks > len(want):
+                if len(got) - lay.chunks > len(want):
                     raise BootllamaError("the engine printed more than the reference's story")
                 ready, _, _ = select.select([fd], [], [], 1.0)
                 if ready:
@@ -77,6 +82,8 @@ def screenshot(out: Path, prompt: str | None = None, steps: int = 0, scale: int 
                     if not data:
                         raise BootllamaError("QEMU exited before the story ended")
                     serial += data
+                    # under OVMF, the firmware's console text comes first, up to the engine's form feed
+                    got = serial.partition(qemu.FORM_FEED)[2] if uefi else serial
             time.sleep(0.5)  # the BIOS teletype follows each COM1 byte; let the last ones land
             ppm = tmp / "screen.ppm"
             with contextlib.closing(qemu.QMP(sock)) as qmp:
@@ -171,12 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--chat", nargs="+", metavar="LINE", default=None,
                         help="run.c's chat mode: the system prompt, then user turns, typed on the keyboard")
+    parser.add_argument("--uefi", action="store_true", help="boot under OVMF: the UEFI engine's screen")
     args = parser.parse_args(argv)
+    if args.chat and args.uefi:
+        parser.error("--chat boots a legacy-only image: not with --uefi")
     try:
         if args.chat:
             story = chat_screenshot(args.output, args.chat, args.steps, max(1, args.scale), args.timeout)
         else:
-            story = screenshot(args.output, args.prompt, args.steps, max(1, args.scale), args.timeout)
+            story = screenshot(args.output, args.prompt, args.steps, max(1, args.scale), args.timeout, args.uefi)
     except BootllamaError as e:
         print(f"screenshot: error: {e}", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ import math
 import os
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from importlib import resources
@@ -36,6 +36,7 @@ except ModuleNotFoundError:  # Pyodide's core (the web page builds images with i
     np = None  # type: ignore[assignment]  # layouts need no NumPy; reading or writing tensors does
 
 from bootllama.errors import BootllamaError
+from bootllama.interrupts import deferred
 
 MAGIC = 0x616B3432  # "ak42" as a little-endian uint32
 LEGACY_HEADER_SIZE = 28
@@ -376,25 +377,57 @@ def load_checkpoint(path: StrPath) -> Model:
     return _load_legacy(path)
 
 
+def same_file(a: StrPath, b: StrPath) -> bool:
+    """Whether two paths name one file (device and inode: symlinks and hard links included)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except (OSError, ValueError):
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def refuse_inputs(output: StrPath, inputs: Mapping[str, StrPath | None]) -> None:
+    """Raise BootllamaError when ``output`` is, or links to, one of ``inputs`` (what -> path)."""
+    for what, path in inputs.items():
+        if path is not None and same_file(output, path):
+            same = "" if os.path.abspath(output) == os.path.abspath(path) else f" ({os.fspath(path)})"
+            raise BootllamaError(f"{os.fspath(output)} is the {what}{same}: writing there would destroy it; "
+                                 "choose another output path")
+
+
 @contextmanager
-def atomic_write(path: StrPath) -> Iterator[BinaryIO]:
+def atomic_write(path: StrPath, inputs: Mapping[str, StrPath | None] | None = None) -> Iterator[BinaryIO]:
     """Write a file through a temporary sibling that replaces ``path`` only on success.
 
-    Nothing is left behind if the body raises. OSError from creating the file propagates.
+    ``inputs`` (what -> path): refuse, before anything is written, a ``path`` that is one of
+    them. Nothing is left behind if the body raises or a signal comes (bootllama.interrupts).
+    Failures to create, write or rename the file are BootllamaError naming ``path`` (never the
+    temporary name); other OSErrors from the body propagate.
     """
     target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    refuse_inputs(target, inputs or {})
+    tmp: str | None = None
+    stage = "create"
     try:
+        with deferred():  # the temporary file and its clean-up come into being together
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        stage = "write"
         with os.fdopen(fd, "wb") as f:
             yield f
+        stage = "rename"
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
+        tmp = None
+    except OSError as e:
+        if stage != "write" or e.filename in (None, tmp):
+            raise BootllamaError(f"cannot write {os.fspath(path)}: {e.strerror or e}") from None
         raise
+    finally:
+        if tmp is not None:
+            with deferred(), suppress(OSError):
+                os.unlink(tmp)
 
 
 def legacy_bytes_header(config: Config) -> bytes:

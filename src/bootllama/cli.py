@@ -3,39 +3,55 @@
 Subcommands here: ``generate`` (the reference, run.c's output byte for byte) and ``convert``.
 The engine's commands (``build``, ``run``) come from ``bootllama.engine.add_engine_commands``
 when that module exists. Every subcommand sets ``func(args) -> int`` with set_defaults.
+
+Only light modules are imported at the top: ``main`` installs the signal handlers
+(bootllama.interrupts) first and imports the rest inside its error handling, so an interrupt at
+any moment, the first fraction of a second included, ends with one line and no traceback.
 """
 
 from __future__ import annotations
 
+import sys
+
+import bootllama
+
+if __name__ == "__main__" and bootllama.held_signals is None:  # python -m bootllama.cli
+    bootllama.hold_signals()  # (the `bootllama` command does this in bootllama/__init__)
+
 import argparse
 import math
 import os
-import sys
+import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from bootllama import __version__
-from bootllama.checkpoint import load_checkpoint, write_legacy
+from bootllama import __version__, interrupts
 from bootllama.errors import BootllamaError
-from bootllama.runc_args import (
-    TYPED,
-    add_generate_arguments,
-    check_mode,
-    resolve_paths,
-    resolve_prompt,
-    resolve_seed,
-    resolve_temperature,
-    resolve_topp,
-)
-from bootllama.tokenizer import Tokenizer
+
+# what strtod reads as a negative number (-1, -.5, -1e-3, -inf, -nan, -0x1p3): a value, not a flag
+_NEGATIVE_NUMBER = re.compile(r"^-(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf(?:inity)?|nan"
+                              r"|0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?)$",
+                              re.IGNORECASE)
 
 if TYPE_CHECKING:
     from bootllama.reference import Reference, Sampler
+    from bootllama.tokenizer import Tokenizer
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error instead of a usage block."""
+    """argparse with a one-line error instead of a usage block, reading ``-t -inf`` and other
+    negative numbers strtod accepts as values."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        # before argparse's prefix matching, which reads -inf as -i nf and -nan as -n an
+        if _NEGATIVE_NUMBER.match(arg_string):
+            return None
+        return super()._parse_optional(arg_string)
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
@@ -43,7 +59,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from bootllama.checkpoint import load_checkpoint
     from bootllama.reference import MathMode, Reference, Sampler, clamp_steps, generate
+    from bootllama.runc_args import (
+        TYPED,
+        check_mode,
+        resolve_paths,
+        resolve_prompt,
+        resolve_seed,
+        resolve_temperature,
+        resolve_topp,
+    )
+    from bootllama.tokenizer import Tokenizer
 
     temperature = resolve_temperature(args.temperature)
     topp = resolve_topp(args.topp)
@@ -85,6 +112,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def _talk(args: argparse.Namespace, reference: Reference, tokenizer: Tokenizer, sampler: Sampler) -> int:
     """generate -m chat (a conversation) or -i - (a story per typed prompt), lines from standard input."""
     from bootllama.conversation import chat, fgets_lines, story_machine
+    from bootllama.runc_args import TYPED
 
     lines = fgets_lines(sys.stdin.buffer if sys.stdin is not None else None)
     if args.mode != "chat":
@@ -108,16 +136,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise BootllamaError("convert needs an output file (OUT or -o OUT)")
     if args.o and args.output:
         raise BootllamaError("give the output once (OUT or -o OUT)")
+    from bootllama.checkpoint import load_checkpoint, refuse_inputs, write_legacy
     from bootllama.gguf_convert import convert_gguf, describe, is_gguf
+    from bootllama.tokenizer import sidecar_path
 
     if is_gguf(args.input):
         tok_out = args.tokenizer_out or str(Path(output).with_name(Path(output).stem + "-tokenizer.bin"))
+        # every file convert writes, against the input and each other, before anything is written
+        refuse_inputs(output, {"input": args.input})
+        refuse_inputs(tok_out, {"input": args.input, "checkpoint output": output})
+        refuse_inputs(sidecar_path(tok_out), {"input": args.input, "checkpoint output": output})
+        if os.path.abspath(tok_out) == os.path.abspath(output):
+            raise BootllamaError(f"{tok_out} is both the checkpoint and the tokenizer output: give --tokenizer-out "
+                                 "another path")
         conv = convert_gguf(args.input, output, tok_out, seq_len=args.seq_len, progress=True)
         print(describe(conv), file=sys.stderr)
         print(f"wrote {output} (legacy v0) and {tok_out} with its sidecar {tok_out}.json", file=sys.stderr)
         return 0
     if args.tokenizer_out or args.seq_len is not None:
         raise BootllamaError("--tokenizer-out and --seq-len apply to GGUF input only")
+    refuse_inputs(output, {"input": args.input})
     model = load_checkpoint(args.input)
     write_legacy(model, output)
     c = model.config
@@ -137,6 +175,8 @@ def _add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # typ
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bootllama.runc_args import add_generate_arguments
+
     parser = _Parser(prog="bootllama", description="Llama-2 inference in a boot sector, and its toolkit.")
     parser.add_argument("--version", action="version", version=f"bootllama {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -164,16 +204,40 @@ def build_parser() -> argparse.ArgumentParser:
     from bootllama.web import add_web_command
 
     add_web_command(sub)
+    from bootllama.verify import add_verify_command
+
+    add_verify_command(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_usage(sys.stderr)
-        return 2
     try:
+        restore = interrupts.install()  # SIGINT, SIGTERM and SIGHUP all clean up and end in one line
+        interrupts.raise_held()  # one that came while the program loaded ends it here
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as e:  # before _main's own handling (a signal while importing)
+        return _interrupted(e)
+    finally:
+        restore()
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    signum = e.signum if isinstance(e, interrupts.Interrupted) else 2
+    what = "interrupted" if signum == 2 else f"stopped by {interrupts.NAMES.get(signum, signum)}"
+    print(f"bootllama: {what}", file=sys.stderr)
+    return 128 + signum
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_usage(sys.stderr)
+            return 2
         return int(args.func(args) or 0)
     except BootllamaError as e:
         print(f"bootllama: error: {e}", file=sys.stderr)
@@ -185,9 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         where = f"{e.filename}: " if e.filename else ""
         print(f"bootllama: error: {where}{e.strerror or e}", file=sys.stderr)
-    except KeyboardInterrupt:
-        print("bootllama: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
     return 1
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from bootllama import image, pcs
-from bootllama.checkpoint import read_legacy_config
+from bootllama.checkpoint import atomic_write, read_legacy_config, refuse_inputs
+from bootllama.errors import BootllamaError
+from bootllama.interrupts import deferred, remove, temp_dir
 from bootllama.pcs import qemu
 from bootllama.runc_args import (
     TYPED,
@@ -65,9 +67,21 @@ def talk_of(args: argparse.Namespace) -> Talk | None:
     return None
 
 
-def _build(args: argparse.Namespace, out: str | os.PathLike[str]) -> image.Image:
+def _build(args: argparse.Namespace, out: str | os.PathLike[str], keep: str | None = None) -> image.Image:
+    """Build the image for ``args`` at ``out``; with ``keep``, also publish it there (run's
+    --image). Both paths are checked against the inputs before anything is built."""
     _check_settings(args)
+    if getattr(args, "floor", False):
+        if any((args.checkpoint, args.tokenizer, args.temperature, args.seed, args.steps, args.prompt, args.model,
+                args.chat, args.system, args.cpu != "sse2")):
+            raise BootllamaError("--floor builds the packaged model's default story only: give no other option but -o")
+        checkpoint, tokenizer = resolve_paths(args)
+        return image.build_image(checkpoint, tokenizer, out, floor=True)
     checkpoint, tokenizer = resolve_paths(args)
+    inputs = image.image_inputs(checkpoint, tokenizer)
+    for path in (out, keep):
+        if path is not None:
+            refuse_inputs(path, inputs)
     talk = talk_of(args)
     prompt = None if talk else load_prompt(args, checkpoint, tokenizer)
     seed, drawn = resolve_seed(args.seed)
@@ -76,15 +90,45 @@ def _build(args: argparse.Namespace, out: str | os.PathLike[str]) -> image.Image
     tok = Tokenizer.load(tokenizer, read_legacy_config(checkpoint).vocab_size)
     defines = image.engine_defines(tok, args.temperature, is_top_p(args.temperature, args.topp), talk,
                                    CPUS[args.cpu])
-    return image.build_image(checkpoint, tokenizer, out, prompt=prompt, steps=args.steps,
-                             temperature=args.temperature, seed=seed, engine=image.assemble(defines),
-                             topp=args.topp, talk=talk)
+    # typed input needs a getc of the UEFI engine's (ConIn), which it does not have yet: an
+    # interactive image boots legacy BIOS PCs only
+    img = image.build_image(checkpoint, tokenizer, out, prompt=prompt, steps=args.steps,
+                            temperature=args.temperature, seed=seed, engine=image.assemble(defines),
+                            topp=args.topp, talk=talk, uefi=talk is None)
+    if keep is not None:
+        publish(Path(out), keep, inputs)
+    return img
+
+
+def publish(private: Path, dest: str | os.PathLike[str], inputs: dict[str, Path]) -> None:
+    """Give ``dest`` the private image's bytes, atomically: a hard link renamed over it when both
+    are on one file system, else a copy through atomic_write. The run keeps booting its private
+    file, so a later run that replaces ``dest`` never changes what this one boots."""
+    target = Path(dest)
+    refuse_inputs(target, inputs)
+    link = target.parent / f".{target.name}.{os.getpid()}.tmp"
+    with deferred():  # the link and its rename (or removal) together
+        try:
+            os.link(private, link)
+        except OSError:
+            pass  # another file system, or no hard links there: copy below
+        else:
+            try:
+                os.replace(link, target)
+                return
+            except OSError as e:
+                remove(link)
+                raise BootllamaError(f"cannot write {os.fspath(dest)}: {e.strerror or e}") from None
+    with atomic_write(target, inputs) as f, open(private, "rb") as src:
+        shutil.copyfileobj(src, f, 1 << 20)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     img = _build(args, args.output)
     lay = img.layout
     print(image.format_size_table(img.engine), file=sys.stderr)
+    if img.uefi is not None:
+        print(image.format_uefi_size_table(img.uefi), file=sys.stderr)
     talk = talk_of(args)
     what = (("run.c's chat" if "ENC_BPE=0" in img.engine.defines else "the model's chat template") + " at boot"
             if talk and talk.mode == "chat" else "a story for each prompt typed at boot" if talk
@@ -97,9 +141,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     accel = qemu.choose_accel(args.accel) if args.pc in pcs.QEMU_PCS else args.pc
-    with tempfile.TemporaryDirectory(prefix="bootllama-") as tmp:
-        path = Path(args.image) if args.image else Path(tmp, "boot.img")
-        img = _build(args, path)
+    # the run boots its own private image; --image gets a copy (a link) of it
+    with temp_dir() as tmp:
+        path = tmp / "boot.img"
+        img = _build(args, path, keep=args.image)
         lay = img.layout
 
         def stream(data: bytes) -> None:
@@ -132,6 +177,8 @@ def add_engine_commands(subparsers: argparse._SubParsersAction) -> None:  # type
     add_generate_arguments(build)
     build.add_argument("-o", dest="output", required=True, metavar="IMAGE", help="raw disk image to write")
     _add_cpu(build)
+    build.add_argument("--floor", action="store_true",
+                       help="the smallest engine: the packaged model's default story on QEMU only (COM1, no guards)")
     build.set_defaults(func=cmd_build)
 
     run = subparsers.add_parser("run", help="build the image and boot it in QEMU (or another PC), streaming the story")

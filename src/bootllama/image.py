@@ -5,8 +5,9 @@ Disk layout (512-byte sectors)::
     LBA 0            the MBR: the engine's boot code (440 bytes at most), the disk signature,
                      partition entry 0 (active, type 0xDA) over the data area, 0x55AA
     LBA 1..          the engine's other sectors, then zeros
-    LBA D = 10       the manifest: 384 bytes of zeros, then 128 bytes of fields (LBA 10 puts it
-                     at 0x9000, the 4 KiB page after the engine's code, in the boot read)
+    LBA D = 10       the manifest: the verify record (CRC32s of the parts, for `bootllama verify`;
+                     the engine never reads it) and zeros to byte 384, then 128 bytes of fields
+                     (LBA 10 puts it at 0x9000, the 4 KiB page after the engine's code, in the boot read)
     LBA D+1          the legacy checkpoint, byte for byte, zero-padded to a sector
     ...              tokenizer.bin, byte for byte, zero-padded to a sector
     ...              the prompt's token ids (int32, after the BOS, 0-terminated)
@@ -16,7 +17,21 @@ Disk layout (512-byte sectors)::
                      [seq_len][head_size/2] float32; see rope_region)
     ...              zero padding: the loader reads whole chunks, Bochs wants whole cylinders
 
-The sector loads LBA D.. to physical address 1 MiB, so every file lands at a known address;
+That is the legacy-only layout (``build_image(uefi=False)``: the web page's). The default image
+boots both ways, legacy BIOS and UEFI (plan_esp)::
+
+    LBA 0            the MBR as above, partition entry 0 (active, type 0xEF) over the ESP
+    LBA 1..9         the engine's other sectors, then zeros
+    LBA 10, 11       copies of the manifest sector and of the checkpoint's first sector, for
+                     the legacy engine's boot read (LBA 1..64 to 0x7E00)
+    LBA ESP_LBA = 64 the EFI System Partition (bootllama.fat: FAT16, or FAT32 past 2 GiB):
+                     LLAMA.BIN, the data area above (manifest first) as one contiguous file
+                     of whole loader chunks, at LBA M_DLBA; EFI/BOOT/BOOTX64.EFI, the UEFI
+                     engine (uefi.asm)
+    ...              zeros to whole cylinders
+
+The sector loads LBA D.. (M_DLBA..) to physical address 1 MiB, and the UEFI engine reads
+LLAMA.BIN to 1 MiB into the memory it allocates, so every file lands at a known address;
 the manifest holds those addresses (byte offsets, never arithmetic), the run settings, and
 where the KV cache and the logits go in the memory above the data.
 
@@ -36,16 +51,17 @@ import re
 import shutil
 import struct
 import subprocess
-import tempfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bootllama.checkpoint import Config, atomic_write, legacy_layout, read_legacy_config, tensor_shapes
 from bootllama.errors import BootllamaError
-from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece
+from bootllama.fat import Volume
+from bootllama.interrupts import temp_dir
+from bootllama.tokenizer import BOS, Tokenizer, scan_byte_piece, sidecar_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -58,6 +74,10 @@ CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
 DATA = 0x100000  # where the data area (the manifest) lands
 CYLINDER = 16 * 63  # sectors per cylinder of the geometry Bochs is given
 FIELDS = 128  # the manifest's fields: its last 128 bytes
+# the floor (floor.asm): its first read takes LBA 1..32 (its CHUNK), so the data area follows
+# it; the builder writes rmsnorm's eps into M_TEMP's place (engine.inc's M_EPS)
+FLOOR_MANIFEST_LBA = 1 + 32
+FLOOR_EPS_AT = SECTOR - 52
 # activation buffers in the sector's 64 KiB window (floats)
 MAX_DIM = 1024
 MAX_HIDDEN = 2048
@@ -71,6 +91,12 @@ NO_BYTE_PIECES = 0xFF00
 MBR_SIGNATURE_AT = 440
 MBR_TABLE_AT = 446
 PARTITION_TYPE = 0xDA
+# the image that boots both ways: an EFI System Partition (its MBR type) from LBA ESP_LBA, past
+# the legacy boot read's 64 sectors, holding the UEFI engine and the data area as one file
+ESP_TYPE = 0xEF
+ESP_LBA = 64
+EFI_FILE = "EFI/BOOT/BOOTX64.EFI"
+DATA_FILE = "LLAMA.BIN"
 
 
 def asm_source() -> Path:
@@ -128,7 +154,7 @@ def nasm() -> str:
 def assemble(defines: tuple[str, ...] = (), source: Path | None = None) -> Engine:
     """Assemble sector.asm (or ``source``) with NASM; return the bytes and the size table."""
     src = source or asm_source()
-    with tempfile.TemporaryDirectory() as tmp:
+    with temp_dir("bootllama-nasm-") as tmp:  # removed whatever happens, signals included
         out = Path(tmp, "sector.bin")
         lst = Path(tmp, "sector.lst")
         # NASM's map names every label it assembled with its address; the listing also shows
@@ -147,6 +173,149 @@ def assemble(defines: tuple[str, ...] = (), source: Path | None = None) -> Engin
     if len(code) % SECTOR or code[510:512] != b"\x55\xaa":
         raise BootllamaError("assembled engine is not a boot sector (no 0x55AA at byte 510)")
     return Engine(code, sizes, defines, symbols)
+
+
+@dataclass(frozen=True)
+class UefiEngine:
+    """The assembled UEFI engine (\\EFI\\BOOT\\BOOTX64.EFI): its bytes and its routine sizes."""
+
+    code: bytes
+    sizes: list[tuple[str, int]]  # (label, bytes) in each section's address order
+    defines: tuple[str, ...]
+    symbols: dict[str, int] = field(default_factory=dict)
+    sections: dict[str, str] = field(default_factory=dict)  # label -> uefi.asm's section
+    eng_offset: int = 0  # where section eng (engine.inc's bytes first) is in the file
+
+    @property
+    def header_bytes(self) -> int:
+        """The PE32+ header's bytes (its sector, padding excluded)."""
+        return sum(n for name, n in self.sizes if self.sections[name] == "hdr")
+
+    @property
+    def code_bytes(self) -> int:
+        """The UEFI engine's size: everything NASM assembles but the PE header and padding."""
+        return sum(n for name, n in self.sizes if self.sections[name] != "hdr")
+
+
+UEFI_HEADER = 512  # the PE32+ header: its own sector (the file alignment)
+
+
+def assemble_uefi(defines: tuple[str, ...] = (), engine_org: int | None = None,
+                  source: Path | None = None) -> UefiEngine:
+    """Assemble uefi.asm (engine.inc inside, with the legacy build's ``defines``) into a PE32+
+    UEFI application, padded to its file alignment.  engine.inc's bytes go to ``engine_org``,
+    the address they have in the legacy build (None: assemble that build to find it), so that
+    both engines run the same bytes."""
+    src = source or asm_source().with_name("uefi.asm")
+    if not src.is_file():
+        raise BootllamaError("uefi.asm is missing from the bootllama installation")
+    if not src.with_name("engine.inc").is_file():
+        defines = (*defines, "TESTPAYLOAD")  # until the shared forward pass exists: a payload of its own
+    legacy = tuple(d for d in defines if d != "TESTPAYLOAD")
+    first = engine_first_label(src.with_name("engine.inc")) if "TESTPAYLOAD" not in defines else "engine_start"
+    if engine_org is None and "TESTPAYLOAD" not in defines:
+        engine_org = assemble(legacy, src.with_name("sector.asm")).symbols[first]
+    if engine_org is not None:
+        defines = (*defines, f"ENGINE_ORG={engine_org:#x}")
+    with temp_dir("bootllama-nasm-") as tmp:  # removed whatever happens, signals included
+        out = Path(tmp, "uefi.efi")
+        pre = Path(tmp, "map.asm")
+        pre.write_text(f"[map all {Path(tmp, 'uefi.map')}]\n")
+        cmd = [nasm(), "-f", "bin", "-o", str(out), f"-P{pre}", f"-I{src.parent}{os.sep}"]
+        cmd += [f"-D{d}" for d in defines] + [str(src)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BootllamaError(f"nasm failed on uefi.asm: {proc.stderr.strip().splitlines()[0]}")
+        code = out.read_bytes()
+        map_text = Path(tmp, "uefi.map").read_text()
+        sizes, symbols, sections = _uefi_sizes(map_text, len(code))
+        m = re.search(r"^\s*[0-9A-F]+\s+([0-9A-F]+)\s+[0-9A-F]+\s+[0-9A-F]+\s+progbits\s+eng$", map_text, re.M)
+        if m is None:
+            raise BootllamaError("NASM's map of uefi.asm has no section eng")
+    size_of_raw = struct.unpack_from("<I", code, 0x40 + 24 + 4)[0]  # the optional header's SizeOfCode
+    if code[:2] != b"MZ" or len(code) > UEFI_HEADER + size_of_raw:
+        raise BootllamaError("assembled UEFI engine is not a PE32+ image of the size its header says")
+    if engine_org is not None and symbols.get(first) != engine_org:
+        raise BootllamaError(f"engine.inc's first label, {first}, is not at its first byte: its bytes would not "
+                             "sit where the legacy build has them")
+    code += bytes(UEFI_HEADER + size_of_raw - len(code))
+    return UefiEngine(code, sizes, defines, symbols, sections, int(m.group(1), 16))
+
+
+def engine_first_label(path: Path | None = None) -> str:
+    """The first label engine.inc defines: where its bytes start, in both builds."""
+    text = (path or asm_source().with_name("engine.inc")).read_text()
+    m = re.search(r"^([A-Za-z_]\w*):", text, re.M)
+    if m is None:
+        raise BootllamaError("engine.inc defines no label")
+    return m.group(1)
+
+
+def _uefi_sizes(map_text: str, total: int) -> tuple[list[tuple[str, int]], dict[str, int], dict[str, str]]:
+    """Bytes per top-level label of uefi.asm (local .labels fold into their parent), from NASM's
+    map: the summary gives each section's file extent, the symbol part each label's file
+    position ("real") and address ("virtual"); a label runs to the next one in its section or
+    to the section's end.  Labels named ``*_end`` and _MARKERS mark places (the padding after
+    them counts nowhere)."""
+    stops = {name: int(stop, 16) for stop, name in
+             re.findall(r"^\s*[0-9A-F]+\s+[0-9A-F]+\s+([0-9A-F]+)\s+[0-9A-F]+\s+progbits\s+(\w+)$", map_text, re.M)}
+    symbols_part = map_text[map_text.index("-- Symbols"):]
+    rows: list[tuple[str, int]] = []
+    symbols: dict[str, int] = {}
+    sections: dict[str, str] = {}
+    for name, body in re.findall(r"---- Section (\w+) -+\n(.*?)(?=\n---- Section |\Z)", symbols_part, re.S):
+        labels = sorted((int(real, 16), sym) for real, virt, sym in
+                        re.findall(r"^\s*([0-9A-F]+)\s+([0-9A-F]+)\s+([A-Za-z_]\w*)$", body, re.M))
+        for real, virt, sym in re.findall(r"^\s*([0-9A-F]+)\s+([0-9A-F]+)\s+([A-Za-z_]\w*)$", body, re.M):
+            symbols[sym] = int(virt, 16)
+            del real
+        end = stops.get(name, total)
+        labels = [(real, sym) for real, sym in labels if real < end]
+        for i, (real, sym) in enumerate(labels):
+            nxt = labels[i + 1][0] if i + 1 < len(labels) else end
+            if nxt > real and not sym.endswith("_end") and sym not in _MARKERS:
+                rows.append((sym, nxt - real))
+                sections[sym] = name
+    return rows, symbols, sections
+
+
+_UEFI_STUBS = ("uefi_entry", "putc", "exit")  # uefi.asm's own, in section eng after engine.inc
+_MARKERS = ("eng_image", "thunk_image")  # where section eng's and thunk's bytes are in the file
+# the UEFI engine's own parts (the rest are engine.inc's, named as in PARTS)
+UEFI_PARTS = {
+    "PE header": ("hdr",),  # sections of uefi.asm
+    "UEFI loader": ("text",),
+    "mode switch": ("thunk", *_UEFI_STUBS),  # a section, and the 32-bit stubs
+    "test payload": ("engine_start", "test_msg"),  # -DTESTPAYLOAD only
+}
+
+
+def uefi_part_sizes(uefi: UefiEngine) -> list[tuple[str, int]]:
+    """Bytes per part of the UEFI engine: its PE header, loader and mode switch, then engine.inc's
+    routines by PARTS (the header first; code_bytes is the sum of the others)."""
+    own = {name: part for part, names in UEFI_PARTS.items() for name in names}
+    part_of = {name: part for part, names in PARTS.items() for name in names}
+    totals = dict.fromkeys([*UEFI_PARTS, *PARTS], 0)
+    test = "TESTPAYLOAD" in uefi.defines
+    last = None
+    for name, size in uefi.sizes:
+        section = uefi.sections[name]
+        part = own.get(section) or (own.get(name) if name not in part_of or test or name in _UEFI_STUBS else None) \
+            or part_of.get(name)
+        if part is None and section == "eng":
+            part = last  # a constant's label inside a routine (exp's exlo): the routine's part
+        if part is None:
+            raise BootllamaError(f"routine {name!r} of uefi.asm belongs to no part")
+        totals[part] += size
+        last = part
+    return [(part, n) for part, n in totals.items() if n]
+
+
+def format_uefi_size_table(uefi: UefiEngine) -> str:
+    parts = uefi_part_sizes(uefi)
+    return (f"UEFI engine: {uefi.code_bytes} code bytes, {uefi.header_bytes} of PE header apart; "
+            f"\\EFI\\BOOT\\BOOTX64.EFI {len(uefi.code)} bytes\nby part: "
+            + ", ".join(f"{part} {n}" for part, n in parts if part != "PE header"))
 
 
 # listing lines: line number, [address, bytes], [<n> for included files], source
@@ -262,6 +431,20 @@ class Layout:
     disk_sectors: int
     table_addr: int = 0  # the engine's per-layer address table (see table())
     rope_addr: int = 0  # run.c's rotation values: fcr rows, then fci rows (see rope_region())
+    esp_lba: int = 0  # the EFI System Partition (0: a legacy-only image, the data area at data_lba)
+    esp_sectors: int = 0
+    efi_size: int = 0  # bytes of \EFI\BOOT\BOOTX64.EFI
+
+    @property
+    def data_bytes(self) -> int:
+        """The data area as the loader reads it (whole chunks): the ESP's data file."""
+        return self.chunks * CHUNK * SECTOR
+
+    def volume(self) -> Volume:
+        """The ESP's file system (a UEFI layout only)."""
+        if not self.esp_lba:
+            raise BootllamaError("a legacy-only image has no EFI System Partition")
+        return Volume(((DATA_FILE, self.data_bytes), (EFI_FILE, self.efi_size)), self.esp_lba)
     talk_addr: int = 0  # the talk block (talkblock.py: top-p, typed input), after the RoPE values
     ram_addr: int = 0  # the talk block's buffers (and top-p's scratch), after the KV cache
 
@@ -319,6 +502,18 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     disk = _pad(read_end, CYLINDER)
     return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk, table, rope,
                   talk if talk_bytes else 0, ram if ram_bytes else 0)
+
+
+def plan_esp(layout: Layout, efi_size: int) -> Layout:
+    """The layout of an image that boots both ways: the data area moves into the EFI System
+    Partition as one contiguous file (DATA_FILE, its first LBA the manifest's M_DLBA) beside
+    the UEFI engine (EFI_FILE); LBA MANIFEST_LBA and the one after it keep a copy of the
+    manifest sector and of the checkpoint's first sector for the legacy engine's boot read."""
+    lay = replace(layout, esp_lba=ESP_LBA, efi_size=efi_size)
+    vol = lay.volume()
+    data_lba = vol.file_lba(DATA_FILE)
+    return replace(lay, data_lba=data_lba, last_lba=data_lba + layout.last_lba - layout.data_lba,
+                   esp_sectors=vol.sectors, disk_sectors=_pad(ESP_LBA + vol.sectors, CYLINDER))
 
 
 def rope_bytes(config: Config) -> int:
@@ -429,21 +624,35 @@ class Image:
     engine: Engine
     prompt_ids: list[int]
     steps: int
+    uefi: UefiEngine | None = None  # the UEFI engine in its ESP (when assembled here or given)
 
 
 def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.PathLike[str],
                 out: str | os.PathLike[str], prompt: str | bytes | None = None, steps: int = 0,
                 temperature: float = 0.0, seed: int = 0,
                 engine: Engine | None = None, rope: bytes | None = None,
-                manifest_lba: int = MANIFEST_LBA, topp: float = 1.0, talk: Talk | None = None) -> Image:
+                manifest_lba: int = MANIFEST_LBA, uefi: bool | bytes | UefiEngine = True,
+                floor: bool = False, topp: float = 1.0, talk: Talk | None = None) -> Image:
     """Lay out a bootable raw disk image (written atomically). ``rope``: this checkpoint's
     rope_region(), when the caller has it already; ``manifest_lba``: for engines from before
-    MLBA (bench/speedup.py's old one reads its manifest right after its sectors). ``topp``:
-    run.c's -p (with a temperature, 0 < p < 1 is top-p sampling); ``talk``: typed input at boot
-    (talkblock.py)."""
+    MLBA (bench/speedup.py's old one reads its manifest right after its sectors); ``uefi``:
+    True (assemble the UEFI engine with the legacy engine's defines) or one (or its bytes) give the
+    image that boots both ways (plan_esp), False the legacy-only one (the data at LBA
+    ``manifest_lba``: the web page's, which has no NASM, and old engines'); ``floor``:
+    floor.asm's image, the default story only (legacy BIOS only). ``topp``: run.c's -p (with a
+    temperature, 0 < p < 1 is top-p sampling); ``talk``: typed input at boot (talkblock.py;
+    legacy BIOS only until the UEFI engine has a getc through ConIn)."""
+    if floor:
+        if prompt or steps or temperature or seed or engine is not None:
+            raise BootllamaError("the floor tells the default story only: no prompt, -n, -t, -s or engine options")
+        engine, manifest_lba = assemble(("FLOOR",), asm_source().with_name("floor.asm")), FLOOR_MANIFEST_LBA
+        uefi = False
+    if talk is not None:
+        uefi = False  # uefi.asm has no getc yet (talk.inc's head says what it needs)
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)
+    tok.check_fits(prompt, config.seq_len)
     ids = tok.encode(prompt or b"", bos=True, eos=False)
     if 0 in ids[1:]:
         raise BootllamaError("the prompt holds token id 0, which ends the engine's prompt list")
@@ -467,32 +676,79 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
 
         talk_bytes = talkblock.block_size(tok, talk, top_p, 0)
         ram = talkblock.ram_bytes(tok, talk, top_p is not None)
+    app = assemble_uefi(engine.defines, engine.symbols.get(engine_first_label())) if uefi is True else uefi or None
+    efi = app.code if isinstance(app, UefiEngine) else app
     layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba, talk_bytes, ram)
+    if efi is not None:
+        if manifest_lba != MANIFEST_LBA or engine.sectors > MANIFEST_LBA:
+            raise BootllamaError("an image with an EFI System Partition needs the manifest's copy at LBA "
+                                 f"{MANIFEST_LBA}, after the engine's sectors")
+        layout = plan_esp(layout, len(efi))
+    if rope is None:
+        rope = rope_region(checkpoint, config)
+    elif len(rope) != rope_bytes(config):
+        raise BootllamaError("the rotation values given do not fit this checkpoint")
     man = manifest(layout, ids, steps, temperature, seed, stop_id=tok.stop_id, byte_base=byte_base)
-    with atomic_write(out) as raw:
-        raw.write(mbr(engine.code, layout, zlib.crc32(man)))
-        raw.write(bytes(layout.data_lba * SECTOR - len(engine.code)))  # zeros up to the manifest's LBA
+    if floor:  # rmsnorm's eps in place of -t's temperature
+        man = man[:FLOOR_EPS_AT] + struct.pack("<f", 1e-5) + man[FLOOR_EPS_AT + 4:]
+    with atomic_write(out, inputs=image_inputs(checkpoint, tokenizer_path)) as raw:
+        boot = mbr(engine.code, layout, zlib.crc32(man))
+        raw.write(boot)
+        parts = [Part("engine", 0, len(boot), zlib.crc32(boot))]
+        if efi is not None:
+            # the legacy boot read's copies: the manifest sector (rewritten below with the record
+            # and the fix-up) and the checkpoint's first sector
+            raw.write(bytes(MANIFEST_LBA * SECTOR - len(engine.code)))
+            raw.write(man)
+            with open(checkpoint, "rb") as src:
+                first = src.read(SECTOR)
+            raw.write(first + bytes(SECTOR - len(first)))
+            vol = layout.volume()
+            for offset, data in vol.metadata():
+                raw.seek(layout.esp_lba * SECTOR + offset)
+                raw.write(data)
+            raw.seek(layout.esp_lba * SECTOR + vol.offset(EFI_FILE))
+            parts.append(Part("UEFI engine", raw.tell(), len(efi), zlib.crc32(efi)))
+            raw.write(efi)
+        raw.seek(layout.data_lba * SECTOR)  # the data area, written once (in the ESP: its data file)
+        man_at = raw.tell()
         f = DwordSum(raw)  # the data area, summed as the engine's data check sums it
         f.write(man)
-        _copy_padded(checkpoint, f)
-        _copy_padded(tokenizer_path, f)
-        prompt_bytes = struct.pack(f"<{len(ids)}i", *ids[1:], 0)
-        f.write(prompt_bytes + bytes(_pad(len(prompt_bytes)) - len(prompt_bytes)))
+        parts.append(Part("manifest", man_at + SECTOR - FIELDS, FIELDS, fields_crc(man)))
+        for name, path in (("checkpoint", checkpoint), ("tokenizer", tokenizer_path)):
+            at = raw.tell()
+            crc, n = _copy_padded(path, f)
+            parts.append(Part(name, at, n, crc))
         table_bytes = table(layout)
-        f.write(table_bytes + bytes(_pad(len(table_bytes)) - len(table_bytes)))
-        if rope is None:
-            rope = rope_region(checkpoint, config)
-        elif len(rope) != rope_bytes(config):
-            raise BootllamaError("the rotation values given do not fit this checkpoint")
-        f.write(rope + bytes(_pad(len(rope)) - len(rope)))
+        for name, data in (("prompt ids", struct.pack(f"<{len(ids)}i", *ids[1:], 0)), ("address table", table_bytes),
+                           ("RoPE values", rope)):
+            parts.append(Part(name, raw.tell(), len(data), zlib.crc32(data)))
+            f.write(data + bytes(_pad(len(data)) - len(data)))
         if talk_bytes:
             block = talkblock.talk_block(tok, talk, top_p, layout.talk_addr, layout.ram_addr, layout.tokenizer_addr)
+            parts.append(Part("talk block", raw.tell(), len(block), zlib.crc32(block)))
             f.write(block + bytes(_pad(len(block)) - len(block)))
         raw.truncate(layout.disk_sectors * SECTOR)  # (zeros: they add nothing to the sum)
+        # the checksums go into the manifest sector's first bytes, which the engine never reads
+        # (they replace zeros there, so their dwords join the sum)
+        record = pack_record(parts, layout.data_lba, layout.disk_sectors * SECTOR)
+        padded = record + bytes(-len(record) % 4)
+        total = f.total + sum(struct.unpack(f"<{len(padded) // 4}I", padded))
         # the very last step: the fix-up that makes the engine's sum over DATA..M_END come out 0
-        raw.seek(layout.data_lba * SECTOR + FIX_AT)
-        raw.write(struct.pack("<I", data_fixup(f.total)))
-    return Image(Path(out), layout, engine, ids, steps)
+        # (in the data area's manifest, and, with the record, in its copy at LBA MANIFEST_LBA for the
+        # boot read)
+        for at in {man_at, MANIFEST_LBA * SECTOR if efi is not None else man_at}:
+            raw.seek(at)
+            raw.write(record)
+            raw.seek(at + FIX_AT)
+            raw.write(struct.pack("<I", data_fixup(total)))
+    return Image(Path(out), layout, engine, ids, steps, app if isinstance(app, UefiEngine) else None)
+
+
+def image_inputs(checkpoint: str | os.PathLike[str], tokenizer: str | os.PathLike[str]) -> dict[str, Path]:
+    """The files an image is built from, by what they are (for atomic_write's refusal)."""
+    return {"checkpoint": Path(checkpoint), "tokenizer": Path(tokenizer),
+            "tokenizer's sidecar": sidecar_path(tokenizer)}
 
 
 FIX_AT = SECTOR - 28  # engine.inc's M_FIX (ebp-28): the data check's fix-up, in the manifest sector
@@ -560,11 +816,14 @@ def _chs(lba: int) -> bytes:
 
 def mbr(code: bytes, layout: Layout, disk_signature: int) -> bytes:
     """The engine's sectors with sector 0 made a valid MBR: the disk signature, and partition
-    entry 0 active (0x80), of type 0xDA, covering the data area to the end of the disk."""
+    entry 0 active (0x80), of type 0xDA, covering the data area to the end of the disk (an
+    image with an ESP: of type 0xEF, covering the ESP's file system)."""
     if any(code[MBR_SIGNATURE_AT:510]):
         raise BootllamaError("the engine's boot code runs into the MBR's partition table")
-    first, count = layout.data_lba, layout.disk_sectors - layout.data_lba
-    entry = bytes((0x80,)) + _chs(first) + bytes((PARTITION_TYPE,)) + _chs(first + count - 1)
+    first, count, kind = layout.data_lba, layout.disk_sectors - layout.data_lba, PARTITION_TYPE
+    if layout.esp_lba:  # the EFI System Partition instead
+        first, count, kind = layout.esp_lba, layout.esp_sectors, ESP_TYPE
+    entry = bytes((0x80,)) + _chs(first) + bytes((kind,)) + _chs(first + count - 1)
     entry += struct.pack("<II", first, count)
     out = bytearray(code)
     out[MBR_SIGNATURE_AT:MBR_SIGNATURE_AT + 4] = struct.pack("<I", disk_signature)
@@ -572,13 +831,84 @@ def mbr(code: bytes, layout: Layout, disk_signature: int) -> bytes:
     return bytes(out)
 
 
-def _copy_padded(path: str | os.PathLike[str], f) -> None:  # type: ignore[no-untyped-def]
-    n = 0
+def _copy_padded(path: str | os.PathLike[str], f) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """Copy a file, zero-padded to a sector; return its CRC32 and length."""
+    n = crc = 0
     with open(path, "rb") as src:
         while block := src.read(1 << 20):
             f.write(block)
             n += len(block)
+            crc = zlib.crc32(block, crc)
     f.write(bytes(_pad(n) - n))
+    return crc, n
+
+
+# The verify record (``bootllama verify``): CRC32s of the image's parts, in the manifest sector's
+# first RECORD_MAX bytes, which the engine never reads. Little-endian: the magic, a version, the
+# count of parts, FIXUP_AT, the data area's LBA, the disk's size in bytes; per part its name
+# (16 bytes, NUL-padded), its byte offset on the disk, its length and its CRC32; then the CRC32
+# of everything before it. Each part is found through its own offset, so a layout that moves the
+# data area (the manifest's M_DLBA) needs no change here.
+RECORD_MAGIC = b"bootllama-crc32\0"
+RECORD_VERSION = 1
+RECORD_MAX = SECTOR - FIELDS
+_RECORD_HEAD = struct.Struct("<16sHHHHIQ")
+_RECORD_PART = struct.Struct("<16sQII")
+# the byte in the manifest sector where the engine's data-check fix-up dword goes (branch golf),
+# written after the record: the manifest's CRC32 reads it as zero. None: no fix-up dword.
+FIXUP_AT: int | None = FIX_AT
+
+
+@dataclass(frozen=True)
+class Part:
+    """One checksummed part of an image: its name, byte offset on the disk, length and CRC32."""
+
+    name: str
+    offset: int
+    length: int
+    crc: int
+
+
+def fields_crc(sector: bytes, fixup_at: int | None = FIXUP_AT) -> int:
+    """CRC32 of a manifest sector's fields, the fix-up dword (if any) read as zero."""
+    fields = bytearray(sector[SECTOR - FIELDS:SECTOR])
+    if fixup_at:
+        at = fixup_at - (SECTOR - FIELDS)
+        fields[at:at + 4] = bytes(4)
+    return zlib.crc32(fields)
+
+
+def pack_record(parts: list[Part], data_lba: int, disk_bytes: int) -> bytes:
+    head = _RECORD_HEAD.pack(RECORD_MAGIC, RECORD_VERSION, len(parts), FIXUP_AT or 0, 0, data_lba, disk_bytes)
+    body = head + b"".join(_RECORD_PART.pack(p.name.encode(), p.offset, p.length, p.crc) for p in parts)
+    record = body + struct.pack("<I", zlib.crc32(body))
+    assert len(record) <= RECORD_MAX
+    return record
+
+
+@dataclass(frozen=True)
+class Record:
+    data_lba: int
+    disk_bytes: int
+    fixup_at: int | None
+    parts: list[Part]
+
+
+def unpack_record(sector: bytes) -> Record | None:
+    """The verify record of a manifest sector; None when it holds none (no magic). Raises
+    BootllamaError when the record itself is damaged (its CRC32 differs)."""
+    if sector[:len(RECORD_MAGIC)] != RECORD_MAGIC:
+        return None
+    _, version, count, fixup_at, _, data_lba, disk_bytes = _RECORD_HEAD.unpack_from(sector)
+    end = _RECORD_HEAD.size + count * _RECORD_PART.size
+    if version != RECORD_VERSION or end + 4 > RECORD_MAX or any(sector[end + 4:RECORD_MAX]) or \
+            struct.unpack_from("<I", sector, end)[0] != zlib.crc32(sector[:end]):
+        raise BootllamaError("its verify record (the manifest sector's first bytes) is damaged")
+    parts = []
+    for i in range(count):
+        name, offset, length, crc = _RECORD_PART.unpack_from(sector, _RECORD_HEAD.size + i * _RECORD_PART.size)
+        parts.append(Part(name.rstrip(b"\0").decode("ascii", "replace"), offset, length, crc))
+    return Record(data_lba, disk_bytes, fixup_at or None, parts)
 
 
 def check_byte_pieces(tok: Tokenizer) -> int | None:

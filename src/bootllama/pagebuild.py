@@ -29,7 +29,7 @@ def engine_spec(engine: image.Engine, file: str) -> dict[str, object]:
 
 
 def load_engine(site: Path, spec: dict[str, object]) -> image.Engine:
-    fields = {k: v for k, v in spec.items() if k != "file"}
+    fields = {k: v for k, v in spec.items() if k not in ("file", "efi")}
     # JSON turns tuples into lists: give the fields their types back
     if "sizes" in fields:
         fields["sizes"] = [(str(n), int(s)) for n, s in fields["sizes"]]  # type: ignore[attr-defined]
@@ -61,7 +61,8 @@ def build(site: str | os.PathLike[str], out: str | os.PathLike[str], prompt: str
     text = load_prompt(argparse.Namespace(prompt=prompt, chat=False, system=None), checkpoint, tokenizer)
     img = image.build_image(checkpoint, tokenizer, out, prompt=text, steps=steps,
                             temperature=temperature, seed=seed, engine=engine,
-                            rope=(site / meta["rope"]).read_bytes())
+                            rope=(site / meta["rope"]).read_bytes(),
+                            uefi=(site / str(meta["engines"][kind]["efi"])).read_bytes())  # (as build's)
     return {"memory_mib": img.layout.memory_mib, "chunks": img.layout.chunks, "steps": img.steps,
             "prompt_tokens": len(img.prompt_ids), "seed": seed, "seed_drawn": drawn,
             "temperature": temperature}

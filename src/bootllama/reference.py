@@ -380,6 +380,7 @@ def generate(reference: Reference, tokenizer: Tokenizer, prompt: str | bytes | N
             f"{reference.config.vocab_size}"
         )
     sampler = sampler or Sampler(reference.config.vocab_size)
+    tokenizer.check_fits(prompt, reference.config.seq_len)
     prompt_tokens = tokenizer.encode(b"" if prompt is None else prompt, bos=True, eos=False)
     printed = []
     prev = prompt_tokens[0]

@@ -119,7 +119,21 @@ def resolve_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     else:
         checkpoint = Path(args.checkpoint)
         tokenizer = Path(args.tokenizer or RUNC_TOKENIZER)
+        _refuse_gguf(checkpoint)
     return checkpoint, tokenizer
+
+
+def _refuse_gguf(checkpoint: Path) -> None:
+    """A GGUF file where a llama2.c checkpoint belongs: say what to do with it."""
+    try:
+        with open(checkpoint, "rb") as f:
+            magic = f.read(4)
+    except OSError:
+        return  # the checkpoint's reader says what is wrong with the path
+    if magic == b"GGUF":
+        raise BootllamaError(f"{checkpoint} is a GGUF file, not a llama2.c checkpoint: convert it first "
+                             f"(bootllama convert {checkpoint} -o model.bin --tokenizer-out tok.bin, then "
+                             "give model.bin -z tok.bin), or use --model smollm2 for SmolLM2-135M-Instruct")
 
 
 def _mode(args: argparse.Namespace) -> str:

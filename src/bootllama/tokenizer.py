@@ -167,7 +167,12 @@ class Tokenizer:
                 f"{name}: tokenizer has {len(pieces)} pieces but the model's vocabulary has {vocab_size}"
                 " (mismatched tokenizer?)"
             )
-        return pieces[:vocab_size], scores[:vocab_size], max_len
+        if len(pieces) > vocab_size:  # run.c reads the first vocab_size pieces and prints garbage
+            raise BootllamaError(
+                f"{name}: tokenizer has {len(pieces)} pieces but the model's vocabulary has {vocab_size}: "
+                "it is another model's tokenizer (run.c would read its first pieces and print garbage)"
+            )
+        return pieces, scores, max_len
 
     def to_bytes(self) -> bytes:
         """The tokenizer.bin serialisation of this vocabulary."""
@@ -200,6 +205,33 @@ class Tokenizer:
                     table[key] = order[mid]
                     break
         return table
+
+    @cached_property
+    def longest_cover(self) -> int | None:
+        """The most text bytes one token can stand for: the longest piece (a byte piece stands for
+        one byte, a merge for what its two halves stand for, which is at most its own piece);
+        None when a piece is empty, which breaks that bound."""
+        return (min(map(len, self._c)) and max(map(len, self._c))) or None
+
+    def min_tokens(self, text: bytes | str, bos: bool = True) -> int:
+        """A lower bound on len(encode(text, bos)), from the byte count alone (no merges run):
+        the dummy-prefix space and the text, each token standing for at most longest_cover bytes."""
+        cover = self.longest_cover
+        if isinstance(text, str):
+            text = text.encode("utf-8", "surrogateescape")
+        n = len(_cstr(bytes(text)))
+        return int(bos) + (-(-(n + 1) // cover) if n and cover else 0)
+
+    def check_fits(self, text: bytes | str | None, context: int, bos: bool = True) -> None:
+        """Refuse, before the merges run (they take quadratic time), a prompt that cannot fit in
+        ``context`` tokens."""
+        if text is None:
+            return
+        lower = self.min_tokens(text, bos)
+        if lower > context:
+            n = len(text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text)
+            raise BootllamaError(f"prompt of {n} bytes is at least {lower} tokens (no token stands for more "
+                                 f"than {self.longest_cover} bytes); the context holds {context}")
 
     def encode(self, text: bytes | str, bos: bool = True, eos: bool = False) -> list[int]:
         """Token ids for ``text`` exactly as run.c's encode() produces them."""
@@ -331,6 +363,18 @@ class ByteLevelTokenizer(Tokenizer):
         pre = sidecar["pre_tokenizer"]
         self.bpe = ByteLevelBPE(vocab, merges, {t: i for i, t in self.special_tokens.items()},  # type: ignore[arg-type]
                                 pre["regex"], pre["individual_digits"])
+
+    @cached_property
+    def longest_cover(self) -> int | None:
+        """The most text bytes one token stands for: its raw-byte piece, or a special token's text."""
+        pieces = [len(p) for i, p in enumerate(self.pieces) if i not in self.special_tokens]
+        return max([*pieces, *(len(t.encode("utf-8")) for t in self.special_tokens.values())]) or None
+
+    def min_tokens(self, text: bytes | str, bos: bool = True) -> int:
+        """A lower bound on len(encode(text, bos)) from the byte count (the BOS may be the text's own)."""
+        n = len(text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text)
+        cover = self.longest_cover
+        return max(int(bos), -(-n // cover) if cover else 0)
 
     def token_text(self, token: int) -> str:
         """A token's text: a special token's name, else its bytes as UTF-8 (replacement chars if cut)."""

@@ -1,7 +1,8 @@
 """The PCs the engine boots on, behind one face: ``boot(name, image, layout) -> RunResult``.
 
 ``qemu`` (the default: an i440FX PC, the disk on IDE), ``qemu-ahci`` (q35, the disk on AHCI),
-``qemu-usb-ehci`` and ``qemu-usb-xhci`` (the image as a USB stick), ``bochs`` (its own CPU
+``qemu-usb-ehci`` and ``qemu-usb-xhci`` (the image as a USB stick), ``qemu-uefi`` and
+``qemu-uefi-usb`` (OVMF, UEFI without CSM: the image's UEFI engine), ``bochs`` (its own CPU
 interpreter and BIOS) and ``v86`` (WebAssembly under Node, the web page's PC).
 """
 
@@ -16,7 +17,8 @@ from bootllama.image import Layout
 from bootllama.pcs import bochs, qemu, v86
 from bootllama.pcs.base import EXIT_DONE, Input, RunResult
 
-QEMU_PCS = {"qemu": "pc", "qemu-ahci": "ahci", "qemu-usb-ehci": "usb-ehci", "qemu-usb-xhci": "usb-xhci"}
+QEMU_PCS = {"qemu": "pc", "qemu-ahci": "ahci", "qemu-usb-ehci": "usb-ehci", "qemu-usb-xhci": "usb-xhci",
+            "qemu-uefi": "uefi", "qemu-uefi-usb": "uefi-usb"}
 NAMES = (*QEMU_PCS, "bochs", "v86")
 DEFAULT = "qemu"
 
@@ -42,6 +44,10 @@ def boot(name: str, image: str | os.PathLike[str], layout: Layout, *, timeout: f
         raise BootllamaError(f"typing on the keyboard works on the QEMU PCs only, not {name} "
                              "(give the text as input: it goes to COM1)")
     if name in QEMU_PCS:
+        if QEMU_PCS[name] in qemu.UEFI_MACHINES and not layout.esp_lba:
+            raise BootllamaError(f"{name} boots the UEFI engine, and this image has none (built legacy-only)")
+        if QEMU_PCS[name] in qemu.UEFI_MACHINES and cpu == "486":
+            raise BootllamaError(f"{name} is an x86-64 PC: the 486 build boots on the legacy PCs")
         return qemu.boot(image, layout.memory_mib, layout.chunks, accel=accel, timeout=timeout,
                          on_bytes=on_bytes, machine=QEMU_PCS[name], cpu=cpu, input=input, keys=keys,
                          keys_after=keys_after)

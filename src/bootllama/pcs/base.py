@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
+import signal
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from bootllama.errors import BootllamaError
+from bootllama.interrupts import deferred
 
 # the sector's guards: exit code -> what stopped it
 GUARDS = {
@@ -93,11 +96,13 @@ class Serial:
 
 
 def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: str,
-                on_bytes: Callable[[bytes], None] | None = None,
+                on_bytes: Callable[[bytes], None] | None = None, after: bytes = b"",
                 on_loaded: Callable[[], None] | None = None) -> Serial:
     """Read ``proc``'s stdout (COM1) until it closes: ``chunks`` dots, then the story.
 
-    ``on_loaded`` is called once the last dot has arrived (the sector is about to run).
+    ``after``: a byte that ends what the firmware wrote (the UEFI engine's form feed); what
+    comes before it is dropped.  ``on_loaded`` is called once the last dot has arrived (the
+    sector is about to run).
 
     A guard's message (from a '!' among the dots on) goes to ``message``, not to the story
     or ``on_bytes``; reading goes on until the PC exits, and its status tells.  Raises
@@ -120,6 +125,11 @@ def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: 
         if not data:
             return s
         now = time.monotonic()
+        if after:  # still in the firmware's text
+            cut = data.find(after)
+            data = data[cut + 1:] if cut >= 0 else b""
+            if cut >= 0:
+                after, s.t0 = b"", now
         while data and len(s.dots) < chunks:
             take = min(chunks - len(s.dots), len(data))
             s.dots += data[:take]
@@ -219,3 +229,53 @@ def start_input(proc: subprocess.Popen[bytes], source: Input | None) -> Feeder |
         return None
     assert proc.stdin is not None
     return Feeder(proc.stdin, source)
+
+
+@contextlib.contextmanager
+def emulator(cmd: list[str], **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """Start an emulator in a process group of its own; on the way out (an error, an interrupt
+    or a signal included) kill the whole group and reap it. The start and the clean-up hold
+    signals off (bootllama.interrupts), so no emulator outlives the command."""
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        with deferred():
+            proc = subprocess.Popen(cmd, start_new_session=True, **popen)
+        yield proc
+    finally:
+        if proc is not None:
+            stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 0.0) -> None:
+    """End ``proc`` and its process group: SIGTERM and ``grace`` seconds first if given, then SIGKILL."""
+    with deferred():
+        if proc.poll() is None and grace > 0:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=grace)
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+# how emulators' own error lines start: "qemu-system-i386: ...", node's "Error: ...", Bochs' panics
+_WARNING = re.compile(r"^\S*:\s*warning:", re.IGNORECASE)
+
+
+def own_error(stderr: str, program: str) -> str:
+    """The emulator's own error message from its standard error, in one line ('' if none): the
+    lines that start with the program's name (QEMU's style), its warnings left out, else
+    the lines that name an error (Node's), else the last line."""
+    lines = [" ".join(line.split()) for line in stderr.splitlines() if line.strip()]
+    lines = [line for line in lines if not _WARNING.match(line)]
+    mine = [line for line in lines if line.startswith(program)]
+    if mine:
+        # QEMU adds a hint line after its error (e.g. "Is another process using the image [...]?")
+        at = lines.index(mine[0])
+        return " ".join(lines[at:at + 2])
+    errors = [line for line in lines if re.search(r"\b\w*Error\b", line)]
+    if errors:
+        return errors[0]
+    return lines[-1] if lines else ""

@@ -34,14 +34,14 @@ import select
 import shutil
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 from bootllama.errors import BootllamaError
 from bootllama.image import CYLINDER, SECTOR, Layout
-from bootllama.pcs.base import Feeder, Input, describe_exit, exit_status
+from bootllama.interrupts import temp_dir
+from bootllama.pcs.base import Feeder, Input, describe_exit, emulator, exit_status, stop
 
 BIOS = Path("/usr/share/bochs/BIOS-bochs-latest")
 VGABIOS = Path("/usr/share/vgabios/vgabios.bin")
@@ -121,6 +121,27 @@ def _log_tail(log: Path, n: int = 3) -> str:
     lines = [" ".join(line.split()) for line in text.splitlines()]
     lines = [line for line in lines if line and "| " not in line]  # skip register dumps
     return " | ".join(lines[-n:]) if lines else "empty Bochs log"
+
+
+EXITING = "Bochs is exiting with the following message:"
+
+
+def _own_message(log: Path) -> str:
+    """Bochs' own reason for quitting: the line after its "exiting with the following message"
+    banner (in its log, or on its standard output before the log is open), else its last panic,
+    else the log's last lines."""
+    for path in (log, log.parent / "stdout.txt"):
+        try:
+            lines = [" ".join(line.split()) for line in path.read_text(errors="replace").splitlines()]
+        except OSError:
+            continue
+        for i, line in enumerate(lines):
+            if line.endswith(EXITING) and i + 1 < len(lines):
+                return lines[i + 1]
+        panics = [line.split(">>PANIC<<", 1)[1].strip() for line in lines if ">>PANIC<<" in line]
+        if panics:
+            return panics[-1]
+    return _log_tail(log)
 
 
 def _exit_status(log: Path, pos: int) -> tuple[int | None, int]:
@@ -210,8 +231,7 @@ def boot_bochs(image_path: str | os.PathLike[str], layout: Layout, max_bytes: in
     image_path = Path(image_path)
     _check_inputs(image_path, layout, max_bytes, timeout)
     exe = bochs_binary()
-    with tempfile.TemporaryDirectory(prefix="bootllama-bochs-") as tmp:
-        work = Path(tmp)
+    with temp_dir("bootllama-bochs-") as work:
         # Bochs locks an image by creating <path>.lock beside it and leaves it behind when
         # killed: boot a link in the temp dir (which also keeps odd characters out of bochsrc)
         disk = work / "disk.img"
@@ -224,15 +244,14 @@ def boot_bochs(image_path: str | os.PathLike[str], layout: Layout, max_bytes: in
         commands = work / "debugger.rc"
         commands.write_text("continue\n")
         try:
-            with open(work / "stdout.txt", "wb") as out:
-                proc = subprocess.Popen([exe, "-q", "-f", str(rc), "-rc", str(commands)], cwd=work,
-                                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-            try:
-                return _collect(proc, com1, log, layout.chunks, max_bytes, timeout, timings)
-            finally:
-                _stop(proc)
-        finally:
+            with open(work / "stdout.txt", "wb") as out, \
+                    emulator([exe, "-q", "-f", str(rc), "-rc", str(commands)], cwd=work,
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT) as proc:
+                try:
+                    return _collect(proc, com1, log, layout.chunks, max_bytes, timeout, timings)
+                finally:
+                    stop(proc, grace=5.0)  # politely first; emulator() makes sure of the rest
+        finally:  # Bochs has stopped: the input's socket goes
             if link is not None:
                 link.stop()
 
@@ -282,9 +301,9 @@ def _collect(proc: subprocess.Popen[bytes], com1: Path, log: Path, chunks: int, 
                     raise BootllamaError(f"the sector stopped after {len(dots)} of {chunks} progress dots "
                                          f"in Bochs: {_log_tail(log)}")
                 return text[:max_bytes]
-        elif proc.poll() is not None:
-            raise BootllamaError(f"Bochs exited with status {proc.returncode} after {len(text)} story "
-                                 f"bytes: {_log_tail(log)}")
+        elif proc.poll() is not None:  # Bochs' own failure: its own message
+            raise BootllamaError(f"Bochs failed (status {proc.returncode}, after {len(dots)} of {chunks} progress "
+                                 f"dots and {len(text)} story bytes): {_own_message(log)}")
         if status is None and now > deadline:  # a run that has exited may settle
             got = f"{len(text)} of {max_bytes} story bytes" if len(dots) == chunks else \
                 f"{len(dots)} of {chunks} progress dots"
@@ -292,12 +311,3 @@ def _collect(proc: subprocess.Popen[bytes], com1: Path, log: Path, chunks: int, 
         time.sleep(0.05)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """End this Bochs (only it: it runs in its own session), politely first."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from bootllama.errors import BootllamaError
-from bootllama.pcs.base import EXIT_DONE, Input, RunResult, describe_exit, read_serial, start_input
+from bootllama.pcs.base import EXIT_DONE, Input, RunResult, describe_exit, emulator, own_error, read_serial, start_input
 
 SEABIOS = Path("/usr/share/seabios")
 BIOS = SEABIOS / "bios.bin"
@@ -86,28 +86,28 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, timeout: f
     bios, vga = bios_files()
     cmd = [node_binary(), str(harness()), str(v86_dir()), os.fspath(image), str(memory_mib), str(bios),
            str(vga), f"{timeout:g}", "serial-in" if input is not None else "no-input"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    feeder = start_input(proc, input)
+    feeder = None
     try:
-        # the harness stops itself at the timeout; this one is the guard against a stuck node
-        serial = read_serial(proc, chunks, timeout + 30, "v86", on_bytes)
-        code = proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        with emulator(cmd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            feeder = start_input(proc, input)
+            # the harness stops itself at the timeout; this one is the guard against a stuck node
+            serial = read_serial(proc, chunks, timeout + 30, "v86", on_bytes)
+            code = proc.wait(timeout=10)
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+    finally:  # node has exited (emulator() saw to it): the input stops
         if feeder is not None:
             feeder.stop()
-    err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
     lines = err.splitlines()
     try:
         summary = json.loads(lines[-1]) if lines else None
     except json.JSONDecodeError:
         summary = None
-    if not isinstance(summary, dict):
-        detail = f": {lines[-1]}" if lines else ""
-        raise BootllamaError(f"the v86 harness failed (exit code {code}){detail}")
+    if not isinstance(summary, dict):  # node's or v86's own failure: its message, not a story
+        message = own_error(err, "node")
+        detail = f": {message}" if message else ""
+        raise BootllamaError(f"v86 failed (node exit code {code}, after {len(serial.dots)} of {chunks} progress "
+                             f"dots){detail}")
     status = summary.get("status")
     beats = int(summary.get("beats", 0))
     dots = bytes(serial.dots)

@@ -1,7 +1,8 @@
 // Boot a bootllama image in v86 under Node: COM1's bytes go to stdout as they arrive; one JSON
 // line goes to stderr at the end: {"status": S, "beats": N} where S is QEMU's isa-debug-exit
 // status for the byte the sector wrote to port 0xF4 (2*al+1), or null if the guest halted with
-// interrupts off without writing one.  Exit code 0 when a result line was written, 2 on a timeout,
+// interrupts off without writing one.  A read past the end of the image fails as on QEMU
+// (../site/v86_disk.js), so a short disk ends with the sector's "!disk" instead of a hang.  Exit code 0 when a result line was written, 2 on a timeout,
 // 3 on a harness error.
 //
 // With INPUT "serial-in", the bytes on stdin go to COM1's receiver as they come (v86's UART
@@ -20,6 +21,8 @@ if (!timeoutS) {
 }
 
 const { V86 } = await import(pathToFileURL(path.join(v86Dir, "build", "libv86.mjs")).href);
+// defines globalThis.bootllamaAbortReadsPastTheEnd (a plain script the web page loads too)
+await import(new URL("../site/v86_disk.js", import.meta.url).href);
 
 function bufferOf(file) {
     const b = fs.readFileSync(file);
@@ -75,6 +78,12 @@ emulator.add_listener("serial0-output-byte", (byte) => {
 
 emulator.add_listener("emulator-loaded", () => {
     const cpu = emulator.v86.cpu;
+    try {
+        globalThis.bootllamaAbortReadsPastTheEnd(emulator);
+    } catch (e) {
+        process.stderr.write(`v86_boot.mjs: ${e.message}\n`);
+        process.exit(3);
+    }
     // port 0xF4: the sector's exit code (QEMU's isa-debug-exit); port 0xE9: one beat per forward pass
     cpu.io.register_write(0xF4, {}, (al) => finish({ status: ((al & 0xFF) << 1) | 1, beats }, 0));
     cpu.io.register_write(0xE9, {}, () => { beats += 1; });

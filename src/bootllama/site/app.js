@@ -4,15 +4,24 @@
 // Typing (talk.md): lines from #talk go to COM1's receiver of the story machine (talk.img, built
 // with the site: no rebuild); they show in #text as a terminal echoes them, and
 // window.bootllama.com1 holds COM1's bytes alone (UTF-8), which are run.c's stdout.
+// One boot at a time: a new one (a submit, even one whose settings are then rejected) cancels the
+// one in flight at whatever stage it is (fetching, starting Pyodide, building, running) and
+// clears its story; only the newest boot writes to the page.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const SITE = "/site";  // where the page's files go in Pyodide's file system
-let emulator = null;
+// The longest link the page makes: common web servers take a request line of about 8 KB (nginx's
+// 8 KiB buffer, Apache's 8,190 bytes) and answer a longer one with "414 URI Too Long".
+const LINK_LIMIT = 8000;
 let pyodideReady = null;
-let generation = 0;  // which boot is current: an old emulator's events are ignored
-window.bootllama = { runs: 0, com1: "" };  // for tests: what the page booted, what COM1 carried
-let typing = null;  // the current boot's input: { typed, loaded, queue, echo }
+// the newest boot: { emulator, loaded, stopping, timers, finished }; an older one is retired and
+// its events are ignored
+let current = null;
+let teardown = Promise.resolve();  // retired emulators being destroyed, before the next one starts
+// for tests: boots finished, boots cancelled, what COM1 carried
+window.bootllama = { runs: 0, cancelled: 0, com1: "" };
+let typing = null;  // the newest boot's input: { typed, loaded, queue, echo, run, echoes }
 
 function setStatus(message, error = false) {
     $("status").textContent = message;
@@ -24,6 +33,9 @@ async function fetchBytes(url) {
     if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
     return new Uint8Array(await response.arrayBuffer());
 }
+
+const fetchJson = async (url) => JSON.parse(new TextDecoder().decode(await fetchBytes(url)));
+const delay = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function pow2MiB(mib) {
     let bytes = 1 << 20;
@@ -38,6 +50,7 @@ async function sha256(bytes) {
 }
 
 // The settings in a URL or the form, checked as run.c's flags; returns [settings, error].
+// Every value stays the text typed (a 20-digit seed would round as a JavaScript number).
 function checkSettings(raw) {
     const out = { i: raw.i ?? "", n: (raw.n ?? "0").trim() || "0", t: (raw.t ?? "0").trim() || "0",
                   s: (raw.s ?? "0").trim() || "0" };
@@ -57,8 +70,75 @@ function fillForm(settings) {
 
 let siteJson = null;
 async function siteMeta() {
-    if (!siteJson) siteJson = JSON.parse(new TextDecoder().decode(await fetchBytes("site.json")));
+    if (!siteJson) siteJson = fetchJson("site.json");
+    siteJson.catch(() => { siteJson = null; });
     return siteJson;
+}
+
+// The tokenizer's pieces as strings of bytes (run.c's C strings: up to a NUL), for promptTooLong.
+let piecesPromise = null;
+function pieces(meta) {
+    if (!piecesPromise) {
+        piecesPromise = fetchBytes(meta.tokenizer).then((bytes) => {
+            const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+            const set = new Set();
+            let at = 4;  // int32 max_token_length, then per piece: float32 score, int32 length, bytes
+            for (let id = 0; id < meta.vocab_size; id++) {
+                const length = view.getInt32(at + 4, true);
+                let piece = bytes.subarray(at + 8, at + 8 + length);
+                const nul = piece.indexOf(0);
+                if (nul >= 0) piece = piece.subarray(0, nul);
+                set.add(String.fromCharCode(...piece));
+                at += 8 + length;
+            }
+            return set;
+        });
+        piecesPromise.catch(() => { piecesPromise = null; });
+    }
+    return piecesPromise;
+}
+
+// A prompt that cannot fit the context, refused before Python starts (Pyodide takes seconds to
+// start, and the encoder's merges take minutes on a long prompt).  A lower bound on run.c's token
+// count (bootllama.web.prompt_bound says why it is one and for which tokenizers): BOS, plus the
+// fewest pieces (or single bytes) the dummy prefix " " and the prompt split into ("pieces"), or
+// the prompt's bytes over the longest piece ("bytes"), or none.  run.c's encode reads the prompt
+// up to its first NUL.  The exact count stays Python's, which refuses what passes here but does
+// not fit.
+async function leastTokens(prompt, meta) {
+    let bytes = new TextEncoder().encode(prompt);
+    const nul = bytes.indexOf(0);
+    if (nul >= 0) bytes = bytes.subarray(0, nul);
+    if (meta.prompt_bound === "none") return 0;  // no bound for this tokenizer: Python's check alone
+    const least = 1 + Math.ceil(bytes.length / meta.longest_piece);
+    if (least > meta.seq_len || meta.prompt_bound !== "pieces" || !bytes.length) return least;
+    const set = await pieces(meta);
+    const text = " " + Array.from(bytes, (b) => String.fromCharCode(b)).join("");
+    const fewest = new Int32Array(text.length + 1);  // fewest[i]: tokens for text's first i bytes
+    for (let i = 1; i <= text.length; i++) {
+        let best = fewest[i - 1] + 1;
+        for (let l = 2; l <= Math.min(meta.longest_piece, i); l++) {
+            if (fewest[i - l] + 1 < best && set.has(text.slice(i - l, i))) best = fewest[i - l] + 1;
+        }
+        fewest[i] = best;
+    }
+    return 1 + fewest[text.length];
+}
+window.bootllama.leastTokens = async (prompt) => leastTokens(prompt, await siteMeta());
+
+async function promptTooLong(prompt, meta) {
+    const least = await leastTokens(prompt, meta);
+    return least > meta.seq_len ? `prompt is at least ${least} tokens; the context holds ${meta.seq_len}` : null;
+}
+
+// The seed as typed, and the one run.c uses when its atoi makes another of it (past 32 bits).
+function seedText(info, typed) {
+    if (info.seed_drawn) return `seed ${info.seed} (from the clock)`;
+    let same = false;
+    try {
+        same = BigInt.asUintN(64, BigInt(typed.replace(/^\+/, ""))) === BigInt(info.seed);
+    } catch (e) { /* not an integer: show both */ }
+    return same ? `seed ${typed}` : `seed ${typed} (run.c's atoi reads ${info.seed})`;
 }
 
 async function python() {
@@ -67,7 +147,7 @@ async function python() {
             const py = await loadPyodide({ indexURL: new URL("pyodide/", location.href).href });
             const meta = await siteMeta();
             const files = ["site.json", meta.checkpoint, meta.tokenizer, meta.rope,
-                           ...Object.values(meta.engines).map((e) => e.file), ...meta.modules];
+                           ...Object.values(meta.engines).flatMap((e) => [e.file, e.efi]), ...meta.modules];
             for (const file of files) {
                 const path = `${SITE}/${file}`;
                 py.FS.mkdirTree(path.slice(0, path.lastIndexOf("/")));
@@ -82,9 +162,11 @@ from bootllama.errors import BootllamaError
 
 def page_build(prompt, steps, temperature, seed):
     try:
-        return json.dumps(pagebuild.build("${SITE}", "/tmp/boot.img", prompt, steps, temperature, seed))
+        info = pagebuild.build("${SITE}", "/tmp/boot.img", prompt, steps, temperature, seed)
     except BootllamaError as e:
         return json.dumps({"error": str(e)})
+    info["seed"] = str(info["seed"])  # a 64-bit seed, exact: JavaScript's numbers would round it
+    return json.dumps(info)
 `);
             return py;
         })();
@@ -93,43 +175,60 @@ def page_build(prompt, steps, temperature, seed):
     return pyodideReady;
 }
 
-// Build the image for these settings with bootllama's own Python (Pyodide), as `bootllama build` does.
-async function buildImage(settings) {
-    setStatus("starting Python (Pyodide) to build the image");
-    const py = await python();
-    setStatus("building the image");
-    const build = py.globals.get("page_build");
-    const info = JSON.parse(build(settings.i, settings.n, settings.t, settings.s));
-    build.destroy();
-    if (info.error) throw new UserError(info.error);
-    return [py.FS.readFile("/tmp/boot.img"), info];
-}
-
 class UserError extends Error {}
 
-async function boot(imageBytes, info) {
-    const run = ++generation;
-    const guards = (await siteMeta()).guards;
-    if (emulator) {
-        const old = emulator;
-        emulator = null;
-        old.stop();
-        await old.destroy();
+// Make ``run`` the newest boot: retire the one before (stop it, destroy it before the next
+// emulator starts) and clear its story.
+function newRun() {
+    const old = current;
+    const run = { emulator: null, loaded: null, stopping: null, timers: [], finished: false };
+    current = run;
+    if (old) {
+        if (!old.finished) window.bootllama.cancelled += 1;
+        retire(old);
     }
     $("text").textContent = "";
+    $("stats").textContent = "";
     window.bootllama.com1 = "";
-    $("stats").textContent = info.temperature > 0 ? `seed ${info.seed}` : "";
-    window.bootllama.image = { sha256: await sha256(imageBytes), bytes: imageBytes.length, info };
+    typing = null;
+    return run;
+}
+
+function stopOnce(run) {
+    if (!run.stopping) run.stopping = run.emulator.stop();
+    return run.stopping;
+}
+
+function retire(run) {
+    run.timers.forEach(clearInterval);
+    run.timers = [];
+    const em = run.emulator;
+    if (!em) return;
+    const loaded = run.loaded;
+    const stopping = loaded.then(() => stopOnce(run));
+    // a destroy that never settles must not hold up every later boot
+    const gone = stopping.then(() => em.destroy());
+    teardown = teardown.then(() => Promise.race([gone, delay(3000)])).catch((e) => console.error(e));
+}
+
+async function boot(run, imageBytes, info, typedSeed) {
+    const guards = (await siteMeta()).guards;
+    const digest = await sha256(imageBytes);
+    await teardown;  // the emulators before this one are gone before it takes the screen
+    if (run !== current) return;
+    window.bootllama.image = { sha256: digest, bytes: imageBytes.length, info };
+    const seed = seedText(info, typedSeed);
+    $("stats").textContent = info.temperature > 0 ? seed : "";
     const decoder = new TextDecoder("utf-8");
     let dots = 0;
     let guarded = false;
     const printed = [];
     let beats = 0;
     let tLoaded = 0;
-    let finished = false;
     let textNode = document.createTextNode("");
     $("text").appendChild(textNode);
     let pendingText = "";
+    const live = () => run === current && !run.finished;
     // a line typed on the page: shown as a terminal echoes it, then sent once the UART exists
     const echo = (line) => {
         if (pendingText) { textNode.appendData(pendingText); pendingText = ""; }
@@ -148,29 +247,27 @@ async function boot(imageBytes, info) {
         return seconds > 0 ? (beats / seconds).toFixed(1) : "0";
     };
     const show = () => {
-        if (run !== generation || finished) return;
+        if (!live()) return;
         if (pendingText) { textNode.appendData(pendingText); pendingText = ""; }
         if (dots < info.chunks) setStatus(`loading the model: ${dots} of ${info.chunks} chunks of 32 KiB`);
         else setStatus(`${beats} tokens, ${rate()} tok/s`);
     };
-    const ticker = setInterval(show, 100);
     const finish = (message, error) => {
-        if (finished || run !== generation) return;
+        if (!live()) return;
         pendingText += decoder.decode();
         if (pendingText) { textNode.appendData(pendingText); pendingText = ""; }
-        finished = true;
-        clearInterval(ticker);
-        clearInterval(haltPoll);
-        const em = emulator;
-        setTimeout(() => em && em.stop(), 0);
+        run.finished = true;
+        run.timers.forEach(clearInterval);
+        run.timers = [];
+        setTimeout(() => stopOnce(run), 0);  // the screen keeps the PC's last picture
         if (!error) $("stats").textContent = `${beats} tokens, ${rate()} tok/s` +
-            (info.temperature > 0 ? `, seed ${info.seed}` : "") + `, loaded in ${((tLoaded - t0) / 1000).toFixed(2)} s`;
+            (info.temperature > 0 ? `, ${seed}` : "") + `, loaded in ${((tLoaded - t0) / 1000).toFixed(2)} s`;
         setStatus(message, error);
         window.bootllama.runs += 1;
     };
 
     const t0 = performance.now();
-    emulator = new V86({
+    const em = new V86({
         wasm_path: "v86/v86.wasm",
         memory_size: pow2MiB(info.memory_mib),
         vga_memory_size: 8 << 20,
@@ -184,9 +281,10 @@ async function boot(imageBytes, info) {
         disable_mouse: true,
         disable_speaker: true,
     });
-    const em = emulator;
+    run.emulator = em;
+    run.loaded = new Promise((resolve) => em.add_listener("emulator-loaded", resolve));
     em.add_listener("serial0-output-byte", (byte) => {
-        if (run !== generation || finished) return;
+        if (!live()) return;
         if (dots < info.chunks && !guarded) {
             if (byte === 0x2E) {
                 dots += 1;
@@ -205,8 +303,15 @@ async function boot(imageBytes, info) {
         }
     });
     em.add_listener("emulator-loaded", () => {
-        if (run !== generation) return;
+        if (!live()) return;
         const cpu = em.v86.cpu;
+        try {
+            // a read past the end of a short image fails as on QEMU: the sector stops with !disk
+            bootllamaAbortReadsPastTheEnd(em);
+        } catch (e) {
+            finish(`error: ${e.message}`, true);
+            return;
+        }
         cpu.io.register_write(0xF4, {}, (al) => {
             al &= 0xFF;
             if (al === 0) { finish("done", false); return; }
@@ -224,16 +329,19 @@ async function boot(imageBytes, info) {
             typing.queue = [];
         }
     });
+    run.timers.push(setInterval(show, 100));
     // halted with interrupts off and no exit code: nothing more will come
-    const haltPoll = setInterval(() => {
+    run.timers.push(setInterval(() => {
         const cpu = em.v86 && em.v86.cpu;
         if (cpu && cpu.in_hlt[0] && !(cpu.flags[0] & 0x200)) finish("the PC halted before the story was over", true);
-    }, 250);
+    }, 250));
 }
 
 // COM1's receiver: v86's UART queues what it is sent, so a line typed early waits for the PC
 function sendBytes(bytes) {
-    for (const byte of bytes) emulator.bus.send("serial0-input", byte);
+    const em = typing && typing.run === current ? typing.run.emulator : null;
+    if (!em) return;
+    for (const byte of bytes) em.bus.send("serial0-input", byte);
 }
 
 // what the engine prints before it reads a line (conversation.py's guides)
@@ -249,53 +357,74 @@ function sendInput(bytes, shown) {
     else typing.queue.push(bytes);
 }
 
-// Boot the story machine the site was written with (talk.img): no image is built
-async function bootStoryMachine() {
-    const info = JSON.parse(new TextDecoder().decode(await fetchBytes("talk.json")));
-    fillForm(Object.fromEntries(Object.entries(info.settings).map(([k, v]) => [k, String(v)])));
-    setStatus("fetching the story machine");
-    history.pushState(null, "", `?${new URLSearchParams(info.settings).toString().replace(/\+/g, "%20")}`);
-    await boot(await fetchBytes("talk.img"), info);
-}
-
 let talkStarting = null;
 $("talk").addEventListener("submit", async (event) => {
     event.preventDefault();
     const line = $("line").value;
     $("line").value = "";
-    try {
-        if (!typing || !typing.typed) {
-            if (!talkStarting) talkStarting = bootStoryMachine().finally(() => { talkStarting = null; });
-            await talkStarting;
-        }
-        sendInput(new TextEncoder().encode(line + "\n"), line + "\n");
-    } catch (e) {
-        console.error(e);
-        setStatus(`error: ${e.message || JSON.stringify(e)}`, true);
+    // a line typed with no story machine running boots the site's one (talk.img) first
+    if (!typing || !typing.typed || typing.run !== current || typing.run.finished) {
+        if (!talkStarting) talkStarting = start({}, "talk").finally(() => { talkStarting = null; });
+        await talkStarting;
     }
+    if (typing && typing.typed && typing.run === current) sendInput(new TextEncoder().encode(line + "\n"), line + "\n");
 });
 
 $("eot").addEventListener("click", () => {
-    if (typing && typing.typed) sendInput(Uint8Array.of(4), null);  // EOT: end of input
+    if (typing && typing.typed && typing.run === current) sendInput(Uint8Array.of(4), null);  // EOT: end of input
 });
 
-async function start(raw, fromUrl) {
-    const [settings, error] = checkSettings(raw);
-    if (error) { setStatus(error, true); return; }
+// Boot the site's image ("default"), the site's story machine ("talk": talk.img, no image is
+// built; a prompt of "-" from the URL or the form asks for it too, with the site's other
+// settings), or build one for ``settings`` ("url", "form"); ``link`` (the form's) becomes the
+// page's URL once the settings are accepted, never before.
+async function start(settings, source, link = null) {
+    const run = newRun();
+    const live = () => run === current;
+    if (source !== "default" && settings.i === "-") source = "talk";
     try {
-        if (fromUrl !== "default" && settings.i === "-") {
-            await bootStoryMachine();
-        } else if (fromUrl === "default") {
-            const info = JSON.parse(new TextDecoder().decode(await fetchBytes("boot.json")));
-            fillForm(Object.fromEntries(Object.entries(info.settings).map(([k, v]) => [k, String(v)])));
-            setStatus("fetching the image");
-            await boot(await fetchBytes("boot.img"), info);
-        } else {
+        let bytes, info;
+        if (source === "default" || source === "talk") {
+            info = await fetchJson(source === "talk" ? "talk.json" : "boot.json");
+            if (!live()) return;
+            settings = Object.fromEntries(Object.entries(info.settings).map(([k, v]) => [k, String(v)]));
             fillForm(settings);
-            const [bytes, info] = await buildImage(settings);
-            await boot(bytes, info);
+            if (source === "talk") {  // the URL names the settings the story machine has
+                const query = `?${new URLSearchParams(settings).toString().replace(/\+/g, "%20")}`;
+                link = query === location.search ? null : query;
+            }
+            setStatus(source === "talk" ? "fetching the story machine" : "fetching the image");
+            bytes = await fetchBytes(source === "talk" ? "talk.img" : "boot.img");
+        } else {
+            const meta = await siteMeta();
+            if (!live()) return;
+            const tooLong = await promptTooLong(settings.i, meta);
+            if (!live()) return;
+            if (tooLong) throw new UserError(tooLong);
+            const linkLength = link === null ? 0 : new URL(link, location.href).href.length;
+            if (linkLength > LINK_LIMIT) {
+                throw new UserError(`the link for these settings would be ${linkLength} characters, more than ` +
+                                    `the ${LINK_LIMIT} a web server takes`);
+            }
+            setStatus("starting Python (Pyodide) to build the image");
+            const py = await python();
+            if (!live()) return;
+            setStatus("building the image");
+            const build = py.globals.get("page_build");
+            try {
+                info = JSON.parse(build(settings.i, settings.n, settings.t, settings.s));
+            } finally {
+                build.destroy();
+            }
+            if (info.error) throw new UserError(info.error);
+            bytes = py.FS.readFile("/tmp/boot.img");
         }
+        if (!live()) return;
+        if (link !== null) history.pushState(null, "", link);
+        await boot(run, bytes, info, settings.s);
     } catch (e) {
+        if (!live()) return;
+        run.finished = true;
         console.error(e);
         setStatus(e instanceof UserError ? e.message : `error: ${e.message || JSON.stringify(e)}`, true);
     }
@@ -305,17 +434,24 @@ $("settings").addEventListener("submit", (event) => {
     event.preventDefault();
     const raw = { i: $("prompt").value, n: $("steps").value, t: $("temperature").value, s: $("seed").value };
     const [settings, error] = checkSettings(raw);
-    if (error) { setStatus(error, true); return; }
+    if (error) {
+        newRun().finished = true;  // a rejected setting cancels the boot in flight and clears its story
+        setStatus(error, true);  // and the URL stays as it was
+        return;
+    }
+    fillForm(settings);
     const query = new URLSearchParams(settings).toString().replace(/\+/g, "%20");
-    history.pushState(null, "", `?${query}`);
-    start(settings, "form");
+    start(settings, "form", `?${query}`);
 });
 
 window.addEventListener("popstate", () => location.reload());
 
 const params = new URLSearchParams(location.search);
 if (["i", "n", "t", "s"].some((k) => params.has(k))) {
-    start({ i: params.get("i") ?? "", n: params.get("n") ?? "0", t: params.get("t") ?? "0", s: params.get("s") ?? "0" }, "url");
+    const [settings, error] = checkSettings({ i: params.get("i") ?? "", n: params.get("n") ?? "0",
+                                              t: params.get("t") ?? "0", s: params.get("s") ?? "0" });
+    if (error) setStatus(error, true);
+    else { fillForm(settings); start(settings, "url"); }
 } else {
     start({}, "default");
 }

@@ -1,0 +1,786 @@
+; bootllama's UEFI engine: an x86-64 UEFI application (\EFI\BOOT\BOOTX64.EFI)
+; that runs the legacy engine's forward pass, engine.inc, unchanged.
+;
+; Why compatibility mode: engine.inc is 32-bit protected-mode code with flat
+; segments (form.md).  A 64-bit long-mode CPU runs 32-bit code in
+; compatibility mode when CS is a 32-bit code descriptor, and there segment
+; bases count again; so the application allocates one region of M_NEED
+; bytes at B below 4 GiB, gives CS/DS/ES/SS descriptors whose base is B, and
+; places everything where the legacy boot puts it (offsets from B = the
+; legacy engine's physical addresses).  The same bytes of forward pass run
+; on both kinds of PC, and there is one source of them.
+;
+; Steps (efi_main, 64-bit, Microsoft x64 calling convention):
+;   1. SetWatchdogTimer(0): the boot manager's 5-minute watchdog would reset
+;      the PC in the middle of a long story.
+;   2. LoadedImage -> DeviceHandle -> SimpleFileSystem -> OpenVolume ->
+;      Open("\LLAMA.BIN"): the data area, one file in the ESP.
+;   3. Its first sector is the manifest: M_NEED, the memory the run needs,
+;      and M_END, where the data area ends (DATA + its size).
+;   4. AllocatePages below 4 GiB for M_NEED bytes at B; none: "!RAM", exit 5.
+;   5. Read the file to B + DATA, 32 KiB at a time, a '.' per read (the
+;      legacy loader's progress protocol); a short read: "!disk", exit 2.
+;   6. Place what the legacy boot read would: the manifest sector and the
+;      checkpoint's first sector at B + VARS - 512; the engine's 32-bit bytes
+;      at B + their org (section eng, assembled with vstart=ENGINE_ORG); the
+;      64-bit thunks (section thunk) at B + THUNK.
+;   7. A GDT of its own: the firmware's descriptors at their selectors (its
+;      CS stays valid), then a 32-bit code and a data descriptor, base B.
+;   8. Interrupts off, far return into compatibility mode: uefi_entry loads
+;      DS/ES/SS and jumps to the engine's entry.
+; putc (compatibility mode) is a far call to thunk_putc (64-bit), which
+; switches to the firmware's stack, writes the byte to COM1 and to the text
+; consoles that are not serial terminals (UTF-16, CR before LF, interrupts
+; on; see "the consoles" below), and returns with iretq.  exit is a
+; far jump to thunk_exit: the firmware's stack and GDT back, then finish:
+; isa-debug-exit (QEMU), else a key or a timeout, then back to the firmware.
+;
+; Region map (offsets from B; the engine's own map is engine.inc's):
+;   0x0E000          CTX: the putc context (the consoles, UTF-8 state), the far
+;                    pointers putc and exit go through (written per byte: a
+;                    page without code)
+;   0x0F000          THUNK: the 64-bit thunks and their constants
+;   0x0F800          the GDT
+;   0x100000 = DATA  the data file, as the legacy loader puts it
+
+bits 64
+default rel
+
+%ifndef ENGINE_ORG
+ENGINE_ORG equ 0x7E00           ; where the engine's bytes go (its legacy org)
+%endif
+SECT    equ 512
+CHUNKB  equ 0x8000              ; bytes per read (and per progress dot)
+MAN_NEED equ SECT + M_NEED      ; the manifest's fields (engine.inc's M_*:
+MAN_END equ SECT + M_END        ; offsets from VARS, the sector's end)
+CTX     equ 0xE000              ; emit's context (see emit)
+FAR_PUTC equ CTX + 48           ; m16:32 far pointers for compatibility mode
+FAR_EXIT equ CTX + 56
+THUNK   equ 0xF000
+GDT_AT  equ 0xF800
+E_DISK  equ 2                   ; exit codes, as the legacy engine's
+E_MEM   equ 5
+WAIT_10MS equ 30000             ; finish waits 5 minutes for a key
+EFI_ABORTED equ 0x8000000000000015
+
+; EFI tables: offsets
+ST_CONIN equ 0x30
+ST_CONOUT_H equ 0x38
+ST_CONOUT equ 0x40
+ST_STDERR_H equ 0x48
+ST_BS   equ 0x60
+BS_ALLOCPAGES equ 0x28
+BS_FREEPAGES equ 0x30
+BS_HANDLEPROT equ 0x98
+BS_STALL equ 0xF8
+BS_WATCHDOG equ 0x100
+BS_LOCATEBUF equ 0x138
+LI_DEVICE equ 0x18              ; EFI_LOADED_IMAGE_PROTOCOL.DeviceHandle
+FS_OPENVOL equ 8
+F_OPEN  equ 8
+F_READ  equ 0x20
+OUT_STRING equ 8
+OUT_CLEAR equ 0x30
+IN_RESET equ 0
+IN_READKEY equ 8
+
+; emit's context (CTX_SIZE bytes): up to 3 text outputs (0-terminated),
+; then the UTF-8 decoder's state
+CON_MAX equ 3
+C_UTF8  equ 32
+CTX_SIZE equ 40
+; efi_main's frame (rsp-relative, the same in finish)
+L_IMAGE equ 0x30
+L_ST    equ 0x38
+L_BS    equ 0x40
+L_CTX   equ 0x48                ; emit's context while B does not exist
+L_LI    equ L_CTX + CTX_SIZE    ; (protocol pointers, each written by a call)
+L_FS    equ L_LI + 8
+L_ROOT  equ L_FS + 8
+L_FILE  equ L_ROOT + 8
+L_B     equ L_FILE + 8          ; the region (0: not allocated)
+L_PAGES equ L_B + 8
+L_SIZE  equ L_PAGES + 8         ; Read's in/out size
+L_GDTR  equ L_SIZE + 8          ; the firmware's GDTR (10 bytes)
+L_KEY   equ L_GDTR + 16
+L_N     equ L_KEY + 16          ; LocateHandleBuffer's count, buffer
+L_HANDLES equ L_N + 8
+L_DP    equ L_HANDLES + 8
+L_BUF   equ L_DP + 8            ; the manifest sector while B does not exist
+FRAME   equ L_BUF + SECT + 8    ; rsp 16-aligned after 8 pushes and this
+
+; ==== the PE32+ header (file offset = RVA) =================================
+section hdr progbits start=0 vstart=0
+hdr_start:
+    db "MZ"
+    times 0x3c-($-$$) db 0
+    dd pe - hdr_start           ; e_lfanew
+pe: db "PE", 0, 0
+    dw 0x8664                   ; x86-64
+    dw 1                        ; one section
+    dd 0, 0, 0                  ; time stamp, no symbols
+    dw opt_end - opt            ; size of the optional header
+    dw 0x0022                   ; executable, large-address aware
+opt:
+    dw 0x20b                    ; PE32+
+    db 0, 0                     ; linker version
+    dd text_file_size           ; size of code
+    dd 0, 0                     ; initialized, uninitialized data
+    dd efi_main                 ; entry point (RVA)
+    dd 0x1000                   ; base of code
+    dq 0x10000000               ; image base (the loader may put it anywhere:
+                                ; the code is RIP-relative, no fix-ups)
+    dd 0x1000, SECT             ; section and file alignment
+    dw 0, 0, 0, 0, 0, 0         ; OS, image, subsystem versions
+    dd 0                        ; win32 version
+    dd 0x1000 + text_mem_size   ; size of image
+    dd SECT                     ; size of headers
+    dd 0                        ; checksum
+    dw 10                       ; subsystem: EFI application
+    dw 0                        ; DLL characteristics
+    dq 0x100000, 0x1000, 0x100000, 0x1000 ; stack, heap reserve/commit
+    dd 0                        ; loader flags
+    dd 16                       ; data directories
+    times 5 dq 0                ; export, import, resource, exception, security
+    dd relocs, relocs_end - relocs ; base relocations: one empty block
+    times 10 dq 0
+opt_end:
+section_table:
+    db ".text", 0, 0, 0
+    dd text_mem_size            ; virtual size
+    dd 0x1000                   ; virtual address
+    dd text_file_size           ; size of raw data
+    dd SECT                     ; pointer to raw data
+    dd 0, 0, 0                  ; relocations, line numbers, their counts
+    dd 0x60000060               ; code, initialized data, execute, read
+hdr_end:
+    times SECT-($-$$) db 0
+
+; ==== the application (RVA 0x1000 = file offset 0x200) =====================
+section text progbits start=SECT vstart=0x1000
+text_start:
+efi_main:
+    push rbx
+    push rbp
+    push rsi
+    push rdi
+    push r12
+    push r13
+    push r14
+    push r15
+    sub rsp, FRAME
+    mov [rsp+L_IMAGE], rcx
+    mov [rsp+L_ST], rdx
+    mov rax, [rdx+ST_BS]
+    mov [rsp+L_BS], rax
+    xor eax, eax
+    lea rdi, [rsp+L_CTX]        ; emit's context: no consoles yet, state 0
+    mov ecx, CTX_SIZE / 8
+    rep stosq
+    mov [rsp+L_B], rax
+    xor ecx, ecx                ; SetWatchdogTimer(0, 0, 0, NULL): off
+    xor edx, edx
+    xor r8d, r8d
+    xor r9d, r9d
+    mov rax, [rsp+L_BS]
+    call [rax+BS_WATCHDOG]
+
+    ; the consoles: every text output whose device path holds no UART node.
+    ; ConOut would do, but its serial terminal repeats (with escapes) what
+    ; emit writes to COM1 itself, on QEMU and on PCs with console redirection
+    mov ecx, 2                  ; LocateHandleBuffer(ByProtocol, text output,
+    lea rdx, [guid_text_out]    ; NULL, &n, &handles)
+    xor r8d, r8d
+    lea r9, [rsp+L_N]
+    lea rax, [rsp+L_HANDLES]
+    mov [rsp+0x20], rax
+    mov rax, [rsp+L_BS]
+    call [rax+BS_LOCATEBUF]
+    test rax, rax
+    jnz .cons_done
+    mov rsi, [rsp+L_HANDLES]
+    mov rbx, [rsp+L_N]
+    xor edi, edi                ; consoles found
+.handle:
+    test rbx, rbx
+    jz .cons_done
+    dec rbx
+    mov rcx, [rsi+rbx*8]
+    mov rax, [rsp+L_ST]
+    cmp rcx, [rax+ST_CONOUT_H]  ; ConOut's and StdErr's own handles: the
+    je .handle                  ; splitters over all the others (some
+    cmp rcx, [rax+ST_STDERR_H]  ; firmware gives them device paths)
+    je .handle
+    lea rdx, [guid_device_path]
+    lea r8, [rsp+L_DP]
+    mov rax, [rsp+L_BS]
+    call [rax+BS_HANDLEPROT]
+    test rax, rax
+    jnz .handle                 ; no device path: ConOut's splitter itself
+    mov rax, [rsp+L_DP]
+.node:
+    cmp byte [rax], 0x7f        ; the end of the path: no UART on it
+    je .console
+    cmp word [rax], 0x0e03      ; messaging (3), UART (14)
+    je .handle
+    movzx ecx, word [rax+2]     ; the node's length
+    cmp ecx, 4
+    jb .handle                  ; (a malformed path)
+    add rax, rcx
+    jmp .node
+.console:
+    mov rcx, [rsi+rbx*8]
+    lea rdx, [guid_text_out]
+    lea r8, [rsp+L_CTX+rdi*8]
+    mov rax, [rsp+L_BS]
+    call [rax+BS_HANDLEPROT]
+    test rax, rax
+    jnz .handle
+    inc edi
+    cmp edi, CON_MAX
+    jb .handle
+.cons_done:
+    mov rax, [rsp+L_ST]
+    cmp qword [rsp+L_CTX], 0
+    jne .clear
+    mov rax, [rax+ST_CONOUT]    ; none: ConOut (a PC whose only console is
+    mov [rsp+L_CTX], rax        ; a serial terminal)
+.clear:
+    xor ebx, ebx
+.cls:
+    mov rcx, [rsp+L_CTX+rbx*8]
+    jrcxz .cleared
+    call [rcx+OUT_CLEAR]        ; a clear screen, as the legacy engine's mode 3
+    inc ebx
+    cmp ebx, CON_MAX
+    jb .cls
+.cleared:
+    mov al, 12                  ; a form feed on COM1 alone: the firmware's
+    call com1                   ; text ends, the engine's begins (harnesses
+                                ; drop what came before it)
+
+    mov rcx, [rsp+L_IMAGE]      ; the data file: LoadedImage ...
+    lea rdx, [guid_loaded_image]
+    lea r8, [rsp+L_LI]
+    mov rax, [rsp+L_BS]
+    call [rax+BS_HANDLEPROT]
+    test rax, rax
+    jnz diskfail
+    mov rcx, [rsp+L_LI]         ; ... -> DeviceHandle -> SimpleFileSystem
+    mov rcx, [rcx+LI_DEVICE]
+    lea rdx, [guid_simple_fs]
+    lea r8, [rsp+L_FS]
+    mov rax, [rsp+L_BS]
+    call [rax+BS_HANDLEPROT]
+    test rax, rax
+    jnz diskfail
+    mov rcx, [rsp+L_FS]         ; -> OpenVolume
+    lea rdx, [rsp+L_ROOT]
+    call [rcx+FS_OPENVOL]
+    test rax, rax
+    jnz diskfail
+    mov rcx, [rsp+L_ROOT]       ; -> Open(root, &file, name, read, 0)
+    lea rdx, [rsp+L_FILE]
+    lea r8, [data_name]
+    mov r9d, 1                  ; EFI_FILE_MODE_READ
+    mov qword [rsp+0x20], 0
+    call [rcx+F_OPEN]
+    test rax, rax
+    jnz diskfail
+    lea rdx, [rsp+L_BUF]        ; the manifest sector
+    mov ecx, SECT
+    call read
+    mov eax, [rsp+L_BUF+MAN_END]
+    cmp eax, DATA + SECT
+    jbe diskfail                ; (not a manifest of ours)
+    mov edx, [rsp+L_BUF+MAN_NEED]
+    cmp edx, eax
+    jb diskfail
+    add rdx, 0xfff
+    shr rdx, 12
+    mov [rsp+L_PAGES], rdx
+    mov ecx, 1                  ; AllocatePages(AllocateMaxAddress,
+    mov eax, 0xffffffff         ; (the max address: 4 GiB - 1)
+    mov [rsp+L_B], rax
+    mov edx, 1                  ; EfiLoaderCode, pages, &B): code runs from
+                                ; it (firmware that maps LoaderData no-execute)
+    mov r8, [rsp+L_PAGES]
+    lea r9, [rsp+L_B]
+    mov rax, [rsp+L_BS]
+    call [rax+BS_ALLOCPAGES]
+    test rax, rax
+    jz .mem
+    mov qword [rsp+L_B], 0
+    lea rsi, [m_mem]
+    jmp die
+.mem:
+    mov rdi, [rsp+L_B]          ; zeros below DATA, as a PC's low memory
+    mov ecx, DATA / 8
+    xor eax, eax
+    rep stosq
+    mov rdi, [rsp+L_B]          ; the manifest sector to DATA, and on:
+    lea rsi, [rsp+L_BUF]
+    add rdi, DATA
+    mov ecx, SECT / 8
+    rep movsq
+    mov ecx, CHUNKB - SECT      ; the rest of the first chunk
+    mov rdx, rdi
+    call read
+    mov al, '.'
+    call emit_main
+    mov rbx, [rsp+L_B]
+    add rbx, DATA + CHUNKB
+.load:
+    mov eax, [rsp+L_BUF+MAN_END]
+    add rax, [rsp+L_B]
+    cmp rbx, rax
+    jae .loaded
+    mov rdx, rbx
+    mov ecx, CHUNKB
+    call read
+    mov al, '.'
+    call emit_main
+    add rbx, CHUNKB
+    jmp .load
+.loaded:
+    mov rbx, [rsp+L_B]
+    lea rsi, [rbx+DATA]         ; the boot read's manifest sector and header
+    lea rdi, [rbx+VARS-SECT]
+    mov ecx, 2*SECT/8
+    rep movsq
+    lea rsi, [eng_image]        ; the engine's 32-bit bytes at B + their org
+    lea rdi, [rbx+ENGINE_ORG]
+    mov ecx, eng_size
+    rep movsb
+    lea rsi, [thunk_image]      ; the thunks at B + THUNK
+    lea rdi, [rbx+THUNK]
+    mov ecx, thunk_size
+    rep movsb
+    mov [rbx+THUNK+t_base-thunk_start], rbx
+    lea rax, [emit]
+    mov [rbx+THUNK+t_emit-thunk_start], rax
+    lea rax, [finish]
+    mov [rbx+THUNK+t_finish-thunk_start], rax
+    lea rsi, [rsp+L_CTX]        ; putc's context: the consoles, UTF-8 state
+    lea rdi, [rbx+CTX]
+    mov ecx, CTX_SIZE / 8
+    rep movsq
+    lea eax, [rbx+THUNK+thunk_putc-thunk_start]
+    mov [rbx+FAR_PUTC], eax     ; (the thunks' linear addresses fit 32 bits)
+    lea eax, [rbx+THUNK+thunk_exit-thunk_start]
+    mov [rbx+FAR_EXIT], eax
+    mov ax, cs
+    mov [rbx+FAR_PUTC+4], ax    ; the firmware's 64-bit code selector
+    mov [rbx+FAR_EXIT+4], ax
+    mov [rbx+THUNK+t_fwsel-thunk_start], ax
+    mov ax, ds
+    mov [rbx+THUNK+t_fwsel-thunk_start+2], ax
+    mov ax, ss
+    mov [rbx+THUNK+t_fwsel-thunk_start+4], ax
+    mov ax, es
+    mov [rbx+THUNK+t_fwsel-thunk_start+6], ax
+
+    ; the GDT: the firmware's, then code32 and data with base B
+    sgdt [rsp+L_GDTR]
+    mov rsi, [rsp+L_GDTR+2]
+    movzx ecx, word [rsp+L_GDTR]
+    inc ecx                     ; its size in bytes
+    add ecx, 7
+    and ecx, ~7                 ; whole descriptors
+    lea rdi, [rbx+GDT_AT]
+    push rcx
+    rep movsb
+    pop rcx                     ; ecx = the code32 selector
+    mov eax, ebx                ; descriptor bytes: limit 0xFFFFF (4 KiB
+    shl eax, 16                 ; units), base B, present, ring 0
+    or ax, 0xffff
+    stosd                       ; limit 15:0, base 15:0
+    mov eax, ebx
+    shr eax, 16                 ; base 23:16 in al, base 31:24 in ah
+    movzx edx, ah
+    shl edx, 24
+    mov dl, al
+    or edx, 0x00cf9a00          ; G=1, D=1, L=0, limit 19:16; code, readable
+    mov [rdi], edx
+    mov eax, [rdi-4]
+    mov [rdi+4], eax            ; the data descriptor: the same, ...
+    and dh, 0xf0
+    or dh, 0x02                 ; ... type writable data (0x92)
+    mov [rdi+8], edx
+    lea eax, [rcx+8]            ; the data selector
+    mov [rbx+THUNK+t_csel-thunk_start], ecx
+    mov [rbx+THUNK+t_dsel-thunk_start], eax
+    mov rdx, [rsp+L_GDTR+2]     ; the firmware's GDTR, for thunk_exit
+    mov [rbx+THUNK+t_fwgdtr-thunk_start+2], rdx
+    mov dx, [rsp+L_GDTR]
+    mov [rbx+THUNK+t_fwgdtr-thunk_start], dx
+    lea edx, [rcx+16-1]         ; the new GDTR: limit, base B + GDT_AT
+    mov [rsp+L_KEY], dx
+    lea rdx, [rbx+GDT_AT]
+    mov [rsp+L_KEY+2], rdx
+    cli                         ; interrupts stay off in the engine
+    lgdt [rsp+L_KEY]
+    mov [rbx+THUNK+t_fwrsp-thunk_start], rsp ; the thunks' stack: below the frame
+    mov ebx, eax                ; uefi_entry's data selector
+    push rcx                    ; far return to code32:uefi_entry
+    push qword uefi_entry
+    retfq
+
+; ---- read: ecx bytes of the data file to rdx; a short read ends with !disk
+read:
+    mov r12, rcx                ; (r12: kept by the firmware)
+    sub rsp, 0x28
+    mov [rsp+0x30+L_SIZE], rcx
+    mov r8, rdx
+    lea rdx, [rsp+0x30+L_SIZE]
+    mov rcx, [rsp+0x30+L_FILE]
+    call [rcx+F_READ]
+    add rsp, 0x28
+    test rax, rax
+    jnz .fail
+    cmp [rsp+8+L_SIZE], r12     ; all of it?
+    jne .fail
+    ret
+.fail:
+    pop rax                     ; die with efi_main's frame
+    jmp diskfail
+
+diskfail:
+    lea rsi, [m_disk]
+; ---- die: print the message at rsi (its code byte ends it), then finish ---
+die:
+    lodsb
+    cmp al, 32
+    jb finish
+    call emit_main
+    jmp die
+
+emit_main:                      ; emit with efi_main's context
+    push rdi
+    lea rdi, [rsp+8+8+L_CTX]
+    call emit
+    pop rdi
+    ret
+
+; ---- finish: al = the exit code; rsp = efi_main's frame ---------------------
+finish:
+    movzx ebx, al
+%ifndef HALT                    ; (-DHALT, as the legacy engine's: no exit port)
+    out 0xf4, al                ; isa-debug-exit: QEMU ends here (2*al + 1)
+%endif
+    sti
+    mov rcx, [rsp+L_ST]         ; a real PC: the text stays until a key, or
+    mov rcx, [rcx+ST_CONIN]     ; 5 minutes
+    xor edx, edx
+    call [rcx+IN_RESET]         ; (keys pressed before do not count)
+    mov esi, WAIT_10MS
+.wait:
+    mov rcx, [rsp+L_ST]
+    mov rcx, [rcx+ST_CONIN]
+    lea rdx, [rsp+L_KEY]
+    call [rcx+IN_READKEY]
+    test rax, rax
+    jz .key
+    mov ecx, 10000              ; Stall(10 ms)
+    mov rax, [rsp+L_BS]
+    call [rax+BS_STALL]
+    dec esi
+    jnz .wait
+.key:
+    mov rcx, [rsp+L_B]
+    jrcxz .freed
+    mov rdx, [rsp+L_PAGES]
+    mov rax, [rsp+L_BS]
+    call [rax+BS_FREEPAGES]
+.freed:
+    xor eax, eax                ; EFI_SUCCESS after a story, else EFI_ABORTED
+    test ebx, ebx
+    jz .ret
+    mov rax, EFI_ABORTED
+.ret:
+    add rsp, FRAME
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rdi
+    pop rsi
+    pop rbp
+    pop rbx
+    ret
+
+; ---- emit: al to COM1 (once the transmitter is free) and to the consoles --
+; rdi = the context (CTX_SIZE bytes): the consoles' text outputs, then the
+; UTF-8 decoder's state (the code point so far; in the top byte the
+; continuation bytes still due).  Keeps rbx, rsi, rdi, rbp, r12-r15 (the
+; firmware's calls keep them too); the consoles are called with interrupts
+; on, and IF is as it was after.
+emit:
+    push rbx
+    push rsi
+    sub rsp, 0x28               ; shadow space, the UTF-16 string at 0x20
+    mov ebx, eax
+    call com1
+    movzx eax, bl
+    mov ecx, [rdi+C_UTF8]       ; the decoder
+    mov dword [rdi+C_UTF8], 0
+    cmp al, 0x80
+    jb .unit                    ; ASCII
+    cmp al, 0xc0
+    jb .cont
+    mov edx, 0x0100001f         ; a lead byte: 110xxxxx, one more to come,
+    cmp al, 0xe0
+    jb .lead
+    mov edx, 0x0200000f         ; 1110xxxx, two,
+    cmp al, 0xf0
+    jb .lead
+    mov edx, 0x03000007         ; 11110xxx, three
+.lead:
+    and eax, edx                ; the byte's payload bits
+    and edx, 0xff000000         ; the count
+    or edx, eax
+    mov [rdi+C_UTF8], edx
+    jmp .done
+.cont:
+    test ecx, 0xff000000        ; a continuation byte nobody asked for
+    jz .bad
+    mov edx, ecx
+    shl edx, 6                  ; the code point's bits (the count shifts
+    and edx, 0x00ffffff         ; out: put back below)
+    and eax, 0x3f
+    or edx, eax
+    sub ecx, 0x01000000
+    and ecx, 0xff000000
+    jz .whole
+    or edx, ecx                 ; the count less one
+    mov [rdi+C_UTF8], edx
+    jmp .done
+.whole:
+    mov eax, edx
+    cmp eax, 0xffff
+    jbe .unit                   ; one UTF-16 unit (the consoles: BMP only)
+.bad:
+    mov eax, 0xfffd             ; the replacement character
+.unit:
+    mov [rsp+0x20], eax         ; the unit, then a 0
+    cmp al, 10
+    jne .out
+    mov dword [rsp+0x20], 0x000a000d ; CR before LF
+    mov word [rsp+0x24], 0
+.out:
+    pushfq
+    sti
+    sub rsp, 8                  ; (16-aligned for the calls)
+    xor esi, esi
+.con:
+    mov rcx, [rdi+rsi*8]
+    jrcxz .outs
+    lea rdx, [rsp+0x30]         ; the string
+    call [rcx+OUT_STRING]
+    inc esi
+    cmp esi, CON_MAX
+    jb .con
+.outs:
+    add rsp, 8
+    popfq
+.done:
+    add rsp, 0x28
+    pop rsi
+    pop rbx
+    ret
+
+; ---- com1: al to COM1, once its transmitter is free (keeps al) -------------
+com1:
+    push rax
+    mov dx, 0x3fd               ; COM1's line status
+.tx:
+    in al, dx
+    test al, 0x20               ; transmitter holding register empty
+    jz .tx                      ; (no UART: the bus reads 0xFF)
+    pop rax
+    mov dx, 0x3f8
+    out dx, al
+    ret
+
+guid_loaded_image:              ; EFI_LOADED_IMAGE_PROTOCOL
+    dd 0x5b1b31a1
+    dw 0x9562, 0x11d2
+    db 0x8e, 0x3f, 0x00, 0xa0, 0xc9, 0x69, 0x72, 0x3b
+guid_text_out:                  ; EFI_SIMPLE_TEXT_OUTPUT_PROTOCOL
+    dd 0x387477c2
+    dw 0x69c7, 0x11d2
+    db 0x8e, 0x39, 0x00, 0xa0, 0xc9, 0x69, 0x72, 0x3b
+guid_device_path:               ; EFI_DEVICE_PATH_PROTOCOL
+    dd 0x09576e91
+    dw 0x6d3f, 0x11d2
+    db 0x8e, 0x39, 0x00, 0xa0, 0xc9, 0x69, 0x72, 0x3b
+guid_simple_fs:                 ; EFI_SIMPLE_FILE_SYSTEM_PROTOCOL
+    dd 0x964e5b22
+    dw 0x6459, 0x11d2
+    db 0x8e, 0x39, 0x00, 0xa0, 0xc9, 0x69, 0x72, 0x3b
+data_name:
+    dw __utf16__("\LLAMA.BIN"), 0
+m_disk: db "!disk", E_DISK
+m_mem:  db "!RAM", E_MEM
+    align 4
+relocs:                         ; one base-relocation block with one no-op
+    dd 0x1000, 12               ; entry: some loaders want the directory
+    dw 0, 0
+relocs_end:
+    align 16, db 0
+eng_image:                      ; section eng's bytes follow (align=16)
+
+; ==== compatibility mode: the engine and its putc/exit ======================
+section eng progbits follows=text align=16 vstart=ENGINE_ORG
+eng_start:
+bits 32
+%ifdef TESTPAYLOAD
+VARS    equ 0x9200              ; (engine.inc's)
+DATA    equ 0x100000
+M_NEED  equ -92
+M_END   equ -40
+; A test of the mechanism and of putc's contract, in place of engine.inc:
+; from the documented entry state it prints test_msg through putc, checking
+; after every call that each register, xmm0..7 and the x87 stack are as
+; they were; then exit 0 ("!" and exit 7 at the first difference).
+engine_start:
+    cmp esp, 0x1000
+    jne .bad
+    cmp ebp, VARS
+    jne .bad
+    mov ebx, 0x01234567
+    mov ecx, 0x89abcdef
+    mov edx, 0x0badf00d
+    mov edi, 0xdeadbeef
+    mov esi, test_msg
+    mov eax, 0x3fc00000         ; 1.5f in every xmm register
+    movd xmm0, eax
+    pshufd xmm0, xmm0, 0
+    movdqa xmm7, xmm0
+    fld1                        ; 1.0 on the x87 stack
+.l: mov eax, 0x55aa5500
+    mov al, [esi]
+    test al, al
+    jz .e
+    push eax
+    call putc
+    cmp eax, [esp]
+    pop eax
+    jne .bad
+    cmp ebx, 0x01234567
+    jne .bad
+    cmp ecx, 0x89abcdef
+    jne .bad
+    cmp edx, 0x0badf00d
+    jne .bad
+    cmp edi, 0xdeadbeef
+    jne .bad
+    pcmpeqd xmm7, xmm0          ; all ones where equal
+    pmovmskb eax, xmm7
+    movdqa xmm7, xmm0
+    cmp eax, 0xffff
+    jne .bad
+    inc esi
+    jmp .l
+.e: fld1
+    fcomip st0, st1             ; the 1.0 from before is still there
+    jne .bad
+    mov al, 0
+    jmp exit
+.bad:
+    mov al, '!'
+    call putc
+    mov al, 7
+    jmp exit
+test_msg: db "putc kept every register", 10, 0
+%else
+%include "engine.inc"
+%endif
+
+uefi_entry:                     ; from efi_main's far return: bx = data sel
+    mov ds, bx
+    mov es, bx
+    mov ss, bx
+    mov esp, 0x1000             ; the legacy engine's stack
+    mov ebp, VARS
+    jmp engine_start
+
+putc:                           ; al: every register and the FPU/SSE state
+    call far [dword FAR_PUTC]   ; kept (thunk_putc)
+    ret
+
+exit:                           ; al = the exit code
+    jmp far [dword FAR_EXIT]
+eng_end:
+
+; ==== the 64-bit thunks, run from the region (below 4 GiB) ==================
+section thunk progbits follows=eng align=16 vstart=THUNK
+bits 64
+thunk_start:
+; putc's far call lands here, in 64-bit mode: its frame (EIP, CS) is at
+; B + ESP, since SS's base no longer counts
+thunk_putc:
+    mov r12d, esp               ; the engine's ESP (r12: kept by the firmware)
+    mov rsp, [rel t_fwrsp]
+    pushfq
+    push rax
+    push rcx
+    push rdx
+    push rdi
+    mov r13, rsp
+    sub rsp, 512
+    and rsp, -16
+    fxsave [rsp]                ; the engine's x87 and SSE state
+    mov ds, [rel t_fwsel+2]     ; the firmware's data selectors meanwhile
+    mov ss, [rel t_fwsel+4]
+    mov es, [rel t_fwsel+6]
+    mov rdi, [rel t_base]
+    add rdi, CTX
+    call [rel t_emit]
+    mov ds, [rel t_dsel]
+    mov es, [rel t_dsel]
+    fxrstor [rsp]
+    mov rsp, r13
+    pop rdi
+    pop rdx
+    pop rcx
+    pop rax
+    pop r15                     ; the engine's flags (IF = 0)
+    push qword [rel t_dsel]     ; iretq's frame: SS,
+    lea r14, [r12+8]
+    push r14                    ; ESP past the far frame,
+    push r15                    ; RFLAGS,
+    push qword [rel t_csel]     ; CS,
+    mov r14, [rel t_base]
+    mov r14d, [r14+r12]
+    push r14                    ; the return EIP
+    iretq                       ; back to compatibility mode
+
+; exit's far jump lands here: al = the code
+thunk_exit:
+    mov rsp, [rel t_fwrsp]      ; efi_main's frame again
+    mov ds, [rel t_fwsel+2]
+    mov ss, [rel t_fwsel+4]
+    mov es, [rel t_fwsel+6]
+    lgdt [rel t_fwgdtr]         ; the firmware's GDT (its CS selector is ours)
+    jmp [rel t_finish]
+
+    align 8
+t_base:   dq 0                  ; B
+t_fwrsp:  dq 0                  ; efi_main's rsp
+t_emit:   dq 0                  ; emit's and finish's addresses in the image
+t_finish: dq 0
+t_csel:   dq 0                  ; the code32 and data selectors
+t_dsel:   dq 0
+t_fwsel:  dw 0, 0, 0, 0         ; the firmware's CS, DS, SS, ES
+t_fwgdtr: dw 0
+          dq 0
+thunk_end:
+
+eng_size   equ eng_end - eng_start
+thunk_size equ thunk_end - thunk_start
+; the section's bytes in the file, whole 512-byte units (the builder pads)
+eng_padded equ (eng_size + 15) & ~15
+thunk_image equ eng_image + eng_padded
+text_file_size equ ((eng_image - text_start) + eng_padded + thunk_size + SECT - 1) & ~(SECT - 1)
+text_mem_size equ (text_file_size + 0xfff) & ~0xfff
