@@ -177,7 +177,7 @@ def test_chat_refusals(stories260k: Path, tok512: Path, capsys: pytest.CaptureFi
         ([*base, "-m", "chat", "--template"], "--template is generate mode's one question"),
         ([*base, "--template", "-i", "Hi"], "--template needs a model with a chat template"),
         ([*base, "--template", "-i", "-"], "--template takes its question from -i"),
-        (["web", "-m", "chat"], "-m chat: the engine does not read typed input yet"),
+        (["web", "-m", "chat"], "-m chat: the page types to the story machine (-i -) only"),
         (["web", "--template"], "the page does not render chat templates"),
     ]
     for argv, message in cases:

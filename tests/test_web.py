@@ -361,3 +361,38 @@ def test_engine_spec_round_trip(site: Path) -> None:
     eng = image.assemble(("SAMPLING",))
     spec = json.loads(json.dumps(pagebuild.engine_spec(eng, "engine/sampling.bin")))
     assert pagebuild.load_engine(site, spec) == eng
+
+
+def _prompts(page, n: int) -> None:  # type: ignore[no-untyped-def]
+    """Wait until COM1 has carried ``n`` "Prompt: " guides."""
+    page.wait_for_function(f"(window.bootllama.com1.match(/Prompt: /g) || []).length >= {n} || "
+                           "document.getElementById('status').classList.contains('error')", timeout=PAGE_TIMEOUT_MS)
+
+
+def test_page_types_prompts_to_the_story_machine(browser, base_url: str, site: Path, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The visitor types prompts into the page: they go to the story machine's COM1 (the site's
+    talk.img, built with it: no image is built in the browser) and each story is run.c's for that
+    -i; "end" sends EOT and the PC finishes."""
+    page = browser.new_page()
+    page.goto(base_url)
+    assert _wait(page) == "done"
+    first, second = "Lily and Tom", "A cat"
+    page.fill("#line", first)
+    page.click("#send")
+    _prompts(page, 2)
+    page.fill("#line", second)  # the same PC, the next prompt
+    page.click("#send")
+    _prompts(page, 3)
+    page.click("#eot")
+    assert _wait(page, 2) == "done"
+    com1 = page.evaluate("window.bootllama.com1")
+    expected = b"Prompt: " + _reference(model, first, 0) + b"Prompt: " + _reference(model, second, 0) + b"Prompt: \n"
+    assert com1 == expected.decode()
+    # the page shows the typed lines after the guides, as a terminal echoes them
+    assert page.text_content("#text") == com1.replace("Prompt: ", "Prompt: {}\n", 2).format(first, second)
+    # it booted the site's story machine, the image `bootllama build -i -` writes; Pyodide never started
+    booted = page.evaluate("window.bootllama.image.sha256")
+    assert booted == hashlib.sha256((site / "talk.img").read_bytes()).hexdigest()
+    assert booted == _built_sha(tmp_path, "-i", "-", "-s", str(SITE_SEED))
+    assert page.evaluate("pyodideReady === null")
+    page.close()

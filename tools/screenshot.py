@@ -10,6 +10,12 @@ With ``--uefi`` the same image boots under OVMF (UEFI, no CSM) and the picture i
 engine's screen (its -DHALT build waits for a key instead of leaving QEMU).
 
     python tools/screenshot.py [-o docs/screenshot.png] [-i PROMPT] [-n STEPS] [--scale 2] [--uefi]
+
+With ``--chat LINE ...`` it boots run.c's chat mode instead (``build -m chat``) and types the
+lines on the PC's keyboard (QMP send-key), the system prompt first, each after the guide that
+asks for it, so the screen shows the conversation as a person typing at the PC sees it; the
+picture is taken once the last answer is over (the reference says when).  Chat images are
+legacy-only (the UEFI engine has no keyboard input yet), so ``--chat`` does not go with ``--uefi``.
 """
 
 from __future__ import annotations
@@ -96,6 +102,73 @@ def screenshot(out: Path, prompt: str | None = None, steps: int = 0, scale: int 
     return want
 
 
+def chat_screenshot(out: Path, lines: list[str], steps: int = 0, scale: int = 1, timeout: float = 600.0) -> bytes:
+    """Boot run.c's chat mode, type ``lines`` (system prompt, then user turns) on the keyboard,
+    dump the screen once the last answer is over; return what COM1 carried."""
+    import io
+
+    from bootllama.conversation import SYSTEM_GUIDE, USER_GUIDE, chat, fgets_lines
+    from bootllama.reference import Sampler
+    from bootllama.talkblock import Talk
+
+    checkpoint, tokenizer = packaged_path("stories260K.bin"), packaged_path("tok512.bin")
+    model = load_checkpoint(checkpoint)
+    tok = Tokenizer.load(tokenizer, model.config.vocab_size)
+    typed = "".join(line + "\n" for line in lines).encode()
+    want, _ = chat(Reference(model), tok, Sampler(model.config.vocab_size, 0.0, 0.9, 0), fgets_lines(io.BytesIO(typed)),
+                   steps=steps)
+    want = want[:-1]  # the final newline comes at end of input, which is never typed here
+    talk = Talk("chat")
+    engine = image.assemble((*image.engine_defines(tok, 0.0, False, talk), "HALT"))
+    with tempfile.TemporaryDirectory(prefix="bootllama-shot-") as tmpdir:
+        tmp = Path(tmpdir)
+        img = image.build_image(checkpoint, tokenizer, tmp / "chat.img", prompt=None, steps=steps, engine=engine,
+                                talk=talk)
+        lay = img.layout
+        sock = tmp / "qmp.sock"
+        cmd = qemu.qemu_command(img.path, lay.memory_mib, "tcg", ["-qmp", f"unix:{sock},server=on,wait=off"])
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            fd = proc.stdout.fileno()
+            serial = b""
+            deadline = time.monotonic() + timeout
+            with contextlib.closing(qemu.QMP(sock)) as qmp:
+                sent = 0
+                while not serial[lay.chunks:].startswith(want):
+                    text = serial[lay.chunks:]
+                    if time.monotonic() > deadline:
+                        raise BootllamaError(f"no complete chat within {timeout:.0f} s "
+                                             f"({len(text)} of {len(want)} bytes)")
+                    if not want.startswith(text):
+                        raise BootllamaError(f"the engine's chat differs from the reference's at byte {len(text)}")
+                    asked = text.count(SYSTEM_GUIDE) + text.count(USER_GUIDE)
+                    if sent < len(lines) and asked > sent and text.endswith((SYSTEM_GUIDE, USER_GUIDE)):
+                        qmp.type_text(lines[sent] + "\n")
+                        sent += 1
+                    ready, _, _ = select.select([fd], [], [], 0.2)
+                    if ready:
+                        data = os.read(fd, 65536)
+                        if not data:
+                            raise BootllamaError("QEMU exited before the chat was over")
+                        serial += data
+                time.sleep(0.5)  # the BIOS teletype follows each COM1 byte; let the last ones land
+                ppm = tmp / "screen.ppm"
+                qmp.execute("stop")
+                qmp.save_file(ppm, "screendump", filename=os.fspath(ppm))
+            with PILImage.open(ppm) as shot:
+                shot.load()
+                rgb = shot.convert("RGB")
+        finally:
+            proc.kill()
+            proc.wait()
+    if scale > 1:
+        rgb = rgb.resize((rgb.width * scale, rgb.height * scale), PILImage.Resampling.NEAREST)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rgb.save(out, format="PNG", optimize=True)
+    return want
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", dest="output", type=Path, default=ROOT / "docs" / "screenshot.png")
@@ -103,10 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", dest="steps", type=int, default=0, help="steps, 0 = seq_len (default 0)")
     parser.add_argument("--scale", type=int, default=1, help="enlarge the picture by this factor (nearest)")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--chat", nargs="+", metavar="LINE", default=None,
+                        help="run.c's chat mode: the system prompt, then user turns, typed on the keyboard")
     parser.add_argument("--uefi", action="store_true", help="boot under OVMF: the UEFI engine's screen")
     args = parser.parse_args(argv)
+    if args.chat and args.uefi:
+        parser.error("--chat boots a legacy-only image: not with --uefi")
     try:
-        story = screenshot(args.output, args.prompt, args.steps, max(1, args.scale), args.timeout, args.uefi)
+        if args.chat:
+            story = chat_screenshot(args.output, args.chat, args.steps, max(1, args.scale), args.timeout)
+        else:
+            story = screenshot(args.output, args.prompt, args.steps, max(1, args.scale), args.timeout, args.uefi)
     except BootllamaError as e:
         print(f"screenshot: error: {e}", file=sys.stderr)
         return 1

@@ -38,6 +38,9 @@ LOAD_S_PER_MB = 0.5
 STEP_S_PER_MB = 0.02
 
 
+INTERACTIVE_TIMEOUT = 7 * 24 * 3600.0  # `run -m chat` at a terminal: no bound but --timeout's
+
+
 def default_timeout(data_bytes: int, steps: int) -> float:
     """Seconds `run` waits by default: 600, plus time to load ``data_bytes`` and run ``steps``
     forward passes over them, each about four times what TCG takes here."""
@@ -149,9 +152,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             sys.stdout.buffer.flush()
 
         timeout = args.timeout or default_timeout(lay.tokenizer_addr - lay.checkpoint_addr, img.steps)
+        # a conversation or the story machine: standard input's lines go to COM1 as they come (a
+        # terminal gives whole lines and echoes them itself; a pipe works too), then EOT at its end
+        typed = args.mode == "chat" or args.prompt == TYPED
+        if typed and not args.timeout and sys.stdin.isatty():
+            timeout = INTERACTIVE_TIMEOUT  # a person types at their own pace
         result = pcs.boot(args.pc, path, lay, accel=accel if args.pc in pcs.QEMU_PCS else "tcg",
                           cpu=QEMU_CPU[args.cpu] if args.pc in pcs.QEMU_PCS else None, timeout=timeout,
-                          on_bytes=stream)
+                          on_bytes=stream, input=sys.stdin.buffer if typed else None)
     rate = f", {result.tokens} tokens, {result.tok_per_s:.1f} tok/s" if result.tokens else ""
     print(f"load {result.load_seconds:.2f} s, generation {result.gen_seconds:.2f} s{rate} "
           f"({accel.upper()}, {lay.memory_mib} MiB)", file=sys.stderr)

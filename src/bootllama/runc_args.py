@@ -141,9 +141,10 @@ def _mode(args: argparse.Namespace) -> str:
 
 
 def check_page_args(args: argparse.Namespace) -> None:
-    """``bootllama web``: the page runs generate mode on -i as it is."""
-    if _mode(args) == "chat" or args.prompt == TYPED:
-        refuse_typed_input(args)
+    """``bootllama web``: the page runs generate mode on -i as it is, or the story machine (-i -)."""
+    if _mode(args) == "chat":
+        raise BootllamaError("-m chat: the page types to the story machine (-i -) only; `bootllama run -m chat` "
+                             "talks in the terminal")
     if getattr(args, "template", False) or getattr(args, "system", None) is not None:
         raise BootllamaError("the page does not render chat templates (--template, -y)")
 

@@ -115,7 +115,7 @@ def _put(dst: Path, data: bytes | str) -> None:
 
 def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
     """Write the site into ``out`` (created; files bootllama writes are replaced)."""
-    from bootllama.runc_args import resolve_paths
+    from bootllama.runc_args import TYPED, resolve_paths
 
     checkpoint, tokenizer = resolve_paths(args)
     for path in (checkpoint, tokenizer):
@@ -171,7 +171,18 @@ def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
                                "guards": GUARDS}  # the sector's exit codes, for the page's messages
     _put(out / "site.json", json.dumps(meta, indent=1) + "\n")
     _put(out / "LICENSES.txt", _licenses(v86_pkg, pyodide_pkg))
+    # the story machine (-i -) for the site's steps, temperature and seed: the visitor types
+    # prompts into the running PC, so a new prompt needs no new image (and no Pyodide); its
+    # settings as the form shows them and its seed as text, as boot.json's below
+    talk = write_story_machine(checkpoint, tokenizer, out / "talk.img", args.steps, args.temperature, args.seed)
+    talk_settings = {"i": TYPED, "n": str(args.steps), "t": talk["temperature"],
+                     "s": str(talk["seed"] if talk["temperature"] else args.seed)}
+    _put(out / "talk.json", json.dumps({"settings": talk_settings, **talk, "seed": str(talk["seed"])}, indent=1) + "\n")
     # the image for the settings given: the page boots it at once when its URL names no others
+    if args.prompt == TYPED:  # the story machine is the page's first image too
+        _copy(out / "talk.img", out / "boot.img")
+        _copy(out / "talk.json", out / "boot.json")
+        return talk
     built = pagebuild.build(out, out / "boot.img", args.prompt, args.steps, args.temperature, args.seed)
     # the settings as the page's form shows them, and the seed as text: a 64-bit seed is exact in
     # JSON but a JavaScript number would round it
@@ -180,6 +191,24 @@ def write_site(args: argparse.Namespace, out: Path) -> dict[str, object]:
     shown = {**built, "seed": str(built["seed"])}
     _put(out / "boot.json", json.dumps({"settings": settings, **shown}, indent=1) + "\n")
     return built
+
+
+def write_story_machine(checkpoint: Path, tokenizer: Path, out: Path, steps: int, temperature: float | str,
+                        seed: int | str) -> dict[str, object]:
+    """The story machine's image (``bootllama build -i -``) and what the page needs to boot it."""
+    from bootllama.runc_args import atof, atoi, resolve_seed, resolve_temperature
+    from bootllama.talkblock import Talk
+    from bootllama.tokenizer import Tokenizer
+
+    temp = resolve_temperature(atof(str(temperature)))
+    seed_value, drawn = resolve_seed(atoi(str(seed)))
+    talk = Talk("story")
+    tok = Tokenizer.load(tokenizer, image.read_legacy_config(checkpoint).vocab_size)
+    engine = image.assemble(image.engine_defines(tok, temp, False, talk))
+    img = image.build_image(checkpoint, tokenizer, out, prompt=None, steps=max(0, steps), temperature=temp,
+                            seed=seed_value, engine=engine, talk=talk)
+    return {"memory_mib": img.layout.memory_mib, "chunks": img.layout.chunks, "steps": img.steps,
+            "prompt_tokens": 0, "seed": seed_value, "seed_drawn": drawn, "temperature": temp, "typed": True}
 
 
 def site_size(out: Path) -> int:
@@ -269,8 +298,10 @@ def cmd_web(args: argparse.Namespace) -> int:
     if args.topp != 1.0:
         raise BootllamaError("the page samples with -p 1.0 (run.c's sample_mult); top-p runs in the reference only")
     built = write_site(args, out)
+    first = "the story machine (a story for each prompt typed)" if built.get("typed") else \
+        f"{built['prompt_tokens']} prompt tokens"
     print(f"wrote {out}: {site_size(out)} bytes; the page boots {built['steps']} steps "
-          f"({built['prompt_tokens']} prompt tokens) at once", file=sys.stderr)
+          f"({first}) at once", file=sys.stderr)
     if args.serve:
         serve(out, args.port)
     return 0

@@ -15,11 +15,13 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from bootllama.errors import BootllamaError
 from bootllama.interrupts import deferred
@@ -94,11 +96,13 @@ class Serial:
 
 
 def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: str,
-                on_bytes: Callable[[bytes], None] | None = None, after: bytes = b"") -> Serial:
+                on_bytes: Callable[[bytes], None] | None = None, after: bytes = b"",
+                on_loaded: Callable[[], None] | None = None) -> Serial:
     """Read ``proc``'s stdout (COM1) until it closes: ``chunks`` dots, then the story.
 
     ``after``: a byte that ends what the firmware wrote (the UEFI engine's form feed); what
-    comes before it is dropped.
+    comes before it is dropped.  ``on_loaded`` is called once the last dot has arrived (the
+    sector is about to run).
 
     A guard's message (from a '!' among the dots on) goes to ``message``, not to the story
     or ``on_bytes``; reading goes on until the PC exits, and its status tells.  Raises
@@ -132,6 +136,8 @@ def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: 
             data = data[take:]
             if len(s.dots) == chunks:
                 s.t_loaded = now
+                if on_loaded:
+                    on_loaded()
         if data and b"!" in s.dots:
             s.message += data
         elif data:
@@ -139,6 +145,90 @@ def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: 
             s.t_last = now
             if on_bytes:
                 on_bytes(data)
+
+
+# ---- input: what the harness sends to COM1's receiver (talk.md) ----
+
+EOT = b"\x04"  # end of input, at the start of a line
+LINE_BYTES = 511  # a line holds at most this many bytes (run.c's fgets into 512); the next byte starts a new one
+
+Input = bytes | BinaryIO
+
+
+def closing_bytes(sent: bytes | int) -> bytes:
+    """What follows the input when it ends: a LF if a line is still open (so a last line without
+    one counts, as fgets returns it), then EOT.  ``sent`` is the input, or how many bytes came
+    after its last LF.  A line that is full (511 bytes) is already over: no LF."""
+    col = len(sent) - (sent.rfind(b"\n") + 1) if isinstance(sent, bytes) else sent
+    return (b"\n" if col % LINE_BYTES else b"") + EOT
+
+
+class Feeder:
+    """A thread that writes the input to a PC's COM1 (``pipe``: the harness's stdin) as fast as
+    the PC takes it (the write blocks while the pipe is full: nothing is lost), then
+    :func:`closing_bytes`.  ``source`` is bytes, or a readable binary stream read as its data
+    comes (an interactive terminal gives whole lines).  Stops quietly when the PC has exited."""
+
+    def __init__(self, pipe: BinaryIO | socket.socket, source: Input) -> None:
+        self.pipe = pipe
+        self.fd = pipe.fileno()
+        self.source = source
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="bootllama-input", daemon=True)
+        self.thread.start()
+
+    def _chunks(self) -> Iterator[bytes]:
+        if isinstance(self.source, bytes | bytearray):
+            yield bytes(self.source)
+            return
+        try:
+            fd = self.source.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = -1
+        while not self.stopped.is_set():
+            if fd >= 0:  # a file, pipe or terminal: wait for it without holding up the stop
+                ready, _, _ = select.select([fd], [], [], 0.2)
+                if not ready:
+                    continue
+                data = os.read(fd, 65536)
+            else:
+                data = self.source.read(65536)
+            if not data:
+                return
+            yield data
+
+    def _run(self) -> None:
+        col = 0
+        try:
+            for data in self._chunks():
+                nl = data.rfind(b"\n")
+                col = len(data) - nl - 1 if nl >= 0 else col + len(data)
+                self._write(data)
+            if not self.stopped.is_set():
+                self._write(closing_bytes(col))
+        except (BrokenPipeError, OSError, ValueError):
+            pass  # the PC has exited (or the harness closed its stdin)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:  # the raw descriptor: a blocked write ends with EPIPE when the PC exits
+            view = view[os.write(self.fd, view):]
+
+    def stop(self) -> None:
+        """Stop reading the source and close the PC's end; call it once the PC has exited (a
+        write blocked on a full pipe then fails and the thread ends)."""
+        self.stopped.set()
+        self.thread.join(timeout=2.0)
+        with contextlib.suppress(OSError, ValueError):
+            self.pipe.close()
+
+
+def start_input(proc: subprocess.Popen[bytes], source: Input | None) -> Feeder | None:
+    """A Feeder for ``proc`` (started with stdin=PIPE) when there is input."""
+    if source is None:
+        return None
+    assert proc.stdin is not None
+    return Feeder(proc.stdin, source)
 
 
 @contextlib.contextmanager

@@ -27,17 +27,21 @@ bits, and its BIOS leaves it so; the sector sets COM1 to 8N1 itself before its f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import select
 import shutil
+import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 from bootllama.errors import BootllamaError
 from bootllama.image import CYLINDER, SECTOR, Layout
 from bootllama.interrupts import temp_dir
-from bootllama.pcs.base import describe_exit, emulator, exit_status, stop
+from bootllama.pcs.base import Feeder, Input, describe_exit, emulator, exit_status, stop
 
 BIOS = Path("/usr/share/bochs/BIOS-bochs-latest")
 VGABIOS = Path("/usr/share/vgabios/vgabios.bin")
@@ -59,8 +63,13 @@ def bochs_binary() -> str:
     raise BootllamaError(f"bochs not found: {INSTALL_HINT}")
 
 
-def bochsrc(disk: str, layout: Layout, com1: str, log: str) -> str:
-    """The configuration: headless, fast, fatal on panics, the disk with its CHS geometry."""
+def bochsrc(disk: str, layout: Layout, com1: str, log: str, com1_port: int | None = None) -> str:
+    """The configuration: headless, fast, fatal on panics, the disk with its CHS geometry.
+
+    COM1 writes to the file ``com1``, or, with ``com1_port``, is a TCP client of the harness on
+    that local port (both directions: the run's input reaches COM1's receiver)."""
+    serial = (f"com1: enabled=1, mode=file, dev={com1}" if com1_port is None else
+              f"com1: enabled=1, mode=socket-client, dev=127.0.0.1:{com1_port}")
     cylinders = layout.disk_sectors // CYLINDER
     lines = [
         'display_library: rfb, options="timeout=0"',
@@ -70,7 +79,7 @@ def bochsrc(disk: str, layout: Layout, com1: str, log: str) -> str:
         f"megs: {layout.memory_mib}",
         f"ata0-master: type=disk, path={disk}, mode=flat, cylinders={cylinders}, heads={HEADS}, spt={SPT}",
         "boot: disk",
-        f"com1: enabled=1, mode=file, dev={com1}",
+        serial,
         f"log: {log}",
         "panic: action=fatal",
         "error: action=report",
@@ -153,8 +162,58 @@ def _exit_status(log: Path, pos: int) -> tuple[int | None, int]:
     return (EXIT_DONE if HALT_LINE in data else None), pos + len(data)
 
 
+class SocketCom1:
+    """COM1 over a local TCP socket (Bochs's ``socket-client`` mode): what Bochs sends is appended
+    to the file ``com1`` (which the harness polls as in file mode), and the input is fed to it.
+    Bochs takes a received byte only when its receiver is empty, so the writes wait: nothing is
+    lost."""
+
+    def __init__(self, com1: Path, source: Input, timeout: float) -> None:
+        self.com1 = com1
+        self.source = source
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(timeout)
+        self.port: int = self.server.getsockname()[1]
+        self.conn: socket.socket | None = None
+        self.feeder: Feeder | None = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._pump, name="bootllama-bochs-com1", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        try:
+            conn, _ = self.server.accept()  # Bochs connects as it starts
+        except OSError:
+            return
+        self.conn = conn
+        self.feeder = Feeder(conn, self.source)
+        with open(self.com1, "ab", buffering=0) as out:
+            while not self.stopped.is_set():
+                ready, _, _ = select.select([conn], [], [], 0.2)
+                if not ready:
+                    continue
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                out.write(data)
+
+    def stop(self) -> None:
+        """Once Bochs has stopped."""
+        self.stopped.set()
+        if self.feeder is not None:
+            self.feeder.stop()
+        self.thread.join(timeout=2.0)
+        for s in (self.conn, self.server):
+            if s is not None:
+                with contextlib.suppress(OSError):
+                    s.close()
+
+
 def boot_bochs(image_path: str | os.PathLike[str], layout: Layout, max_bytes: int, timeout: float,
-               timings: dict[str, float] | None = None) -> bytes:
+               timings: dict[str, float] | None = None, input: Input | None = None) -> bytes:
     """Boot ``image_path`` in Bochs; return the first story bytes COM1 receives.
 
     ``timings``, when given, receives ``load_seconds`` (start to the last progress dot) and
@@ -165,6 +224,9 @@ def boot_bochs(image_path: str | os.PathLike[str], layout: Layout, max_bytes: in
     have arrived (exactly that many), or fewer if the sector halts first (the story is
     over: the bytes end with its final newline).  Raises BootllamaError on a timeout, a disk
     error, or Bochs exiting, with the last lines of the Bochs log.
+
+    ``input`` goes to COM1's receiver (COM1 is then a local TCP socket: :class:`SocketCom1`),
+    then LF if a line is open and EOT, as on the other PCs.
     """
     image_path = Path(image_path)
     _check_inputs(image_path, layout, max_bytes, timeout)
@@ -177,16 +239,21 @@ def boot_bochs(image_path: str | os.PathLike[str], layout: Layout, max_bytes: in
         com1 = work / "com1.out"
         log = work / "bochs.log"
         rc = work / "bochsrc"
-        rc.write_text(bochsrc(str(disk), layout, str(com1), str(log)))
+        link = SocketCom1(com1, input, timeout) if input is not None else None
+        rc.write_text(bochsrc(str(disk), layout, str(com1), str(log), link.port if link else None))
         commands = work / "debugger.rc"
         commands.write_text("continue\n")
-        with open(work / "stdout.txt", "wb") as out, \
-                emulator([exe, "-q", "-f", str(rc), "-rc", str(commands)], cwd=work, stdin=subprocess.DEVNULL,
-                         stdout=out, stderr=subprocess.STDOUT) as proc:
-            try:
-                return _collect(proc, com1, log, layout.chunks, max_bytes, timeout, timings)
-            finally:
-                stop(proc, grace=5.0)  # politely first; emulator() makes sure of the rest
+        try:
+            with open(work / "stdout.txt", "wb") as out, \
+                    emulator([exe, "-q", "-f", str(rc), "-rc", str(commands)], cwd=work,
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT) as proc:
+                try:
+                    return _collect(proc, com1, log, layout.chunks, max_bytes, timeout, timings)
+                finally:
+                    stop(proc, grace=5.0)  # politely first; emulator() makes sure of the rest
+        finally:  # Bochs has stopped: the input's socket goes
+            if link is not None:
+                link.stop()
 
 
 def _collect(proc: subprocess.Popen[bytes], com1: Path, log: Path, chunks: int, max_bytes: int,

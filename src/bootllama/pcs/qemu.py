@@ -16,16 +16,52 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bootllama.errors import BootllamaError
 from bootllama.interrupts import temp_dir
-from bootllama.pcs.base import EXIT_DISK, EXIT_DONE, GUARDS, RunResult, describe_exit, emulator, own_error, read_serial
+from bootllama.pcs.base import (
+    EXIT_DISK,
+    EXIT_DONE,
+    GUARDS,
+    Input,
+    RunResult,
+    describe_exit,
+    emulator,
+    own_error,
+    read_serial,
+    start_input,
+)
 
 __all__ = ["EXIT_DISK", "EXIT_DONE", "GUARDS", "MACHINES", "QMP", "RunResult", "boot", "choose_accel",
-           "qemu_command"]
+           "key_codes", "qemu_command"]
+
+# the keyboard: what each typed ASCII character is on a US layout, as QEMU's key names (qcodes)
+_PLAIN = {" ": "spc", "\n": "ret", "\t": "tab", "\b": "backspace", "-": "minus", "=": "equal",
+          "[": "bracket_left", "]": "bracket_right", ";": "semicolon", "'": "apostrophe",
+          "`": "grave_accent", "\\": "backslash", ",": "comma", ".": "dot", "/": "slash"}
+_SHIFTED = dict(zip('!@#$%^&*()_+{}:"~|<>?', [*"1234567890", "minus", "equal", "bracket_left",
+                                               "bracket_right", "semicolon", "apostrophe",
+                                               "grave_accent", "backslash", "comma", "dot", "slash"],
+                    strict=True))
+KEY_GAP = 0.03  # seconds between keystrokes: the BIOS keyboard buffer holds only 15 of them
+
+
+def key_codes(ch: str) -> list[str]:
+    """The keys pressed together to type ``ch`` (shift for capitals and symbols; Ctrl-D for EOT)."""
+    if ch.isascii() and ch.isalnum():
+        return ["shift", ch.lower()] if ch.isupper() else [ch]
+    if ch in _PLAIN:
+        return [_PLAIN[ch]]
+    if ch in _SHIFTED:
+        return ["shift", _SHIFTED[ch]]
+    if ch == "\x04":
+        return ["ctrl", "d"]
+    raise BootllamaError(f"cannot type {ch!r} on the keyboard: ASCII letters, digits, symbols, space, "
+                         "newline, tab, backspace and Ctrl-D (\\x04) only")
 
 def qemu_binary(x86_64: bool = False) -> str:
     for name in ("qemu-system-x86_64",) if x86_64 else ("qemu-system-i386", "qemu-system-x86_64"):
@@ -104,8 +140,69 @@ class QMP:
             time.sleep(0.05)
         raise BootllamaError(f"QMP {command} did not write {path.name}")
 
+    def type_text(self, text: str, gap: float = KEY_GAP) -> None:
+        """Type ``text`` on the PC's keyboard, one keystroke every ``gap`` seconds."""
+        for ch in text:
+            keys = [{"type": "qcode", "data": k} for k in key_codes(ch)]
+            self.execute("send-key", keys=keys)
+            time.sleep(gap)
+
     def close(self) -> None:
         self.sock.close()
+
+
+class Typist:
+    """Types ``text`` on a running QEMU's keyboard (over the run's own QMP socket, ``path``) once
+    the loader's dots are in and the story so far contains ``after``, from a thread of its own
+    (keys typed while the BIOS boots would be lost)."""
+
+    def __init__(self, path: Path, text: str, after: bytes) -> None:
+        for ch in text:
+            key_codes(ch)  # refuse what cannot be typed before QEMU starts
+        self.path, self.text, self.after = path, text, after
+        self.seen = bytearray()
+        self.ready = threading.Event()
+        self.stopped = threading.Event()
+        self.error: BootllamaError | None = None
+        self.thread = threading.Thread(target=self._run, name="bootllama-keys", daemon=True)
+
+        self.loaded = False
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def on_loaded(self) -> None:
+        """The loader's last dot has come."""
+        self.loaded = True
+        self.saw(b"")
+
+    def saw(self, data: bytes) -> None:
+        """Story bytes as they arrive."""
+        if not self.ready.is_set():
+            self.seen += data
+            if self.loaded and self.after in self.seen:
+                self.ready.set()
+
+    def _run(self) -> None:
+        try:
+            qmp = QMP(self.path)
+        except BootllamaError as e:
+            self.error = e
+            return
+        try:
+            while not self.ready.wait(0.2):
+                if self.stopped.is_set():
+                    return
+            qmp.type_text(self.text)
+        except (BootllamaError, OSError) as e:
+            if not self.stopped.is_set():
+                self.error = BootllamaError(f"typing on QEMU's keyboard failed: {e}")
+        finally:
+            qmp.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5.0)
 
 
 def _disk_args(image: str, machine: str) -> list[str]:
@@ -157,28 +254,57 @@ def qemu_command(image: str | os.PathLike[str], memory_mib: int, accel: str,
 
 def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str = "tcg",
          timeout: float = 600.0, on_bytes: Callable[[bytes], None] | None = None,
-         extra: list[str] | None = None, machine: str = "pc", cpu: str | None = None) -> RunResult:
+         extra: list[str] | None = None, machine: str = "pc", cpu: str | None = None,
+         input: Input | None = None, keys: str | None = None, keys_after: bytes = b"") -> RunResult:
     """Boot ``image``; return the story bytes and timings.
 
     ``chunks`` is how many progress dots precede the story.  ``on_bytes`` gets story bytes as
-    they arrive.  Raises BootllamaError on a timeout, a disk error, an unexpected exit, or QEMU's
-    own failure (its generic status 1, which is also the sector's "story over": a run counts as
-    finished only when the loader's dots all came and QEMU printed no error), with QEMU's message.
+    they arrive.  ``input`` goes to COM1's receiver (``-serial stdio``: QEMU reads its stdin only
+    as the UART has room), then a LF if a line is open and EOT (talk.md).  ``keys`` is typed on
+    the keyboard (QMP ``send-key``) once the story contains ``keys_after``.  Raises
+    BootllamaError on a timeout, a disk error, an unexpected exit, or QEMU's own failure (its
+    generic status 1, which is also the sector's "story over": a run counts as finished only
+    when the loader's dots all came and QEMU printed no error), with QEMU's message.
     """
     name = "QEMU" if machine == "pc" else f"QEMU ({machine})"
     qemu_binary(machine in UEFI_MACHINES)  # not found: say so before anything is created
     with temp_dir("bootllama-qemu-") as tmp:
         beats = tmp / "beats"
         # the sector writes one byte to port 0xE9 per forward pass: QEMU's debug console
-        cmd = qemu_command(image, memory_mib, accel, [*(extra or []), "-debugcon", f"file:{beats}"],
-                           machine=machine, cpu=cpu)
-        with emulator(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-            serial = read_serial(proc, chunks, timeout, name, on_bytes,
-                                     after=FORM_FEED if machine in UEFI_MACHINES else b"")
-            status = proc.wait(timeout=10)
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        more = [*(extra or []), "-debugcon", f"file:{beats}"]
+        typist = None
+        if keys is not None:
+            sock = tmp / "qmp.sock"
+            typist = Typist(sock, keys, keys_after)  # refuses untypable keys before QEMU starts
+            more += ["-qmp", f"unix:{sock},server=on,wait=off"]
+        cmd = qemu_command(image, memory_mib, accel, more, machine=machine, cpu=cpu)
+        watch = on_bytes
+        if typist is not None:
+            def watch(data: bytes) -> None:
+                typist.saw(data)
+                if on_bytes:
+                    on_bytes(data)
+        feeder = None
+        try:
+            with emulator(cmd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+                feeder = start_input(proc, input)
+                if typist is not None:
+                    typist.start()
+                serial = read_serial(proc, chunks, timeout, name, watch,
+                                     after=FORM_FEED if machine in UEFI_MACHINES else b"",
+                                     on_loaded=typist.on_loaded if typist else None)
+                status = proc.wait(timeout=10)
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+        finally:  # the PC has exited (emulator() saw to it): the input and the keys stop
+            if feeder is not None:
+                feeder.stop()
+            if typist is not None:
+                typist.stop()
         tokens = beats.stat().st_size if beats.exists() else 0
     dots = bytes(serial.dots)
+    if typist is not None and typist.error is not None:
+        raise typist.error
     message = own_error(err, Path(cmd[0]).name)
     if status != EXIT_DONE:
         if status % 2 == 1 and status > 0:  # written by the sector to isa-debug-exit

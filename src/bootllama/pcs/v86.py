@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from bootllama.errors import BootllamaError
-from bootllama.pcs.base import EXIT_DONE, RunResult, describe_exit, emulator, own_error, read_serial
+from bootllama.pcs.base import EXIT_DONE, Input, RunResult, describe_exit, emulator, own_error, read_serial, start_input
 
 SEABIOS = Path("/usr/share/seabios")
 BIOS = SEABIOS / "bios.bin"
@@ -70,8 +70,11 @@ def bios_files() -> tuple[Path, Path]:
 
 
 def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, timeout: float = 600.0,
-         on_bytes: Callable[[bytes], None] | None = None) -> RunResult:
+         on_bytes: Callable[[bytes], None] | None = None, input: Input | None = None) -> RunResult:
     """Boot ``image`` in v86; return the story bytes, timings and the forward-pass count.
+
+    ``input`` goes to COM1's receiver (the harness's stdin, passed to v86's UART as it comes;
+    v86 queues received bytes without a bound, so nothing is lost), then LF and EOT as on QEMU.
 
     Raises BootllamaError when node, v86 or the BIOS is missing, on a timeout, a disk error or
     any exit code other than "finished".
@@ -82,12 +85,19 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, timeout: f
         raise BootllamaError(f"image {image} does not exist")
     bios, vga = bios_files()
     cmd = [node_binary(), str(harness()), str(v86_dir()), os.fspath(image), str(memory_mib), str(bios),
-           str(vga), f"{timeout:g}"]
-    with emulator(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-        # the harness stops itself at the timeout; this one is the guard against a stuck node
-        serial = read_serial(proc, chunks, timeout + 30, "v86", on_bytes)
-        code = proc.wait(timeout=10)
-        err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+           str(vga), f"{timeout:g}", "serial-in" if input is not None else "no-input"]
+    feeder = None
+    try:
+        with emulator(cmd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+            feeder = start_input(proc, input)
+            # the harness stops itself at the timeout; this one is the guard against a stuck node
+            serial = read_serial(proc, chunks, timeout + 30, "v86", on_bytes)
+            code = proc.wait(timeout=10)
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+    finally:  # node has exited (emulator() saw to it): the input stops
+        if feeder is not None:
+            feeder.stop()
     lines = err.splitlines()
     try:
         summary = json.loads(lines[-1]) if lines else None

@@ -5,13 +5,16 @@
 // (../site/v86_disk.js), so a short disk ends with the sector's "!disk" instead of a hang.  Exit code 0 when a result line was written, 2 on a timeout,
 // 3 on a harness error.
 //
-// usage: node v86_boot.mjs V86_DIR IMAGE MEMORY_MIB BIOS VGA_BIOS TIMEOUT_S
+// With INPUT "serial-in", the bytes on stdin go to COM1's receiver as they come (v86's UART
+// queues them without a bound; the Python side sends LF and EOT when its input ends).
+//
+// usage: node v86_boot.mjs V86_DIR IMAGE MEMORY_MIB BIOS VGA_BIOS TIMEOUT_S [INPUT]
 
 import fs from "node:fs";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 
-const [v86Dir, imagePath, memoryMib, biosPath, vgaBiosPath, timeoutS] = process.argv.slice(2);
+const [v86Dir, imagePath, memoryMib, biosPath, vgaBiosPath, timeoutS, inputMode] = process.argv.slice(2);
 if (!timeoutS) {
     process.stderr.write("usage: node v86_boot.mjs V86_DIR IMAGE MEMORY_MIB BIOS VGA_BIOS TIMEOUT_S\n");
     process.exit(3);
@@ -60,6 +63,7 @@ function finish(result, code) {
     finished = true;
     clearInterval(poll);
     clearTimeout(timer);
+    if (inputMode === "serial-in") process.stdin.destroy();
     emulator.stop();
     flush();
     process.stderr.write(JSON.stringify(result) + "\n");
@@ -84,6 +88,13 @@ emulator.add_listener("emulator-loaded", () => {
     cpu.io.register_write(0xF4, {}, (al) => finish({ status: ((al & 0xFF) << 1) | 1, beats }, 0));
     cpu.io.register_write(0xE9, {}, () => { beats += 1; });
     emulator.run();
+    if (inputMode === "serial-in") {
+        // COM1's receiver: each byte as it is, never a string (bytes above 0x7F stay bytes)
+        process.stdin.on("data", (chunk) => {
+            for (const byte of chunk) emulator.bus.send("serial0-input", byte);
+        });
+        process.stdin.on("error", () => {});
+    }
 });
 
 // halted with interrupts off: nothing will ever happen again

@@ -1,6 +1,9 @@
 // bootllama's page: boots the image in v86 and streams COM1 into #text.
 // Contract: #text holds exactly the bytes the sector writes to COM1 after its loading dots (UTF-8);
 // #status reads "done" once the sector has written its exit code 0 to port 0xF4.
+// Typing (talk.md): lines from #talk go to COM1's receiver of the story machine (talk.img, built
+// with the site: no rebuild); they show in #text as a terminal echoes them, and
+// window.bootllama.com1 holds COM1's bytes alone (UTF-8), which are run.c's stdout.
 // One boot at a time: a new one (a submit, even one whose settings are then rejected) cancels the
 // one in flight at whatever stage it is (fetching, starting Pyodide, building, running) and
 // clears its story; only the newest boot writes to the page.
@@ -16,7 +19,9 @@ let pyodideReady = null;
 // its events are ignored
 let current = null;
 let teardown = Promise.resolve();  // retired emulators being destroyed, before the next one starts
-window.bootllama = { runs: 0, cancelled: 0 };  // for tests: boots finished and boots cancelled
+// for tests: boots finished, boots cancelled, what COM1 carried
+window.bootllama = { runs: 0, cancelled: 0, com1: "" };
+let typing = null;  // the newest boot's input: { typed, loaded, queue, echo, run, echoes }
 
 function setStatus(message, error = false) {
     $("status").textContent = message;
@@ -184,6 +189,8 @@ function newRun() {
     }
     $("text").textContent = "";
     $("stats").textContent = "";
+    window.bootllama.com1 = "";
+    typing = null;
     return run;
 }
 
@@ -218,10 +225,22 @@ async function boot(run, imageBytes, info, typedSeed) {
     const printed = [];
     let beats = 0;
     let tLoaded = 0;
-    const textNode = document.createTextNode("");
+    let textNode = document.createTextNode("");
     $("text").appendChild(textNode);
     let pendingText = "";
     const live = () => run === current && !run.finished;
+    // a line typed on the page: shown as a terminal echoes it, then sent once the UART exists
+    const echo = (line) => {
+        if (pendingText) { textNode.appendData(pendingText); pendingText = ""; }
+        const span = document.createElement("span");
+        span.className = "typed";
+        span.textContent = line;
+        $("text").appendChild(span);
+        textNode = document.createTextNode("");
+        $("text").appendChild(textNode);
+    };
+    // a typed line is shown where a terminal shows it: after the guide that asks for it
+    typing = { typed: !!info.typed, loaded: false, queue: [], echo, run, echoes: [] };
 
     const rate = () => {
         const seconds = (performance.now() - tLoaded) / 1000;
@@ -258,7 +277,7 @@ async function boot(run, imageBytes, info, typedSeed) {
         hda: { buffer: imageBytes.buffer.slice(imageBytes.byteOffset, imageBytes.byteOffset + imageBytes.byteLength) },
         boot_order: 0x132,
         autostart: false,
-        disable_keyboard: true,
+        disable_keyboard: !info.typed,  // the story machine reads the keyboard too (int 16h)
         disable_mouse: true,
         disable_speaker: true,
     });
@@ -276,7 +295,12 @@ async function boot(run, imageBytes, info, typedSeed) {
         }
         if (guarded) { printed.push(byte); return; }
         printed.push(byte);
-        pendingText += decoder.decode(Uint8Array.of(byte), { stream: true });
+        const piece = decoder.decode(Uint8Array.of(byte), { stream: true });
+        pendingText += piece;
+        window.bootllama.com1 += piece;
+        if (typing && typing.run === run && typing.echoes.length && GUIDES.some((g) => window.bootllama.com1.endsWith(g))) {
+            typing.echo(typing.echoes.shift());
+        }
     });
     em.add_listener("emulator-loaded", () => {
         if (!live()) return;
@@ -299,6 +323,11 @@ async function boot(run, imageBytes, info, typedSeed) {
         cpu.io.register_write(0xE9, {}, () => { beats += 1; });
         setStatus("booting");
         em.run();
+        if (typing && typing.run === run) {
+            typing.loaded = true;
+            for (const bytes of typing.queue) sendBytes(bytes);
+            typing.queue = [];
+        }
     });
     run.timers.push(setInterval(show, 100));
     // halted with interrupts off and no exit code: nothing more will come
@@ -308,20 +337,64 @@ async function boot(run, imageBytes, info, typedSeed) {
     }, 250));
 }
 
-// Boot the site's image ("default") or build one for ``settings`` ("url", "form"); ``link`` (the
-// form's) becomes the page's URL once the settings are accepted, never before.
+// COM1's receiver: v86's UART queues what it is sent, so a line typed early waits for the PC
+function sendBytes(bytes) {
+    const em = typing && typing.run === current ? typing.run.emulator : null;
+    if (!em) return;
+    for (const byte of bytes) em.bus.send("serial0-input", byte);
+}
+
+// what the engine prints before it reads a line (conversation.py's guides)
+const GUIDES = ["Prompt: ", "User: ", "Enter system prompt (optional): "];
+
+function sendInput(bytes, shown) {
+    if (!typing) return;
+    if (shown !== null) {
+        if (GUIDES.some((g) => window.bootllama.com1.endsWith(g)) && !typing.echoes.length) typing.echo(shown);
+        else typing.echoes.push(shown);
+    }
+    if (typing.loaded) sendBytes(bytes);
+    else typing.queue.push(bytes);
+}
+
+let talkStarting = null;
+$("talk").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const line = $("line").value;
+    $("line").value = "";
+    // a line typed with no story machine running boots the site's one (talk.img) first
+    if (!typing || !typing.typed || typing.run !== current || typing.run.finished) {
+        if (!talkStarting) talkStarting = start({}, "talk").finally(() => { talkStarting = null; });
+        await talkStarting;
+    }
+    if (typing && typing.typed && typing.run === current) sendInput(new TextEncoder().encode(line + "\n"), line + "\n");
+});
+
+$("eot").addEventListener("click", () => {
+    if (typing && typing.typed && typing.run === current) sendInput(Uint8Array.of(4), null);  // EOT: end of input
+});
+
+// Boot the site's image ("default"), the site's story machine ("talk": talk.img, no image is
+// built; a prompt of "-" from the URL or the form asks for it too, with the site's other
+// settings), or build one for ``settings`` ("url", "form"); ``link`` (the form's) becomes the
+// page's URL once the settings are accepted, never before.
 async function start(settings, source, link = null) {
     const run = newRun();
     const live = () => run === current;
+    if (source !== "default" && settings.i === "-") source = "talk";
     try {
         let bytes, info;
-        if (source === "default") {
-            info = await fetchJson("boot.json");
+        if (source === "default" || source === "talk") {
+            info = await fetchJson(source === "talk" ? "talk.json" : "boot.json");
             if (!live()) return;
             settings = Object.fromEntries(Object.entries(info.settings).map(([k, v]) => [k, String(v)]));
             fillForm(settings);
-            setStatus("fetching the image");
-            bytes = await fetchBytes("boot.img");
+            if (source === "talk") {  // the URL names the settings the story machine has
+                const query = `?${new URLSearchParams(settings).toString().replace(/\+/g, "%20")}`;
+                link = query === location.search ? null : query;
+            }
+            setStatus(source === "talk" ? "fetching the story machine" : "fetching the image");
+            bytes = await fetchBytes(source === "talk" ? "talk.img" : "boot.img");
         } else {
             const meta = await siteMeta();
             if (!live()) return;
