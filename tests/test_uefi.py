@@ -205,7 +205,7 @@ def test_uefi_size_table(defines: tuple[str, ...]) -> None:
                          and name != "signature")
 
 
-UEFI_BUDGET = 1992  # the UEFI engine's own code bytes (loader, mode switch), PE header apart: measured
+UEFI_BUDGET = 2024  # the UEFI engine's own code bytes (loader, mode switch), PE header apart: measured
 
 
 def _same_bytes_but_calls_out(legacy: image.Engine, app: image.UefiEngine) -> int:

@@ -94,8 +94,12 @@ TPL_NOTIFY equ 16
 ; then the UTF-8 decoder's state, then (-DTALK) up to 3 text inputs
 CON_MAX equ 3
 C_UTF8  equ 32
+%ifdef TALK
 C_IN    equ 40
 CTX_SIZE equ 64
+%else
+CTX_SIZE equ 40                 ; (efi_main's frame offsets stay short)
+%endif
 ; efi_main's frame (rsp-relative, the same in finish)
 L_IMAGE equ 0x30
 L_ST    equ 0x38
@@ -244,8 +248,11 @@ efi_main:
     mov ecx, CTX_SIZE / 8
     rep stosq
     mov [rsp+L_B], rax
+%ifdef TALK
     dec rax
     mov [rsp+L_TPL], rax        ; (TPL not raised)
+    inc eax
+%endif
     xor ecx, ecx                ; SetWatchdogTimer(0, 0, 0, NULL): off
     xor edx, edx
     xor r8d, r8d
