@@ -90,11 +90,9 @@ def _build(args: argparse.Namespace, out: str | os.PathLike[str], keep: str | No
     tok = Tokenizer.load(tokenizer, read_legacy_config(checkpoint).vocab_size)
     defines = image.engine_defines(tok, args.temperature, is_top_p(args.temperature, args.topp), talk,
                                    CPUS[args.cpu])
-    # typed input needs a getc of the UEFI engine's (ConIn), which it does not have yet: an
-    # interactive image boots legacy BIOS PCs only
     img = image.build_image(checkpoint, tokenizer, out, prompt=prompt, steps=args.steps,
                             temperature=args.temperature, seed=seed, engine=image.assemble(defines),
-                            topp=args.topp, talk=talk, uefi=talk is None)
+                            topp=args.topp, talk=talk)
     if keep is not None:
         publish(Path(out), keep, inputs)
     return img

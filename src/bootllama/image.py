@@ -641,14 +641,12 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     ``manifest_lba``: the web page's, which has no NASM, and old engines'); ``floor``:
     floor.asm's image, the default story only (legacy BIOS only). ``topp``: run.c's -p (with a
     temperature, 0 < p < 1 is top-p sampling); ``talk``: typed input at boot (talkblock.py;
-    legacy BIOS only until the UEFI engine has a getc through ConIn)."""
+    both engines: COM1 and the keyboard)."""
     if floor:
         if prompt or steps or temperature or seed or engine is not None:
             raise BootllamaError("the floor tells the default story only: no prompt, -n, -t, -s or engine options")
         engine, manifest_lba = assemble(("FLOOR",), asm_source().with_name("floor.asm")), FLOOR_MANIFEST_LBA
         uefi = False
-    if talk is not None:
-        uefi = False  # uefi.asm has no getc yet (talk.inc's head says what it needs)
     config = read_legacy_config(checkpoint)
     tok = Tokenizer.load(tokenizer_path, config.vocab_size)
     byte_base = check_byte_pieces(tok)

@@ -54,8 +54,10 @@ CHUNKB  equ 0x8000              ; bytes per read (and per progress dot)
 MAN_NEED equ SECT + M_NEED      ; the manifest's fields (engine.inc's M_*:
 MAN_END equ SECT + M_END        ; offsets from VARS, the sector's end)
 CTX     equ 0xE000              ; emit's context (see emit)
-FAR_PUTC equ CTX + 48           ; m16:32 far pointers for compatibility mode
-FAR_EXIT equ CTX + 56
+FAR_PUTC equ CTX + 64           ; m16:32 far pointers for compatibility mode
+FAR_EXIT equ CTX + 72
+FAR_GETC equ CTX + 80           ; (-DTALK: typed input, talk.inc's contract)
+FAR_ECHO equ CTX + 88
 THUNK   equ 0xF000
 GDT_AT  equ 0xF800
 E_DISK  equ 2                   ; exit codes, as the legacy engine's
@@ -64,11 +66,14 @@ WAIT_10MS equ 30000             ; finish waits 5 minutes for a key
 EFI_ABORTED equ 0x8000000000000015
 
 ; EFI tables: offsets
+ST_CONIN_H equ 0x28
 ST_CONIN equ 0x30
 ST_CONOUT_H equ 0x38
 ST_CONOUT equ 0x40
 ST_STDERR_H equ 0x48
 ST_BS   equ 0x60
+BS_RAISETPL equ 0x18
+BS_RESTORETPL equ 0x20
 BS_ALLOCPAGES equ 0x28
 BS_FREEPAGES equ 0x30
 BS_HANDLEPROT equ 0x98
@@ -83,12 +88,18 @@ OUT_STRING equ 8
 OUT_CLEAR equ 0x30
 IN_RESET equ 0
 IN_READKEY equ 8
+TPL_NOTIFY equ 16
 
 ; emit's context (CTX_SIZE bytes): up to 3 text outputs (0-terminated),
-; then the UTF-8 decoder's state
+; then the UTF-8 decoder's state, then (-DTALK) up to 3 text inputs
 CON_MAX equ 3
 C_UTF8  equ 32
-CTX_SIZE equ 40
+%ifdef TALK
+C_IN    equ 40
+CTX_SIZE equ 64
+%else
+CTX_SIZE equ 40                 ; (efi_main's frame offsets stay short)
+%endif
 ; efi_main's frame (rsp-relative, the same in finish)
 L_IMAGE equ 0x30
 L_ST    equ 0x38
@@ -106,8 +117,67 @@ L_KEY   equ L_GDTR + 16
 L_N     equ L_KEY + 16          ; LocateHandleBuffer's count, buffer
 L_HANDLES equ L_N + 8
 L_DP    equ L_HANDLES + 8
-L_BUF   equ L_DP + 8            ; the manifest sector while B does not exist
+L_TPL   equ L_DP + 8            ; -DTALK: the TPL before RaiseTPL (-1: none)
+L_BUF   equ L_TPL + 8           ; the manifest sector while B does not exist
 FRAME   equ L_BUF + SECT + 8    ; rsp 16-aligned after 8 pushes and this
+
+; CONSOLES guid, skip1, skip2, dest: the handles of protocol guid (the system
+; table's handles at skip1 and skip2 apart, and any whose device path holds a
+; UART node) -> up to CON_MAX interfaces at [rsp+dest] (efi_main's frame)
+%macro CONSOLES 4
+    mov ecx, 2                  ; LocateHandleBuffer(ByProtocol, the protocol,
+    lea rdx, [%1]               ; NULL, &n, &handles)
+    xor r8d, r8d
+    lea r9, [rsp+L_N]
+    lea rax, [rsp+L_HANDLES]
+    mov [rsp+0x20], rax
+    mov rax, [rsp+L_BS]
+    call [rax+BS_LOCATEBUF]
+    test rax, rax
+    jnz %%done
+    mov rsi, [rsp+L_HANDLES]
+    mov rbx, [rsp+L_N]
+    xor edi, edi                ; consoles found
+%%handle:
+    test rbx, rbx
+    jz %%done
+    dec rbx
+    mov rcx, [rsi+rbx*8]
+    mov rax, [rsp+L_ST]
+    cmp rcx, [rax+%2]           ; ConOut's and StdErr's own handles: the
+    je %%handle                  ; splitters over all the others (some
+    cmp rcx, [rax+%3]           ; firmware gives them device paths)
+    je %%handle
+    lea rdx, [guid_device_path]
+    lea r8, [rsp+L_DP]
+    mov rax, [rsp+L_BS]
+    call [rax+BS_HANDLEPROT]
+    test rax, rax
+    jnz %%handle                 ; no device path: ConOut's splitter itself
+    mov rax, [rsp+L_DP]
+%%node:
+    cmp byte [rax], 0x7f        ; the end of the path: no UART on it
+    je %%console
+    cmp word [rax], 0x0e03      ; messaging (3), UART (14)
+    je %%handle
+    movzx ecx, word [rax+2]     ; the node's length
+    cmp ecx, 4
+    jb %%handle                  ; (a malformed path)
+    add rax, rcx
+    jmp %%node
+%%console:
+    mov rcx, [rsi+rbx*8]
+    lea rdx, [%1]
+    lea r8, [rsp+%4+rdi*8]
+    mov rax, [rsp+L_BS]
+    call [rax+BS_HANDLEPROT]
+    test rax, rax
+    jnz %%handle
+    inc edi
+    cmp edi, CON_MAX
+    jb %%handle
+%%done:
+%endmacro
 
 ; ==== the PE32+ header (file offset = RVA) =================================
 section hdr progbits start=0 vstart=0
@@ -178,6 +248,11 @@ efi_main:
     mov ecx, CTX_SIZE / 8
     rep stosq
     mov [rsp+L_B], rax
+%ifdef TALK
+    dec rax
+    mov [rsp+L_TPL], rax        ; (TPL not raised)
+    inc eax
+%endif
     xor ecx, ecx                ; SetWatchdogTimer(0, 0, 0, NULL): off
     xor edx, edx
     xor r8d, r8d
@@ -188,57 +263,12 @@ efi_main:
     ; the consoles: every text output whose device path holds no UART node.
     ; ConOut would do, but its serial terminal repeats (with escapes) what
     ; emit writes to COM1 itself, on QEMU and on PCs with console redirection
-    mov ecx, 2                  ; LocateHandleBuffer(ByProtocol, text output,
-    lea rdx, [guid_text_out]    ; NULL, &n, &handles)
-    xor r8d, r8d
-    lea r9, [rsp+L_N]
-    lea rax, [rsp+L_HANDLES]
-    mov [rsp+0x20], rax
-    mov rax, [rsp+L_BS]
-    call [rax+BS_LOCATEBUF]
-    test rax, rax
-    jnz .cons_done
-    mov rsi, [rsp+L_HANDLES]
-    mov rbx, [rsp+L_N]
-    xor edi, edi                ; consoles found
-.handle:
-    test rbx, rbx
-    jz .cons_done
-    dec rbx
-    mov rcx, [rsi+rbx*8]
-    mov rax, [rsp+L_ST]
-    cmp rcx, [rax+ST_CONOUT_H]  ; ConOut's and StdErr's own handles: the
-    je .handle                  ; splitters over all the others (some
-    cmp rcx, [rax+ST_STDERR_H]  ; firmware gives them device paths)
-    je .handle
-    lea rdx, [guid_device_path]
-    lea r8, [rsp+L_DP]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_HANDLEPROT]
-    test rax, rax
-    jnz .handle                 ; no device path: ConOut's splitter itself
-    mov rax, [rsp+L_DP]
-.node:
-    cmp byte [rax], 0x7f        ; the end of the path: no UART on it
-    je .console
-    cmp word [rax], 0x0e03      ; messaging (3), UART (14)
-    je .handle
-    movzx ecx, word [rax+2]     ; the node's length
-    cmp ecx, 4
-    jb .handle                  ; (a malformed path)
-    add rax, rcx
-    jmp .node
-.console:
-    mov rcx, [rsi+rbx*8]
-    lea rdx, [guid_text_out]
-    lea r8, [rsp+L_CTX+rdi*8]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_HANDLEPROT]
-    test rax, rax
-    jnz .handle
-    inc edi
-    cmp edi, CON_MAX
-    jb .handle
+    CONSOLES guid_text_out, ST_CONOUT_H, ST_STDERR_H, L_CTX
+%ifdef TALK
+    ; the keyboards: every text input but ConIn's splitter and the serial
+    ; terminals (getc reads COM1 itself; the terminal's would repeat it)
+    CONSOLES guid_text_in, ST_CONIN_H, ST_CONIN_H, L_CTX+C_IN
+%endif
 .cons_done:
     mov rax, [rsp+L_ST]
     cmp qword [rsp+L_CTX], 0
@@ -361,6 +391,19 @@ efi_main:
     mov [rbx+THUNK+t_emit-thunk_start], rax
     lea rax, [finish]
     mov [rbx+THUNK+t_finish-thunk_start], rax
+%ifdef TALK
+    lea rax, [echo64]
+    mov [rbx+THUNK+t_echo-thunk_start], rax
+    lea rax, [getc64]
+    mov [rbx+THUNK+t_getc-thunk_start], rax
+    lea eax, [rbx+THUNK+thunk_getc-thunk_start]
+    mov [rbx+FAR_GETC], eax
+    lea eax, [rbx+THUNK+thunk_echo-thunk_start]
+    mov [rbx+FAR_ECHO], eax
+    mov ax, cs
+    mov [rbx+FAR_GETC+4], ax
+    mov [rbx+FAR_ECHO+4], ax
+%endif
     lea rsi, [rsp+L_CTX]        ; putc's context: the consoles, UTF-8 state
     lea rdi, [rbx+CTX]
     mov ecx, CTX_SIZE / 8
@@ -418,6 +461,21 @@ efi_main:
     mov [rsp+L_KEY], dx
     lea rdx, [rbx+GDT_AT]
     mov [rsp+L_KEY+2], rdx
+%ifdef TALK
+    ; TPL_NOTIFY for the whole run: the firmware's serial terminal polls
+    ; COM1 from a timer event and would take typed bytes before getc; at
+    ; this TPL its event waits (until finish), the consoles' calls work
+    push rcx
+    push rax
+    sub rsp, 0x20
+    mov ecx, TPL_NOTIFY
+    mov rax, [rsp+0x30+L_BS]
+    call [rax+BS_RAISETPL]
+    mov [rsp+0x30+L_TPL], rax
+    add rsp, 0x20
+    pop rax
+    pop rcx
+%endif
     cli                         ; interrupts stay off in the engine
     lgdt [rsp+L_KEY]
     mov [rbx+THUNK+t_fwrsp-thunk_start], rsp ; the thunks' stack: below the frame
@@ -468,6 +526,14 @@ finish:
 %ifndef HALT                    ; (-DHALT, as the legacy engine's: no exit port)
     out 0xf4, al                ; isa-debug-exit: QEMU ends here (2*al + 1)
 %endif
+%ifdef TALK
+    mov rcx, [rsp+L_TPL]        ; the TPL as it was (raised for the engine)
+    cmp rcx, -1
+    je .tpl
+    mov rax, [rsp+L_BS]
+    call [rax+BS_RESTORETPL]
+.tpl:
+%endif
     sti
     mov rcx, [rsp+L_ST]         ; a real PC: the text stays until a key, or
     mov rcx, [rcx+ST_CONIN]     ; 5 minutes
@@ -516,12 +582,13 @@ finish:
 ; firmware's calls keep them too); the consoles are called with interrupts
 ; on, and IF is as it was after.
 emit:
+    call com1
+; echo64: emit without its COM1 byte (the screen only: talk.inc's echo)
+echo64:
     push rbx
     push rsi
     sub rsp, 0x28               ; shadow space, the UTF-16 string at 0x20
-    mov ebx, eax
-    call com1
-    movzx eax, bl
+    movzx eax, al
     mov ecx, [rdi+C_UTF8]       ; the decoder
     mov dword [rdi+C_UTF8], 0
     cmp al, 0x80
@@ -589,6 +656,63 @@ emit:
     pop rbx
     ret
 
+%ifdef TALK
+; ---- getc64: ax = the next input byte (al), ah = 1 from a keyboard, 0 COM1 --
+; rdi = the context.  Polls COM1's receiver (LSR bit 0; an LSR of 0xFF is no
+; UART: the bus) and ReadKeyStroke of each text input found (not ConIn's
+; splitter, not the serial terminals), until one has a byte.  Keys: Enter
+; (13), Backspace (8), Ctrl-D (4) and 32..126; others are skipped.  Keeps
+; rbx, rsi, rdi, rbp, r12-r15.
+getc64:
+    push rbx
+    push rsi
+    sub rsp, 0x28               ; shadow space, EFI_INPUT_KEY at 0x20
+.poll:
+    mov dx, 0x3fd               ; COM1's line status
+    in al, dx
+    cmp al, 0xff                ; (no UART there)
+    je .keys
+    test al, 1                  ; a byte received
+    jz .keys
+    mov dl, 0xf8
+    in al, dx                   ; COM1's byte
+    movzx eax, al               ; ah = 0: COM1
+    jmp .ret
+.keys:
+    xor esi, esi
+.in:
+    mov rcx, [rdi+C_IN+rsi*8]
+    jrcxz .poll                 ; the list's end: COM1 again
+    lea rdx, [rsp+0x20]
+    call [rcx+IN_READKEY]       ; EFI_SUCCESS: a key (else EFI_NOT_READY)
+    test rax, rax
+    jnz .next
+    movzx eax, word [rsp+0x22]  ; its UnicodeChar (0: a scan code only)
+    cmp eax, 13                 ; Enter
+    je .key
+    cmp eax, 8                  ; Backspace
+    je .key
+    cmp eax, 4                  ; Ctrl-D
+    je .key
+    cmp eax, ' '
+    jb .next
+    cmp eax, '~'
+    ja .next
+.key:
+    mov ah, 1                   ; from a keyboard
+    jmp .ret
+.next:
+    inc esi
+    cmp esi, CON_MAX
+    jb .in
+    jmp .poll
+.ret:
+    add rsp, 0x28
+    pop rsi
+    pop rbx
+    ret
+%endif
+
 ; ---- com1: al to COM1, once its transmitter is free (keeps al) -------------
 com1:
     push rax
@@ -608,6 +732,10 @@ guid_loaded_image:              ; EFI_LOADED_IMAGE_PROTOCOL
     db 0x8e, 0x3f, 0x00, 0xa0, 0xc9, 0x69, 0x72, 0x3b
 guid_text_out:                  ; EFI_SIMPLE_TEXT_OUTPUT_PROTOCOL
     dd 0x387477c2
+    dw 0x69c7, 0x11d2
+    db 0x8e, 0x39, 0x00, 0xa0, 0xc9, 0x69, 0x72, 0x3b
+guid_text_in:                   ; EFI_SIMPLE_TEXT_INPUT_PROTOCOL
+    dd 0x387477c1
     dw 0x69c7, 0x11d2
     db 0x8e, 0x39, 0x00, 0xa0, 0xc9, 0x69, 0x72, 0x3b
 guid_device_path:               ; EFI_DEVICE_PATH_PROTOCOL
@@ -711,6 +839,15 @@ putc:                           ; al: every register and the FPU/SSE state
 
 exit:                           ; al = the exit code
     jmp far [dword FAR_EXIT]
+%ifdef TALK
+getc:                           ; al = the next input byte, ah = 1 from a
+    call far [dword FAR_GETC]   ; keyboard (thunk_getc); the rest kept
+    ret
+
+echo:                           ; al to the screen only (thunk_echo)
+    call far [dword FAR_ECHO]
+    ret
+%endif
 eng_end:
 
 ; ==== the 64-bit thunks, run from the region (below 4 GiB) ==================
@@ -718,8 +855,19 @@ section thunk progbits follows=eng align=16 vstart=THUNK
 bits 64
 thunk_start:
 ; putc's far call lands here, in 64-bit mode: its frame (EIP, CS) is at
-; B + ESP, since SS's base no longer counts
+; B + ESP, since SS's base no longer counts.  getc's and echo's too: r14 =
+; the 64-bit routine to call (emit, echo64 or getc64: al in, ax out)
 thunk_putc:
+    mov r14, [rel t_emit]       ; (r14: kept by the firmware)
+%ifdef TALK
+    jmp thunk_call
+thunk_echo:
+    mov r14, [rel t_echo]
+    jmp thunk_call
+thunk_getc:
+    mov r14, [rel t_getc]
+thunk_call:
+%endif
     mov r12d, esp               ; the engine's ESP (r12: kept by the firmware)
     mov rsp, [rel t_fwrsp]
     pushfq
@@ -736,7 +884,14 @@ thunk_putc:
     mov es, [rel t_fwsel+6]
     mov rdi, [rel t_base]
     add rdi, CTX
-    call [rel t_emit]
+    call r14
+    cli                         ; (a firmware call may have turned them on)
+%ifdef TALK
+    cmp r14, [rel t_getc]
+    jne .kept
+    mov [r13+24], ax            ; getc's al, ah into the engine's saved eax
+.kept:
+%endif
     mov ds, [rel t_dsel]
     mov es, [rel t_dsel]
     fxrstor [rsp]
@@ -770,6 +925,8 @@ t_base:   dq 0                  ; B
 t_fwrsp:  dq 0                  ; efi_main's rsp
 t_emit:   dq 0                  ; emit's and finish's addresses in the image
 t_finish: dq 0
+t_echo:   dq 0                  ; (-DTALK) echo64's and getc64's
+t_getc:   dq 0
 t_csel:   dq 0                  ; the code32 and data selectors
 t_dsel:   dq 0
 t_fwsel:  dw 0, 0, 0, 0         ; the firmware's CS, DS, SS, ES
