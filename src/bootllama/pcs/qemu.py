@@ -278,17 +278,27 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
             typist = Typist(sock, keys, keys_after)  # refuses untypable keys before QEMU starts
             more += ["-qmp", f"unix:{sock},server=on,wait=off"]
         cmd = qemu_command(image, memory_mib, accel, more, machine=machine, cpu=cpu)
-        watch = on_bytes
-        if typist is not None:
-            def watch(data: bytes) -> None:
-                typist.saw(data)
-                if on_bytes:
-                    on_bytes(data)
+        # OVMF's serial terminal polls COM1 until the UEFI engine raises the TPL to run: input
+        # sent before the engine's first byte after the dots could be taken by the firmware, so
+        # on the UEFI PCs it starts then (every interactive mode prints a guide before it reads)
+        late = machine in UEFI_MACHINES and input is not None
         feeder = None
+        procs: list[subprocess.Popen[bytes]] = []
+
+        def watch(data: bytes) -> None:
+            nonlocal feeder
+            if late and feeder is None and procs:
+                feeder = start_input(procs[0], input)
+            if typist is not None:
+                typist.saw(data)
+            if on_bytes:
+                on_bytes(data)
         try:
             with emulator(cmd, stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-                feeder = start_input(proc, input)
+                procs.append(proc)
+                if not late:
+                    feeder = start_input(proc, input)
                 if typist is not None:
                     typist.start()
                 serial = read_serial(proc, chunks, timeout, name, watch,
