@@ -286,3 +286,16 @@ def test_story_machine_on_uefi_reads_com1(tmp_path: Path) -> None:
     assert want.count(b"Prompt: ") == 3
     got = pcs.boot("qemu-uefi", img.path, img.layout, input=lines, timeout=300)
     assert got.text == want
+
+
+def test_story_machine_on_uefi_reads_the_keyboard(tmp_path: Path) -> None:
+    """The same story machine under OVMF, typed on the PC's keyboard (QMP send-key; OVMF's PS/2
+    driver behind ReadKeyStroke): Enter ends the line, Ctrl-D the input, the story is run -i's."""
+    from bootllama.talkblock import Talk
+
+    img = image.build_image(CKPT, TOK, tmp_path / "story.img", steps=30, talk=Talk("story"))
+    model = load_checkpoint(CKPT)
+    story = generate(Reference(model), Tokenizer.load(TOK, model.config.vocab_size), "The sun", steps=30,
+                     sampler=Sampler(model.config.vocab_size))
+    got = pcs.boot("qemu-uefi", img.path, img.layout, keys="The sun\n\x04", keys_after=b"Prompt: ", timeout=300)
+    assert got.text == b"Prompt: " + story + b"Prompt: \n"
