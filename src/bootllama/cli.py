@@ -251,6 +251,12 @@ def _main(argv: list[str] | None) -> int:
         print(f"bootllama: error: {where}{e.strerror or e}", file=sys.stderr)
     except KeyboardInterrupt as e:
         return _interrupted(e)
+    except ImportError:
+        # a signal inside an extension module's import (numpy's C init turns the interrupt into
+        # an ImportError of its own): the signal, not the import, ended the command
+        if interrupts.fired is None:
+            raise
+        return _interrupted(interrupts.Interrupted(interrupts.fired))
     return 1
 
 

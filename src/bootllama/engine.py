@@ -73,7 +73,8 @@ def _build(args: argparse.Namespace, out: str | os.PathLike[str], keep: str | No
     _check_settings(args)
     if getattr(args, "floor", False):
         if any((args.checkpoint, args.tokenizer, args.temperature, args.seed, args.steps, args.prompt, args.model,
-                args.chat, args.system, args.cpu != "sse2")):
+                getattr(args, "mode", "generate") != "generate", getattr(args, "template", False), args.system,
+                args.cpu != "sse2")):
             raise BootllamaError("--floor builds the packaged model's default story only: give no other option but -o")
         checkpoint, tokenizer = resolve_paths(args)
         return image.build_image(checkpoint, tokenizer, out, floor=True)

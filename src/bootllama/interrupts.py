@@ -27,6 +27,7 @@ NAMES = {1: "SIGHUP", 2: "SIGINT", 15: "SIGTERM"}
 
 _depth = 0
 _pending: int | None = None
+fired: int | None = None  # the signal that asked the command to stop, once one has
 
 
 class Interrupted(KeyboardInterrupt):
@@ -39,7 +40,8 @@ class Interrupted(KeyboardInterrupt):
 
 def interrupt(signum: int) -> None:
     """What the signal handler does: raise Interrupted now, or at the end of ``deferred()``."""
-    global _pending
+    global _pending, fired
+    fired = signum
     if _depth > 0:
         if _pending is None:
             _pending = signum
