@@ -101,11 +101,11 @@ init:
     mov eax, [bp+M_DLBA]
     mov [si+8], eax             ; LBA M_DLBA: the data area, manifest first
     push dx                     ; (DL: the boot drive, for the reads below)
-    mov al, 3                   ; (ah = 0: the read's status)
-    int 0x10                    ; text mode 3: clears the screen
     mov dx, 0x3fb               ; COM1 line control: 8 data bits, no parity,
     mov al, 3                   ; 1 stop bit, before the first byte out
     out dx, al                  ; (a BIOS may leave the UART at 5 data bits)
+    int 0x10                    ; ah = 0 (the read's status), al = 3: text
+                                ; mode 3, which clears the screen
 
 ; ---- guards: the CPU, A20, the memory; each stops with its message --------
 guards:
@@ -143,30 +143,26 @@ guards:
     mov si, m_a20
     cmp byte [0x7dfe], 0x55     ; (the inc would have made it 0x56)
     jne die
-    xor ebx, ebx                ; E820: from the first record
-.e820:
-    mov di, ATTBUF
-    mov eax, 0xe820
-    mov edx, 0x534d4150         ; 'SMAP'
-    mov cl, 24
-    int 0x15
-%ifdef CPU486
-    jc .m88                     ; no E820 (or its end): int 15h 88h
+    mov ax, 0xe801
+    int 0x15                    ; memory from 1 MiB: ax KiB up to 16 MiB,
+%ifdef CPU486                   ; bx 64 KiB blocks above it (or in cx, dx)
+    jc .m88                     ; no E801: int 15h 88h
 %else
-    jc .memfail                 ; (every BIOS of an SSE2 PC has E820)
+    jc .memfail                 ; (every BIOS of an SSE2 PC has E801)
 %endif
-    dec byte [di+16]            ; type 1: usable RAM (the record is ours)
-    jnz .next
-    cmp dword [di+2], 0x10
-    ja .next                    ; starts above 1 MiB (bytes 2..5 of the base)
-    mov eax, [di]
-    add eax, [di+8]             ; its end
-    jc .ok                      ; (past 4 GiB)
-    cmp eax, [bp+M_NEED]
-    jae .ok
-.next:
-    test ebx, ebx
-    jnz .e820                   ; the next record; none left:
+    jcxz .ab                    ; cx, dx (configured memory) where the BIOS
+    xchg ax, cx                 ; gives them, else ax, bx (as Linux does)
+    mov bx, dx
+.ab:
+    shr ax, 6                   ; 64 KiB blocks from 1 MiB to 16 MiB
+    cmp al, 240
+    jb .low                     ; a hole below 16 MiB: bx's blocks do not
+    add ax, bx                  ; join on
+.low:
+    add ax, 16                  ; + the first MiB: the end, in 64 KiB blocks
+    jc .ok                      ; (4 GiB)
+    cmp ax, [bp+M_NEED+2]       ; the blocks M_NEED starts in (at most 64
+    ja .ok                      ; KiB stricter than needed)
 .memfail:
     mov si, m_mem
     jmp die
