@@ -34,27 +34,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1332, ("SAMPLING",): 1442, ("CPU486",): 1359, ("CPU486", "SAMPLING"): 1489}
+BUDGETS = {(): 1329, ("SAMPLING",): 1439, ("CPU486",): 1356, ("CPU486", "SAMPLING"): 1486}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1702,
-    ("TALK", "ENC_BPE=0"): 2680,
-    ("TALK", "ENC_RUNC=0"): 2859,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2783,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2962,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 3043,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3222,
-    ("SAMPLING", "TOPP", "CPU486"): 1749,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2707,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2886,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2830,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 3009,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3090,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3269,
+    ("SAMPLING", "TOPP"): 1699,
+    ("TALK", "ENC_BPE=0"): 2677,
+    ("TALK", "ENC_RUNC=0"): 2856,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2780,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2959,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 3040,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3219,
+    ("SAMPLING", "TOPP", "CPU486"): 1746,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2704,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2883,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2827,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 3006,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3087,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3266,
 }
 
 

@@ -267,15 +267,18 @@ rputc:
     pop es                      ; ... back, so the BIOS can save and
     pop ds                      ; restore them
     popad
-    ret
+    ret                         ; (these two bytes are also the GDT's limit)
 
 
-; GDTR: the flat data descriptor is entry 127 (selector 0x3F8, the COM1
-; port rputc has in dx); entries 0..126 are whatever lies below it and are
-; never loaded.
-gdtr:
-        dw 0x13ff
-        dd flat - SEL_D
+; GDTR, lgdt's 6 bytes with a 16-bit operand size: the limit is the word
+; before (popad's 0x61 and ret's 0xC3: 0xC361, more than the 0x40F needed),
+; then the 24-bit base, then a byte the CPU ignores (flat's first).  The
+; flat data descriptor is entry 127 (selector 0x3F8, the COM1 port rputc
+; has in dx); entries 0..126 are whatever lies below it, never loaded.
+gdtr    equ $ - 2
+gdt:
+        dw flat - SEL_D         ; the base's low 16 bits
+        db 0                    ; and bits 16..23
 flat:   dw 0xffff, 0            ; SEL_D: flat 4 GiB data, B = 0 (a 16-bit
         db 0, 0x92, 0x8f, 0     ; stack in real mode, also for the BIOS)
         dw 0xffff, 0            ; SEL_C32: flat 4 GiB 32-bit code
