@@ -34,27 +34,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1329, ("SAMPLING",): 1439, ("CPU486",): 1356, ("CPU486", "SAMPLING"): 1486}
+BUDGETS = {(): 1311, ("SAMPLING",): 1421, ("CPU486",): 1338, ("CPU486", "SAMPLING"): 1468}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1699,
-    ("TALK", "ENC_BPE=0"): 2677,
-    ("TALK", "ENC_RUNC=0"): 2856,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2780,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2959,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 3040,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3219,
-    ("SAMPLING", "TOPP", "CPU486"): 1746,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2704,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2883,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2827,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 3006,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3087,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3266,
+    ("SAMPLING", "TOPP"): 1681,
+    ("TALK", "ENC_BPE=0"): 2659,
+    ("TALK", "ENC_RUNC=0"): 2838,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2762,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2941,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 3022,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3201,
+    ("SAMPLING", "TOPP", "CPU486"): 1728,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2686,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2865,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2809,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2988,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3069,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3248,
 }
 
 

@@ -30,7 +30,9 @@
 ;                    and nothing the engine writes, in pages 0x7000-0x8FFF
 ;   0x10E00-0x18DFF  the disk bounce buffer while loading
 ; Exit: the byte written to port 0xF4 (QEMU's isa-debug-exit: status
-; 2 * byte + 1): 0 the story ended, 2 disk, 3 A20, 4 CPU, 5 memory.
+; 2 * byte + 1): 0 the story ended, 2 disk, 3 A20, 4 CPU, 5 memory, 6 the
+; data check (the load loop sums the dwords it copies; the builder's M_FIX
+; makes the sum 0).
 
 bits 16
 org 0x7c00
@@ -180,6 +182,7 @@ guards:
 .ok:
     pop dx
     mov edi, DATA
+    mov ebx, edi                ; the data check's sum, seeded with DATA
 
 ; ---- load the data area to DATA, CHUNK sectors at a time -----------------
 load:
@@ -191,10 +194,17 @@ load:
     mov al, '.'
     call rputc                  ; progress, and back to unreal mode
     mov esi, BOUNCE
-    mov cx, CHUNK*128           ; ecx = CHUNK*128 dwords (its high word is 0)
-    a32 rep movsd
+    mov cx, CHUNK*128           ; CHUNK*128 dwords
+.copy:
+    a32 lodsd
+    add ebx, eax                ; the data check: every dword loaded, summed
+    a32 stosd
+    loop .copy
     cmp edi, [bp+M_END]
     jb load
+    test ebx, ebx               ; the builder's M_FIX makes the sum 0; not 0:
+    mov si, m_data              ; a damaged or moved data area ("!data")
+    jnz die
     push dword engine_start     ; popad, ret: to engine.inc, EBP = VARS
     pushad
                                 ; fall into topm
@@ -289,6 +299,7 @@ m_disk: db "!disk", E_DISK
 m_a20:  db "!A20", E_A20
 m_cpu:  db "!CPU", E_CPU
 m_mem:  db "!RAM", E_MEM
+m_data: db "!data", E_DATA        ; (E_DATA: engine.inc's)
 
 ; ---- the MBR's fields: the builder writes the disk signature and the entry
     times 440-($-$$) db 0       ; boot code ends here
@@ -296,6 +307,7 @@ m_mem:  db "!RAM", E_MEM
     times 64 db 0               ; partition table (entry 0: the data area)
     dw 0xaa55                   ; the tail sectors follow
 ; ---- the tail sectors: engine.inc ----------------------------------------
+%define SUMMED                  ; (the load loop did engine.inc's data check)
 %include "engine.inc"
 %ifdef TALK
 ; ---- getc (32-bit): al = the next input byte, ah = 1 if from the keyboard ----
