@@ -34,7 +34,7 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1311, ("SAMPLING",): 1421, ("CPU486",): 1338, ("CPU486", "SAMPLING"): 1468}
+BUDGETS = {(): 1309, ("SAMPLING",): 1421, ("CPU486",): 1336, ("CPU486", "SAMPLING"): 1468}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
@@ -42,15 +42,15 @@ BUDGETS = {(): 1311, ("SAMPLING",): 1421, ("CPU486",): 1338, ("CPU486", "SAMPLIN
 # keep their budgets
 INTERACTIVE_BUDGETS = {
     ("SAMPLING", "TOPP"): 1681,
-    ("TALK", "ENC_BPE=0"): 2659,
-    ("TALK", "ENC_RUNC=0"): 2838,
+    ("TALK", "ENC_BPE=0"): 2657,
+    ("TALK", "ENC_RUNC=0"): 2836,
     ("SAMPLING", "TALK", "ENC_BPE=0"): 2762,
     ("SAMPLING", "TALK", "ENC_RUNC=0"): 2941,
     ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 3022,
     ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3201,
     ("SAMPLING", "TOPP", "CPU486"): 1728,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2686,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2865,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2684,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2863,
     ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2809,
     ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2988,
     ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3069,

@@ -379,7 +379,7 @@ def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) 
 # What each routine of sector.asm is for: the size table sums them per part, which shows where
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
-    "loader": ("start", "init", "load", "topm", "gdt", "signature"),
+    "loader": ("start", "init", "load", "topm", "gdt", "gdtr", "signature"),
     "guards": ("guards", "diskfail", "cpufail", "die", "exit", "engine_start"),
     "generate loop": ("gen", "done"),
     "printing": ("print", "putc", "rputc"),
