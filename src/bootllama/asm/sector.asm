@@ -126,7 +126,6 @@ guards:
     or ah, 2                    ; CR4.OSFXSR: allow SSE
     mov cr4, eax
 %endif
-    xor ecx, ecx                ; ECX's high word is 0 from here on
 %ifdef A20OFF
     in al, 0x92
     and al, ~2
@@ -194,7 +193,7 @@ load:
     mov al, '.'
     call rputc                  ; progress, and back to unreal mode
     mov esi, BOUNCE
-    mov cx, CHUNK*128           ; CHUNK*128 dwords
+    mov cx, CHUNK*128           ; CHUNK*128 dwords (loop counts in cx: a16)
 .copy:
     a32 lodsd
     add ebx, eax                ; the data check: every dword loaded, summed
