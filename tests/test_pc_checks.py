@@ -34,27 +34,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1302, ("SAMPLING",): 1414, ("CPU486",): 1333, ("CPU486", "SAMPLING"): 1465}
+BUDGETS = {(): 1297, ("SAMPLING",): 1409, ("CPU486",): 1328, ("CPU486", "SAMPLING"): 1460}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1674,
-    ("TALK", "ENC_BPE=0"): 2650,
-    ("TALK", "ENC_RUNC=0"): 2829,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2755,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2934,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 3015,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3194,
-    ("SAMPLING", "TOPP", "CPU486"): 1725,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2681,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2860,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2806,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2985,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3066,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3245,
+    ("SAMPLING", "TOPP"): 1669,
+    ("TALK", "ENC_BPE=0"): 2643,
+    ("TALK", "ENC_RUNC=0"): 2822,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2748,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2927,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 3008,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3187,
+    ("SAMPLING", "TOPP", "CPU486"): 1720,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2674,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2853,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2799,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2978,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3059,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3238,
 }
 
 

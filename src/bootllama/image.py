@@ -602,9 +602,10 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
                           DATA + layout.chunks * CHUNK * SECTOR)  # where the loader stops
     fields += struct.pack("<I", layout.table_addr)
     # sqrtf(head_size), the fix-up (0 here), head_size / 2, the id of <0x00>, the talk block (0: none), then pos,
-    # the table pointer, BOS
+    # the table pointer (DATA: sector.asm's load loop adds the loaded dwords to it, the data check's seed;
+    # forward sets it before reading it), BOS
     fields += struct.pack("<fIIIIIII", _sqrtf(hs), 0, hs // 2, NO_BYTE_PIECES if byte_base is None else byte_base,
-                          layout.talk_addr, 0, 0, BOS)
+                          layout.talk_addr, 0, DATA, BOS)
     assert len(fields) == FIELDS
     return bytes(SECTOR - FIELDS) + fields
 

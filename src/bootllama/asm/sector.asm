@@ -181,13 +181,13 @@ guards:
 .ok:
     pop dx
     mov edi, DATA
-    mov ebx, edi                ; the data check's sum, seeded with DATA
 
 ; ---- load the data area to DATA, CHUNK sectors at a time -----------------
 load:
     mov si, sp
     mov ah, 0x42
-    int 0x13
+    int 0x13                    ; (it may clobber EBX's high half: Bochs's
+                                ; BIOS does)
     jc diskfail                 ; (carry: error, or no extended reads)
     add dword [si+8], CHUNK
     mov al, '.'
@@ -196,12 +196,12 @@ load:
     mov cx, CHUNK*128           ; CHUNK*128 dwords (loop counts in cx: a16)
 .copy:
     a32 lodsd
-    add ebx, eax                ; the data check: every dword loaded, summed
-    a32 stosd
-    loop .copy
-    cmp edi, [bp+M_END]
+    add [bp+TP], eax            ; the data check: every dword loaded, summed
+    a32 stosd                   ; into TP (forward sets it before any use),
+    loop .copy                  ; whose first value is DATA (the builder's):
+    cmp edi, [bp+M_END]         ; the seed engine.inc's check uses
     jb load
-    test ebx, ebx               ; the builder's M_FIX makes the sum 0; not 0:
+    cmp dword [bp+TP], byte 0   ; the builder's M_FIX makes the sum 0; not 0:
     mov si, m_data              ; a damaged or moved data area ("!data")
     jnz die
     push dword engine_start     ; popad, ret: to engine.inc, EBP = VARS
@@ -213,20 +213,20 @@ topm:
     mov eax, cr0
     inc ax                      ; PE on (interrupts are off)
     mov cr0, eax
-    jmp dword SEL_C32:.pm
+    mov ax, SEL_D               ; (16-bit code in protected mode: the
+    mov ds, ax                  ; selectors load as they would in 32-bit)
+    mov es, ax
+    mov ss, ax                  ; (the stack stays below 64 KiB: SP is ESP)
+    jmp SEL_C32:.pm             ; a 16-bit far jump: .pm is below 64 KiB
 bits 32
 .pm:
-    mov ax, SEL_D
-    mov ds, eax
-    mov es, eax
-    mov ss, eax                 ; (the stack stays below 64 KiB: SP is ESP)
     popad
     ret
 
 ; ---- putc (32-bit): al to COM1 and the screen, through real mode --------
 putc:
     pushad
-    jmp SEL_C16:.rm
+    jmp word SEL_C16:.rm        ; (a 16-bit offset: 1 byte shorter)
 bits 16
 .rm:
     mov edx, cr0                ; (al is the byte)
@@ -314,7 +314,7 @@ m_data: db "!data", E_DATA        ; (E_DATA: engine.inc's)
 ; waits in real mode with interrupts on, so the keyboard's IRQ is served
 getc:
     pushad
-    jmp SEL_C16:.rm
+    jmp word SEL_C16:.rm        ; (a 16-bit offset)
 bits 16
 .rm:
     call rmode
@@ -345,7 +345,7 @@ bits 16
 bits 32
 echo:
     pushad
-    jmp SEL_C16:.rm
+    jmp word SEL_C16:.rm        ; (a 16-bit offset)
 bits 16
 .rm:
     call rmode
