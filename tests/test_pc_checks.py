@@ -34,27 +34,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1297, ("SAMPLING",): 1409, ("CPU486",): 1328, ("CPU486", "SAMPLING"): 1460}
+BUDGETS = {(): 1296, ("SAMPLING",): 1408, ("CPU486",): 1327, ("CPU486", "SAMPLING"): 1459}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1669,
-    ("TALK", "ENC_BPE=0"): 2643,
-    ("TALK", "ENC_RUNC=0"): 2822,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2748,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2927,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 3008,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3187,
-    ("SAMPLING", "TOPP", "CPU486"): 1720,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2674,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2853,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2799,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2978,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3059,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3238,
+    ("SAMPLING", "TOPP"): 1668,
+    ("TALK", "ENC_BPE=0"): 2642,
+    ("TALK", "ENC_RUNC=0"): 2821,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2747,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2926,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 3007,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3186,
+    ("SAMPLING", "TOPP", "CPU486"): 1719,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2673,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2852,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2798,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2977,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3058,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3237,
 }
 
 
