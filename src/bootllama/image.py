@@ -74,9 +74,10 @@ CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
 DATA = 0x100000  # where the data area (the manifest) lands
 CYLINDER = 16 * 63  # sectors per cylinder of the geometry Bochs is given
 FIELDS = 128  # the manifest's fields: its last 128 bytes
-# the floor (floor.asm): its first read takes LBA 1..32 (its CHUNK), so the data area follows
-# it; the builder writes rmsnorm's eps into M_TEMP's place (engine.inc's M_EPS)
-FLOOR_MANIFEST_LBA = 1 + 32
+# the floor (floor.asm): it reads LBA 1 on to the disk's end in one stream to 0x7E00 and up, so
+# the data area sits at the LBA that lands at DATA (zeros before it); the builder writes rmsnorm's
+# eps into M_TEMP's place (engine.inc's M_EPS)
+FLOOR_MANIFEST_LBA = 1 + (DATA - 0x7E00) // SECTOR
 FLOOR_EPS_AT = SECTOR - 52
 # activation buffers in the sector's 64 KiB window (floats)
 MAX_DIM = 1024
