@@ -44,45 +44,38 @@ org 0x7c00
 
 SEL_C32 equ 8                   ; the GDT's one descriptor: flat 32-bit code
 ST_IDLE equ 0x50                ; ATA status: DRDY | DSC, no command running
-ST_DRQ  equ 8                   ; a sector is ready to be read (DRDY | DSC |
-                                ; DRQ = 0x58; BSY = 0xD0, ERR = 0x41 < idle)
+                                ; (a sector ready: | DRQ = 0x58; busy: | BSY
+                                ; = 0xD0; aborted: DRDY | ERR = 0x41)
 
 start:
     cli                         ; for good (no IDT in protected mode)
+    mov ax, 0x0201              ; (EAX's high word is 0)
+    mov cr4, eax                ; CR4.OSFXSR (SSE) and VME (no effect here)
     lgdt [gdtr]
-    lmsw [gdtr]                 ; CR0.PE = 1 (and MP) from gdtr's limit word
+    lmsw ax                     ; CR0.PE = 1 (MP, EM, TS 0)
     mov di, 0x7e00              ; the tail's address (EDI's high word is 0)
     mov dx, 0x1f7               ; the ATA status/command port
     jmp SEL_C32:load
 bits 32
 load:
-    mov eax, cr4
-    or ah, 2                    ; CR4.OSFXSR: allow SSE
-    mov cr4, eax
     mov ebp, VARS               ; (engine.inc's entry state)
 .read:
     mov al, 0x20                ; READ SECTORS: the next 256 from the LBA
     out dx, al                  ; registers (ignored while busy or DRQ)
-    in al, dx                   ; the status
-    cmp al, ST_IDLE
-    jb engine_start             ; ERR: a read past the disk's end, all loaded
-    test al, ST_DRQ
-    jz .read                    ; busy (or idle: the next command)
-    mov dl, 0xf0                ; the data port
+    in al, dx                   ; the status, less ST_IDLE: ERR (0x41) is
+    cmp al, ST_IDLE             ; below, DRQ (0x58) above; BSY (0xD0) and idle
+    jb engine_start             ; are not greater (signed).  ERR: a read past
+    jng .read                   ; the disk's end, all loaded
+    mov dl, 0xf0                ; DRQ: the data port
     mov cl, 128                 ; dwords (ECX is 0: at entry, then each rep)
     rep insd                    ; one sector to EDI and up
     mov dl, 0xf7
     jmp .read
 
-putc:                           ; al to COM1 (QEMU's UART: no wait, no set-up);
-    mov dx, 0x3f8               ; clobbers edx (no caller in the floor keeps
-    out dx, al                  ; anything in it)
-    ret
-
 gdtr:                           ; the GDT's base is gdtr - 6: its null entry
-        dw 0x13                 ; (never loaded) is the 6 bytes before; limit
-        dd gdtr - 6             ; 0x13 >= 15; 0x3 is lmsw's PE | MP.  The code
-        db 0, 0x9a, 0xcf, 0     ; descriptor (selector 8) is gdtr + 2: limit
+        dw 15                   ; (never loaded) is the 6 bytes before.  The
+        dd gdtr - 6             ; code descriptor (selector 8) is gdtr + 2:
+        db 0, 0x9a, 0xcf, 0     ; limit
                                 ; 15:0 the base's low word, base 15:0 its high
                                 ; word 0, base 23:16 0, present ring-0 code,
                                 ; 4 KiB granularity and 32-bit, base 31:24 0
