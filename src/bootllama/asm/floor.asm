@@ -1,43 +1,47 @@
 ; bootllama's floor: the fewest bytes that print llama2.c's default
 ; stories260K story (greedy, no prompt) under QEMU (qemu-system-i386, TCG,
-; SeaBIOS, the image as its default IDE disk), from the same forward pass as
-; the other builds (engine.inc, assembled with -DFLOOR).
+; its SeaBIOS, the image as its default IDE disk), from the same forward pass
+; as the other builds (engine.inc, assembled with -DFLOOR).
 ;
-; What is dropped: the screen (COM1 only, no UART set-up or busy wait), the
-; guards (CPU, A20, memory, the data check), prompts, sampling, the step
-; count, the beats, the isprint test on byte pieces, glibc's expf (an x87
-; exp that keeps this one story exact), BIOS disk calls, segment loads and
-; the stack set-up.  What is kept: everything the default story needs, with
-; the dimensions still read from the header.
+; Dropped: the screen (COM1 only, no UART set-up or busy wait), the guards
+; (CPU, A20, memory, the data check), prompts, sampling, the step count, the
+; beats, the isprint test on byte pieces and the look at the space after BOS
+; (the story's one byte piece is <0x0A>, its first piece starts with a
+; space), glibc's expf (an x87 f2xm1/fscale exp), float32 precision on the
+; x87 (it runs as QEMU's reset leaves it: empty, 64-bit precision), rmsnorm's
+; eps, BIOS disk calls, segment loads and a stack of its own.  This story
+; stays exact (tests/test_floor.py); other runs need not.  Kept: everything
+; else the default story needs, the dimensions still read from the header.
 ;
 ; Disk (image.build_image(floor=True)): this sector, the engine's tail
-; sectors (LBA 1 up), zeros, then from LBA FLOOR_MANIFEST_LBA (1986) the data
-; area (the manifest first) as for the other builds, padded to whole
+; sectors from LBA 1, zeros, then from LBA image.FLOOR_MANIFEST_LBA (1986) the
+; data area (the manifest first) as for the other builds, padded to whole
 ; cylinders.  The loader reads LBA 1 to the disk's end in one stream to
-; 0x7E00 and up: the tail lands at 0x7E00, the zeros run through 0x8000..
-; 0xFFFFF (buffers, VGA memory, ROM: nothing the engine has yet, the ROM
-; ignores the writes) and the data area lands at 0x100000 = DATA, as
-; 0x7E00 + (1986 - 1) * 512 = 0x100000.
+; 0x7E00 and up: the tail lands at 0x7E00, the zeros run through 0x8000 to
+; 0xFFFFF (buffers, VGA memory, ROM that ignores them: nothing the engine has
+; yet) and the data area lands at 0x7E00 + 1985 * 512 = 0x100000 = DATA.
 ;
-; Loader: 32-bit protected mode at once, ATA PIO on the primary master.  It
-; leans on what QEMU and SeaBIOS leave at the boot sector (a probe showed it;
-; tests/test_floor.py fails if it changes):
-;   DS = ES = SS = 0, SP = 0x6F04 (the stack stays there: 0x6000..0x6FFF is
-;   free in the floor), EDI = ECX = 0, DF = 0, A20 on, the x87 as reset;
-;   the IDE registers after SeaBIOS's read of LBA 0: LBA 1, sector count 0
-;   (256), LBA mode on drive 0, the drive idle.
-; In protected mode DS, ES and SS keep their real-mode descriptors (base 0,
+; Loader: 32-bit protected mode at once, then ATA PIO on the primary master.
+; It leans on what SeaBIOS leaves at the boot sector (a probe showed it; the
+; floor's story test fails if that changes):
+;   EAX = 0xAA55 (its high word 0), ECX = EDI = 0, DS = ES = SS = 0,
+;   SP = 0x6F04 (the floor keeps that stack: 0x6000..0x6FFF is free in it),
+;   DF = 0, A20 on, the x87 as reset;
+;   the IDE registers after its read of LBA 0: LBA 1, sector count 0 (256),
+;   LBA mode on drive 0, the drive idle.
+; DS, ES and SS keep their real-mode descriptors in protected mode (base 0,
 ; limit 64 KiB, B = 0: the stack is SP): QEMU's TCG checks no data segment
-; limits, so [ebp+...] above 1 MiB and rep insd to it work through them.
-; READ SECTORS (0x20) with count 0 reads 256 sectors and leaves the LBA
-; registers at the next one, the count at 0 again: the same command byte,
-; written whenever the drive is idle, reads the disk on.  QEMU ignores a
-; command while BSY or DRQ is set, so the loop writes it every turn; the
-; first read past the disk's end aborts (status 0x41: ERR), which ends it.
-; EBP = VARS = DATA + 512, the checkpoint header (its fields in the loaded
-; manifest below it).  rmsnorm's eps is the builder's, in the manifest.
-; The x87 runs as QEMU's reset leaves it (empty, 64-bit precision), the
-; story stays exact.  Exit: isa-debug-exit (port 0xF4), 0: the story ended.
+; limits, so [ebp+...] above 1 MiB and rep insd to it work through them, and
+; the GDT needs only the code descriptor.  READ SECTORS (0x20) with count 0
+; reads 256 sectors and leaves the LBA registers at the next one and the
+; count at 0: the same command byte, written whenever the drive is idle,
+; reads on.  QEMU ignores a command while BSY or DRQ is set, so the loop
+; writes it every turn; the first read past the disk's end aborts (status
+; 0x41, ERR), which ends the load.
+; Then EBP = VARS = DATA + 512, the checkpoint header (its fields in the
+; loaded manifest below it), and engine.inc's generate loop.  putc is
+; engine.inc's (its FLOOR branch, next to print).
+; Exit: isa-debug-exit (port 0xF4) with 0 after the story's final newline.
 
 bits 16
 org 0x7c00
@@ -50,12 +54,12 @@ ST_IDLE equ 0x50                ; ATA status: DRDY | DSC, no command running
 start:
     cli                         ; for good (no IDT in protected mode)
     mov ax, 0x0201              ; (EAX's high word is 0)
-    mov cr4, eax                ; CR4.OSFXSR (SSE) and VME (no effect here)
+    mov cr4, eax                ; CR4.OSFXSR (SSE) and VME (idle outside V86)
     lgdt [gdtr]
-    lmsw ax                     ; CR0.PE = 1 (MP, EM, TS 0)
+    lmsw ax                     ; CR0.PE = 1 (MP, EM and TS 0)
     mov di, 0x7e00              ; the tail's address (EDI's high word is 0)
     mov dx, 0x1f7               ; the ATA status/command port
-    jmp SEL_C32:load
+    jmp SEL_C32:load            ; CS: 32-bit code
 bits 32
 load:
     mov ebp, VARS               ; (engine.inc's entry state)
@@ -69,16 +73,16 @@ load:
     mov dl, 0xf0                ; DRQ: the data port
     mov cl, 128                 ; dwords (ECX is 0: at entry, then each rep)
     rep insd                    ; one sector to EDI and up
-    mov dl, 0xf7
+    mov dl, 0xf7                ; the status/command port again
     jmp .read
 
-gdtr:                           ; the GDT's base is gdtr - 6: its null entry
-        dw 15                   ; (never loaded) is the 6 bytes before.  The
-        dd gdtr - 6             ; code descriptor (selector 8) is gdtr + 2:
-        db 0, 0x9a, 0xcf, 0     ; limit
-                                ; 15:0 the base's low word, base 15:0 its high
-                                ; word 0, base 23:16 0, present ring-0 code,
-                                ; 4 KiB granularity and 32-bit, base 31:24 0
+gdtr:                           ; GDTR: limit, base.  The GDT starts 6 bytes
+        dw 15                   ; before gdtr (its null entry, never loaded,
+        dd gdtr - 6             ; is code) and its descriptor 8 is gdtr + 2:
+        db 0, 0x9a, 0xcf, 0     ; limit 15:0 = the base's low word, base 15:0
+                                ; = its high word (0), then base 23:16 0,
+                                ; present ring-0 code, 4 KiB granularity and
+                                ; 32-bit (limit 19:16 0xF), base 31:24 0
 
     times 440-($-$$) db 0       ; boot code ends here
     times 6 db 0                ; disk signature (4 bytes), 2 reserved
