@@ -39,9 +39,9 @@
 ; writes it every turn; the first read past the disk's end aborts (status
 ; 0x41, ERR), which ends the load.
 ; Then EBP = VARS = DATA + 512, the checkpoint header (its fields in the
-; loaded manifest below it), and engine.inc's generate loop.  putc is
-; engine.inc's (its FLOOR branch, next to print).
-; Exit: isa-debug-exit (port 0xF4) with 0 after the story's final newline.
+; loaded manifest below it), and a call of engine.inc's generate loop, whose
+; done returns after the story's final newline (putc is engine.inc's, in the
+; FLOOR branch of done).  Exit: isa-debug-exit (port 0xF4) with 0.
 
 bits 16
 org 0x7c00
@@ -68,8 +68,12 @@ load:
     out dx, al                  ; registers (ignored while busy or DRQ)
     in al, dx                   ; the status, less ST_IDLE: ERR (0x41) is
     cmp al, ST_IDLE             ; below, DRQ (0x58) above; BSY (0xD0) and idle
-    jb engine_start             ; are not greater (signed).  ERR: a read past
-    jng .read                   ; the disk's end, all loaded
+    jae .more                   ; are not greater (signed)
+    call engine_start           ; ERR: a read past the disk's end, all loaded:
+    salc                        ; the story.  al = 0 (CF = 0: done is reached
+    out 0xf4, al                ; by je); QEMU's isa-debug-exit ends it
+.more:
+    jng .read
     mov dl, 0xf0                ; DRQ: the data port
     mov cl, 128                 ; dwords (ECX is 0: at entry, then each rep)
     rep insd                    ; one sector to EDI and up
