@@ -38,10 +38,11 @@
 ; reads on.  QEMU ignores a command while BSY or DRQ is set, so the loop
 ; writes it every turn; the first read past the disk's end aborts (status
 ; 0x41, ERR), which ends the load.
-; Then EBP = VARS = DATA + 512, the checkpoint header (its fields in the
-; loaded manifest below it), and a call of engine.inc's generate loop, whose
-; done returns after the story's final newline (putc is engine.inc's, in the
-; FLOOR branch of done).  Exit: isa-debug-exit (port 0xF4) with 0.
+; EBP = VARS = DATA + 512, the checkpoint header (its fields in the loaded
+; manifest below it).  Then the generate loop is the loader's: each call of
+; engine_start makes one token and prints it (or done, at the stop id, prints
+; the final newline); the ecx it returns tells which.  putc is engine.inc's,
+; in the FLOOR branch of done.  Exit: isa-debug-exit (port 0xF4) with 0.
 
 bits 16
 org 0x7c00
@@ -69,9 +70,11 @@ load:
     in al, dx                   ; the status, less ST_IDLE: ERR (0x41) is
     cmp al, ST_IDLE             ; below, DRQ (0x58) above; BSY (0xD0) and idle
     jae .more                   ; are not greater (signed)
-    call engine_start           ; ERR: a read past the disk's end, all loaded:
-    salc                        ; the story.  al = 0 (CF = 0: done is reached
-    out 0xf4, al                ; by je); QEMU's isa-debug-exit ends it
+.story:                         ; ERR: a read past the disk's end, all loaded
+    call engine_start           ; one token, printed; ecx = 1 after done (the
+    loop .story                 ; stop id), 0 after a piece, 6 after <0x0A>
+    salc                        ; al = 0 (CF = 0: done is reached by je)
+    out 0xf4, al                ; QEMU's isa-debug-exit ends it
 .more:
     jng .read
     mov dl, 0xf0                ; DRQ: the data port
