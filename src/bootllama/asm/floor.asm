@@ -41,8 +41,8 @@
 ; EBP = VARS = DATA + 512, the checkpoint header (its fields in the loaded
 ; manifest below it).  Then the generate loop is the loader's: each call of
 ; engine_start makes one token and prints it (or done, at the stop id, prints
-; the final newline); the ecx it returns tells which.  putc is engine.inc's,
-; in the FLOOR branch of done.  Exit: isa-debug-exit (port 0xF4) with 0.
+; the final newline); the ecx it returns tells which.  No putc: engine.inc's
+; FLOOR print writes to COM1 itself.  Exit: isa-debug-exit (port 0xF4), 0.
 
 bits 16
 org 0x7c00
