@@ -56,8 +56,8 @@ start:
     cli                         ; for good (no IDT in protected mode)
     mov ax, 0x0201              ; (EAX's high word is 0)
     mov cr4, eax                ; CR4.OSFXSR (SSE) and VME (idle outside V86)
+    lgdt [gdtr]
     mov di, 0x7e00              ; the tail's address (EDI's high word is 0)
-    lgdt [byte di + gdtr - 0x7e00] ; (gdtr within a disp8 below 0x7E00)
     lmsw ax                     ; CR0.PE = 1 (MP, EM and TS 0)
     mov dh, 1                   ; DX = 0x1xx: the ATA ports (DH was 0)
     jmp SEL_C32:load.read       ; CS: 32-bit code
@@ -79,16 +79,17 @@ load:                           ; DRQ: a sector is ready
     call engine_start           ; one token, printed; ecx = 1 after done (the
     loop .story                 ; stop id), 0 after a piece, 6 after <0x0A>
     salc                        ; al = 0 (CF = 0: done is reached by je)
-    out 0xf4, al                ; QEMU's isa-debug-exit ends it
+gdtr:                           ; GDTR: limit, base.  The limit is this out's
+    out 0xf4, al                ; bytes (0xF4E6 >= 15).  QEMU's isa-debug-exit
+        dd gdtr - 6             ; ends the run.  The GDT starts 6 bytes before
+        db 0, 0x9a, 0xcf, 0     ; gdtr (its null entry, never loaded, is code)
+                                ; and its descriptor 8 is gdtr + 2: limit 15:0
+                                ; = the base's low word, base 15:0 = its high
+                                ; word (0), then base 23:16 0, present ring-0
+                                ; code, 4 KiB granularity and 32-bit (limit
+                                ; 19:16 0xF), base 31:24 0
 
-    times 440-10-($-$$) db 0    ; (gdtr ends the boot code)
-gdtr:                           ; GDTR: limit, base.  The GDT starts 6 bytes
-        dw 15                   ; before gdtr (its null entry, never loaded,
-        dd gdtr - 6             ; is padding) and its descriptor 8 is gdtr + 2:
-        db 0, 0x9a, 0xcf, 0     ; limit 15:0 = the base's low word, base 15:0
-                                ; = its high word (0), then base 23:16 0,
-                                ; present ring-0 code, 4 KiB granularity and
-                                ; 32-bit (limit 19:16 0xF), base 31:24 0
+    times 440-($-$$) db 0       ; boot code ends here
     times 6 db 0                ; disk signature (4 bytes), 2 reserved
     times 64 db 0               ; partition table (entry 0: the data area)
     dw 0xaa55                   ; the tail sectors follow
