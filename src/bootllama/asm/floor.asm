@@ -3,15 +3,17 @@
 ; its SeaBIOS, the image as its default IDE disk), from the same forward pass
 ; as the other builds (engine.inc, assembled with -DFLOOR).
 ;
-; Dropped: the screen (COM1 only, no UART set-up or busy wait), the guards
-; (CPU, A20, memory, the data check), prompts, sampling, the step count, the
-; beats, the isprint test on byte pieces and the look at the space after BOS
-; (the story's one byte piece is <0x0A>, its first piece starts with a
-; space), glibc's expf (an x87 f2xm1/fscale exp), float32 precision on the
-; x87 (it runs as QEMU's reset leaves it: empty, 64-bit precision), rmsnorm's
-; eps, BIOS disk calls, segment loads and a stack of its own.  This story
-; stays exact (tests/test_floor.py); other runs need not.  Kept: everything
-; else the default story needs, the dimensions still read from the header.
+; Dropped: the screen (COM1 only, no UART set-up or busy wait, no putc), the
+; guards (CPU, A20, memory, the data check), prompts, sampling, the step
+; count, the beats, byte pieces other than <0x0A> (the story's one: a piece
+; starting with '<' prints a newline), the look at the space after BOS (the
+; story's first piece starts with one), glibc's expf (an x87 f2xm1/fscale
+; exp), float32 precision on the x87 (it runs as QEMU's reset leaves it:
+; empty, 64-bit precision), rmsnorm's eps, BIOS disk calls, segment loads, a
+; stack of its own and a generate loop of its own (the loader's calls it).
+; This story stays exact (tests/test_floor.py); other runs need not.  Kept:
+; everything else the default story needs, the dimensions still read from
+; the header.
 ;
 ; Disk (image.build_image(floor=True)): this sector, the engine's tail
 ; sectors from LBA 1, zeros, then from LBA image.FLOOR_MANIFEST_LBA (1986) the
@@ -59,7 +61,7 @@ start:
     lgdt [gdtr]
     mov di, 0x7e00              ; the tail's address (EDI's high word is 0)
     lmsw ax                     ; CR0.PE = 1 (MP, EM and TS 0)
-    mov dh, 1                   ; DX = 0x1xx: the ATA ports (DH was 0)
+    mov dh, 1                   ; DX = 0x1F0 or 0x1F7 with DL (set below)
     jmp SEL_C32:load.read       ; CS: 32-bit code
 bits 32
 load:                           ; DRQ: a sector is ready
