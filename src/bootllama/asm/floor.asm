@@ -45,6 +45,12 @@
 ; engine_start makes one token and prints it (or done, at the stop id, prints
 ; the final newline); the ecx it returns tells which.  No putc: engine.inc's
 ; FLOOR print writes to COM1 itself.  Exit: isa-debug-exit (port 0xF4), 0.
+;
+; Tried and dropped: SeaBIOS's own GDT (GDTR is base 0, limit 0 at the boot
+; sector); CR4 from SeaBIOS's AX = 0xAA55 (VMXE and a reserved bit: #GP); the
+; tail at 0x100000 with the data right after it (a NASM vstart section: the
+; size table and the builder's addresses would need changes, the zero gap
+; needs none); x87 dot products (no CR4: about 15 bytes, five times slower).
 
 bits 16
 org 0x7c00
