@@ -74,10 +74,9 @@ CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
 DATA = 0x100000  # where the data area (the manifest) lands
 CYLINDER = 16 * 63  # sectors per cylinder of the geometry Bochs is given
 FIELDS = 128  # the manifest's fields: its last 128 bytes
-# the floor (floor.asm): its first read takes LBA 1..32 (its CHUNK), so the data area follows
-# it; the builder writes rmsnorm's eps into M_TEMP's place (engine.inc's M_EPS)
-FLOOR_MANIFEST_LBA = 1 + 32
-FLOOR_EPS_AT = SECTOR - 52
+# the floor (floor.asm): it reads LBA 1 on to the disk's end in one stream to 0x7E00 and up, so
+# the data area sits at the LBA that lands at DATA (zeros before it)
+FLOOR_MANIFEST_LBA = 1 + (DATA - 0x7E00) // SECTOR
 # activation buffers in the sector's 64 KiB window (floats)
 MAX_DIM = 1024
 MAX_HIDDEN = 2048
@@ -688,8 +687,6 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
     elif len(rope) != rope_bytes(config):
         raise BootllamaError("the rotation values given do not fit this checkpoint")
     man = manifest(layout, ids, steps, temperature, seed, stop_id=tok.stop_id, byte_base=byte_base)
-    if floor:  # rmsnorm's eps in place of -t's temperature
-        man = man[:FLOOR_EPS_AT] + struct.pack("<f", 1e-5) + man[FLOOR_EPS_AT + 4:]
     with atomic_write(out, inputs=image_inputs(checkpoint, tokenizer_path)) as raw:
         boot = mbr(engine.code, layout, zlib.crc32(man))
         raw.write(boot)
