@@ -35,7 +35,9 @@ def model():  # type: ignore[no-untyped-def]
     return load_checkpoint(CKPT)
 
 
-@pytest.mark.parametrize("name", ["qemu", "qemu-ahci", "qemu-usb-ehci", "qemu-usb-xhci", "v86"])
+# qemu (IDE) is the boot test_engine.py's default story makes, with the same checks: slow here
+@pytest.mark.parametrize("name", [pytest.param("qemu", marks=pytest.mark.slow), "qemu-ahci", "qemu-usb-ehci",
+                                  "qemu-usb-xhci", "v86"])
 def test_default_story_on_every_pc(name: str, default_image: image.Image) -> None:
     result = pcs.boot(name, default_image.path, default_image.layout, timeout=300)
     assert result.text == shared_file("oracles/stories260K_greedy.txt").read_bytes()
