@@ -10,8 +10,9 @@ setup:
 demo: setup
 	$(BIN)/bootllama run
 
+# two pytest-xdist workers, a test file each at a time, the long files first (tests/conftest.py)
 test: setup
-	$(BIN)/ruff check src tests bench tools && $(BIN)/python -m pytest -q
+	$(BIN)/ruff check src tests bench tools && $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 # build the web page's site (./site) and serve it on 127.0.0.1 until Ctrl-C
 web: setup
