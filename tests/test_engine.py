@@ -135,6 +135,7 @@ def test_intermediates_bit_identical() -> None:
     assert not bad, f"first routine that differs: {bad[0]}"
 
 
+@pytest.mark.slow  # 15 to 60 s (a 59 MiB load, 30 CPU-seconds): the quick sweep has a 32,000-piece vocabulary
 def test_15m_shape_matches_reference(tmp_path: Path, engine: image.Engine) -> None:
     big_tok = shared_file("models/tokenizer.bin")
     cfg = Config(dim=288, hidden_dim=768, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000, seq_len=256)

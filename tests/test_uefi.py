@@ -123,8 +123,10 @@ def test_legacy_only_image_keeps_the_old_layout(tmp_path: Path, engine: image.En
         pcs.boot("qemu-uefi", img.path, img.layout, timeout=30)
 
 
-# under SeaBIOS (qemu) the dual image's story is test_engine.py's default story, the same boot: slow here
-@pytest.mark.parametrize("name", [*UEFI_PCS, pytest.param("qemu", marks=pytest.mark.slow)])
+# under SeaBIOS (qemu) the dual image's story is test_engine.py's default story, the same boot: slow here;
+# over XHCI (qemu-uefi-usb) the quick suite has a short story (test_pcs.py's on every disk controller)
+@pytest.mark.parametrize("name", ["qemu-uefi", pytest.param("qemu-uefi-usb", marks=pytest.mark.slow),
+                                  pytest.param("qemu", marks=pytest.mark.slow)])
 def test_default_story_both_ways(name: str, default_image: image.Image) -> None:
     result = pcs.boot(name, default_image.path, default_image.layout, timeout=300)
     assert result.text == shared_file(ORACLE).read_bytes()
@@ -133,8 +135,8 @@ def test_default_story_both_ways(name: str, default_image: image.Image) -> None:
     assert result.dots == b"." * default_image.layout.chunks
 
 
-# OVMF over USB XHCI is in the quick suite with the default story; its prompted and sampled
-# stories (the same engine, the same loader) are slow
+# OVMF over USB XHCI is in the quick suite with a short story (test_pcs.py); its default, prompted
+# and sampled stories (the same engine, the same loader) are slow
 UEFI_PCS_QUICK = ("qemu-uefi", pytest.param("qemu-uefi-usb", marks=pytest.mark.slow))
 
 
