@@ -10,8 +10,12 @@ setup:
 demo: setup
 	$(BIN)/bootllama run
 
+# two pytest-xdist workers, a test file each at a time, the long files first (tests/conftest.py);
+# a worker that dies (killed, out of memory) ends the run with that test failed, as it would
+# end a run without workers (restarted workers re-run the file and can leave the run waiting)
 test: setup
-	$(BIN)/ruff check src tests bench tools && $(BIN)/python -m pytest -q
+	$(BIN)/ruff check src tests bench tools && \
+	    $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --max-worker-restart=0
 
 # build the web page's site (./site) and serve it on 127.0.0.1 until Ctrl-C
 web: setup

@@ -21,6 +21,17 @@ MODELS = SHARED / "models"
 ORACLES = SHARED / "oracles"
 
 
+# `make test` runs pytest-xdist with two workers, a test file to a worker, in the order collected
+# (-n 2 --dist loadfile --no-loadscope-reorder): the files with the longest boots go first, so
+# that neither worker idles at the end while the other runs one; the rest keep their order.
+LONG_FILES = ("test_uefi.py", "test_web.py", "test_pcs.py", "test_sweep.py", "test_engine.py", "test_talk_run.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: tests keep their order
+
+
 def shared_file(relative: str) -> Path:
     """A file under the repo's sibling shared/ folder, or skip the test naming what is missing."""
     path = SHARED / relative

@@ -35,6 +35,7 @@ def engine() -> image.Engine:
     return image.assemble()
 
 
+@pytest.mark.slow  # 20 to 60 s; the quick suite has Bochs' 12-step story (below, and test_pcs.py)
 @needs_bochs
 def test_bochs_prints_the_oracle_story(tmp_path: Path, engine: image.Engine, oracle: bytes) -> None:
     # 400 bytes are the story's first 168 tokens: about 10 s in Bochs (the whole story, 345

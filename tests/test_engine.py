@@ -85,8 +85,14 @@ def test_image_holds_files_unchanged(tmp_path: Path, engine: image.Engine) -> No
 
 
 def test_default_story_matches_oracle(tmp_path: Path, engine: image.Engine) -> None:
+    # the quick suite's one boot of the default image on QEMU's IDE PC (the image is the dual
+    # one: test_pcs.py and test_uefi.py boot it there too, behind the slow marker)
     img = image.build_image(CKPT, TOK, tmp_path / "a.img", engine=engine)
-    assert boot(img) == shared_file("oracles/stories260K_greedy.txt").read_bytes()
+    result = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, timeout=300)
+    assert result.text == shared_file("oracles/stories260K_greedy.txt").read_bytes()
+    assert result.exit_status == qemu.EXIT_DONE
+    assert result.tokens == 346  # forward passes, counted on port 0xE9
+    assert result.dots == b"." * img.layout.chunks
 
 
 @pytest.mark.parametrize(("prompt", "steps"), [
@@ -129,6 +135,7 @@ def test_intermediates_bit_identical() -> None:
     assert not bad, f"first routine that differs: {bad[0]}"
 
 
+@pytest.mark.slow  # 15 to 60 s (a 59 MiB load, 30 CPU-seconds): the quick sweep has a 32,000-piece vocabulary
 def test_15m_shape_matches_reference(tmp_path: Path, engine: image.Engine) -> None:
     big_tok = shared_file("models/tokenizer.bin")
     cfg = Config(dim=288, hidden_dim=768, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000, seq_len=256)

@@ -77,7 +77,7 @@ def test_keyboard_prompt_is_the_run_i_story(tmp_path: Path) -> None:
     prompt = "Lily and Tom"
     path = tmp_path / "story.img"
     img = engine._build(build_parser().parse_args(["build", "-i", "-", "-n", "60", "-o", str(path)]), path)
-    result = pcs.boot("qemu", path, img.layout, timeout=600, keys=prompt + "\n\x04", keys_after=b"Prompt: ")
+    result = pcs.boot("qemu", path, img.layout, timeout=120, keys=prompt + "\n\x04", keys_after=b"Prompt: ")
     once = cli("run", "-i", prompt, "-n", "60", stdin=b"")
     assert once.returncode == 0, once.stderr
     assert result.text == b"Prompt: " + once.stdout + b"Prompt: \n"

@@ -123,7 +123,10 @@ def test_legacy_only_image_keeps_the_old_layout(tmp_path: Path, engine: image.En
         pcs.boot("qemu-uefi", img.path, img.layout, timeout=30)
 
 
-@pytest.mark.parametrize("name", [*UEFI_PCS, "qemu"])
+# under SeaBIOS (qemu) the dual image's story is test_engine.py's default story, the same boot: slow here;
+# over XHCI (qemu-uefi-usb) the quick suite has a short story (test_pcs.py's on every disk controller)
+@pytest.mark.parametrize("name", ["qemu-uefi", pytest.param("qemu-uefi-usb", marks=pytest.mark.slow),
+                                  pytest.param("qemu", marks=pytest.mark.slow)])
 def test_default_story_both_ways(name: str, default_image: image.Image) -> None:
     result = pcs.boot(name, default_image.path, default_image.layout, timeout=300)
     assert result.text == shared_file(ORACLE).read_bytes()
@@ -132,7 +135,12 @@ def test_default_story_both_ways(name: str, default_image: image.Image) -> None:
     assert result.dots == b"." * default_image.layout.chunks
 
 
-@pytest.mark.parametrize("name", UEFI_PCS)
+# OVMF over USB XHCI is in the quick suite with a short story (test_pcs.py); its default, prompted
+# and sampled stories (the same engine, the same loader) are slow
+UEFI_PCS_QUICK = ("qemu-uefi", pytest.param("qemu-uefi-usb", marks=pytest.mark.slow))
+
+
+@pytest.mark.parametrize("name", UEFI_PCS_QUICK)
 def test_prompted_story(name: str, tmp_path: Path, engine: image.Engine, model) -> None:  # type: ignore[no-untyped-def]
     prompt, steps = "Tom and Sue went", 60
     img = image.build_image(CKPT, TOK, tmp_path / "a.img", prompt=prompt, steps=steps, engine=engine)
@@ -140,7 +148,7 @@ def test_prompted_story(name: str, tmp_path: Path, engine: image.Engine, model) 
     assert pcs.boot(name, img.path, img.layout, timeout=300).text == want
 
 
-@pytest.mark.parametrize("name", UEFI_PCS)
+@pytest.mark.parametrize("name", UEFI_PCS_QUICK)
 def test_sampled_story(name: str, tmp_path: Path, model) -> None:  # type: ignore[no-untyped-def]
     temperature, seed, steps = 0.8, 42, 256
     img = image.build_image(CKPT, TOK, tmp_path / "a.img", steps=steps, temperature=temperature, seed=seed)

@@ -369,6 +369,7 @@ def _prompts(page, n: int) -> None:  # type: ignore[no-untyped-def]
                            "document.getElementById('status').classList.contains('error')", timeout=PAGE_TIMEOUT_MS)
 
 
+@pytest.mark.slow  # about 60 s: the default story, then two whole-context stories in v86 in the browser
 def test_page_types_prompts_to_the_story_machine(browser, base_url: str, site: Path, model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The visitor types prompts into the page: they go to the story machine's COM1 (the site's
     talk.img, built with it: no image is built in the browser) and each story is run.c's for that
