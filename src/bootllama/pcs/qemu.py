@@ -47,7 +47,7 @@ _SHIFTED = dict(zip('!@#$%^&*()_+{}:"~|<>?', [*"1234567890", "minus", "equal", "
                                                "bracket_right", "semicolon", "apostrophe",
                                                "grave_accent", "backslash", "comma", "dot", "slash"],
                     strict=True))
-KEY_GAP = 0.03  # seconds between keystrokes: the BIOS keyboard buffer holds only 15 of them
+KEY_GAP = 0.05  # seconds between keystrokes: the BIOS keyboard buffer holds only 15 of them
 
 
 def key_codes(ch: str) -> list[str]:
@@ -141,10 +141,17 @@ class QMP:
         raise BootllamaError(f"QMP {command} did not write {path.name}")
 
     def type_text(self, text: str, gap: float = KEY_GAP) -> None:
-        """Type ``text`` on the PC's keyboard, one keystroke every ``gap`` seconds."""
+        """Type ``text`` on the PC's keyboard, one keystroke every ``gap`` seconds.
+
+        Each keystroke is its presses and releases in one ``input-send-event`` (modifiers down
+        first, up last), not ``send-key``, whose releases come from a timer: under load a release
+        could land after the next key's press, so a held Ctrl or Shift changed the next key (the
+        quick suite's keyboard tests saw NULs)."""
         for ch in text:
             keys = [{"type": "qcode", "data": k} for k in key_codes(ch)]
-            self.execute("send-key", keys=keys)
+            events = [{"type": "key", "data": {"down": True, "key": k}} for k in keys]
+            events += [{"type": "key", "data": {"down": False, "key": k}} for k in reversed(keys)]
+            self.execute("input-send-event", events=events)
             time.sleep(gap)
 
     def close(self) -> None:
