@@ -238,7 +238,9 @@ def _main(argv: list[str] | None) -> int:
         if not getattr(args, "func", None):
             parser.print_usage(sys.stderr)
             return 2
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        interrupts.poll()  # a signal whose Interrupted was dropped on the way (see poll) still counts
+        return status
     except BootllamaError as e:
         print(f"bootllama: error: {e}", file=sys.stderr)
     except OSError as e:

@@ -49,6 +49,14 @@ def interrupt(signum: int) -> None:
     raise Interrupted(signum)
 
 
+def poll() -> None:
+    """Raise the signal that fired if its Interrupted never reached the command: CPython drops
+    an exception raised inside some callbacks (an import lock's, a weakref's: "Exception
+    ignored in ..."), and a long wait calls this to stop anyway."""
+    if fired is not None and _depth == 0:
+        raise Interrupted(fired)
+
+
 def _release() -> None:
     global _depth, _pending
     _depth -= 1
@@ -97,10 +105,10 @@ def install() -> Callable[[], None]:
     previous = {s: _signal.signal(s, handler) for s in signals}
 
     def restore() -> None:
-        global _pending
+        global _pending, fired
         for s, h in previous.items():
             _signal.signal(s, h)
-        _pending = None
+        _pending = fired = None  # (a later command in the same process starts afresh)
 
     return restore
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from bootllama.errors import BootllamaError
-from bootllama.interrupts import deferred
+from bootllama.interrupts import deferred, poll
 
 # the sector's guards: exit code -> what stopped it
 GUARDS = {
@@ -114,6 +114,7 @@ def read_serial(proc: subprocess.Popen[bytes], chunks: int, timeout: float, pc: 
     s = Serial(bytearray(), bytearray(), bytearray(), t0, None, t0)
     deadline = t0 + timeout
     while True:
+        poll()  # (a signal whose Interrupted CPython dropped still ends the run)
         left = deadline - time.monotonic()
         if left <= 0:
             raise BootllamaError(f"the sector did not finish within {timeout:g} s on {pc} "
