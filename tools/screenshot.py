@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image as PILImage
@@ -58,47 +59,25 @@ def screenshot(out: Path, prompt: str | None = None, steps: int = 0, scale: int 
         tmp = Path(tmpdir)
         img = image.build_image(checkpoint, tokenizer, tmp / "boot.img", prompt=prompt, steps=steps, engine=engine)
         lay = img.layout
-        sock = tmp / "qmp.sock"
-        cmd = qemu.qemu_command(img.path, lay.memory_mib, "tcg", ["-qmp", f"unix:{sock},server=on,wait=off"],
-                                machine="uefi" if uefi else "pc")
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert proc.stdout is not None
-            fd = proc.stdout.fileno()
-            serial = got = b""
-            deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout
+
+        def over(serial: bytes, qmp: qemu.QMP) -> bool:
+            # under OVMF, the firmware's console text comes first, up to the engine's form feed
+            got = serial.partition(qemu.FORM_FEED)[2] if uefi else serial
             # COM1 carries one '.' per chunk loaded, then the story; HALT keeps QEMU up after it
-            while got[lay.chunks:] != want:
-                if time.monotonic() > deadline:
-                    raise BootllamaError(f"no complete story within {timeout:.0f} s "
-                                         f"({len(got) - lay.chunks} of {len(want)} bytes)")
-                if b"!" in got[:lay.chunks]:
-                    raise BootllamaError("the sector reported a disk read error ('!')")
-                if len(got) - lay.chunks > len(want):
-                    raise BootllamaError("the engine printed more than the reference's story")
-                ready, _, _ = select.select([fd], [], [], 1.0)
-                if ready:
-                    data = os.read(fd, 65536)
-                    if not data:
-                        raise BootllamaError("QEMU exited before the story ended")
-                    serial += data
-                    # under OVMF, the firmware's console text comes first, up to the engine's form feed
-                    got = serial.partition(qemu.FORM_FEED)[2] if uefi else serial
-            time.sleep(0.5)  # the BIOS teletype follows each COM1 byte; let the last ones land
-            ppm = tmp / "screen.ppm"
-            with contextlib.closing(qemu.QMP(sock)) as qmp:
-                qmp.execute("stop")
-                qmp.save_file(ppm, "screendump", filename=os.fspath(ppm))
-            with PILImage.open(ppm) as shot:
-                shot.load()
-                rgb = shot.convert("RGB")
-        finally:
-            proc.kill()
-            proc.wait()
-    if scale > 1:
-        rgb = rgb.resize((rgb.width * scale, rgb.height * scale), PILImage.Resampling.NEAREST)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rgb.save(out, format="PNG", optimize=True)
+            if got[lay.chunks:] == want:
+                return True
+            if time.monotonic() > deadline:
+                raise BootllamaError(f"no complete story within {timeout:.0f} s "
+                                     f"({len(got) - lay.chunks} of {len(want)} bytes)")
+            if b"!" in got[:lay.chunks]:
+                raise BootllamaError("the sector reported a disk read error ('!')")
+            if len(got) - lay.chunks > len(want):
+                raise BootllamaError("the engine printed more than the reference's story")
+            return False
+
+        shot = boot_and_grab(img, tmp, over, "the story ended", machine="uefi" if uefi else "pc", poll=1.0)
+    save_png(shot, out, scale)
     return want
 
 
@@ -125,48 +104,70 @@ def chat_screenshot(out: Path, lines: list[str], steps: int = 0, scale: int = 1,
         img = image.build_image(checkpoint, tokenizer, tmp / "chat.img", prompt=None, steps=steps, engine=engine,
                                 talk=talk)
         lay = img.layout
-        sock = tmp / "qmp.sock"
-        cmd = qemu.qemu_command(img.path, lay.memory_mib, "tcg", ["-qmp", f"unix:{sock},server=on,wait=off"])
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            assert proc.stdout is not None
-            fd = proc.stdout.fileno()
-            serial = b""
-            deadline = time.monotonic() + timeout
-            with contextlib.closing(qemu.QMP(sock)) as qmp:
-                sent = 0
-                while not serial[lay.chunks:].startswith(want):
-                    text = serial[lay.chunks:]
-                    if time.monotonic() > deadline:
-                        raise BootllamaError(f"no complete chat within {timeout:.0f} s "
-                                             f"({len(text)} of {len(want)} bytes)")
-                    if not want.startswith(text):
-                        raise BootllamaError(f"the engine's chat differs from the reference's at byte {len(text)}")
-                    asked = text.count(SYSTEM_GUIDE) + text.count(USER_GUIDE)
-                    if sent < len(lines) and asked > sent and text.endswith((SYSTEM_GUIDE, USER_GUIDE)):
-                        qmp.type_text(lines[sent] + "\n")
-                        sent += 1
-                    ready, _, _ = select.select([fd], [], [], 0.2)
-                    if ready:
-                        data = os.read(fd, 65536)
-                        if not data:
-                            raise BootllamaError("QEMU exited before the chat was over")
-                        serial += data
-                time.sleep(0.5)  # the BIOS teletype follows each COM1 byte; let the last ones land
-                ppm = tmp / "screen.ppm"
-                qmp.execute("stop")
-                qmp.save_file(ppm, "screendump", filename=os.fspath(ppm))
-            with PILImage.open(ppm) as shot:
-                shot.load()
-                rgb = shot.convert("RGB")
-        finally:
-            proc.kill()
-            proc.wait()
+        deadline = time.monotonic() + timeout
+        sent = 0
+
+        def over(serial: bytes, qmp: qemu.QMP) -> bool:
+            nonlocal sent
+            text = serial[lay.chunks:]
+            if text.startswith(want):
+                return True
+            if time.monotonic() > deadline:
+                raise BootllamaError(f"no complete chat within {timeout:.0f} s "
+                                     f"({len(text)} of {len(want)} bytes)")
+            if not want.startswith(text):
+                raise BootllamaError(f"the engine's chat differs from the reference's at byte {len(text)}")
+            asked = text.count(SYSTEM_GUIDE) + text.count(USER_GUIDE)
+            if sent < len(lines) and asked > sent and text.endswith((SYSTEM_GUIDE, USER_GUIDE)):
+                qmp.type_text(lines[sent] + "\n")
+                sent += 1
+            return False
+
+        shot = boot_and_grab(img, tmp, over, "the chat was over", poll=0.2)
+    save_png(shot, out, scale)
+    return want
+
+
+def boot_and_grab(img: image.Image, tmp: Path, over: Callable[[bytes, qemu.QMP], bool], what: str,
+                  machine: str = "pc", poll: float = 0.2) -> PILImage.Image:
+    """Boot ``img`` in QEMU (TCG) with a QMP monitor on a socket in ``tmp``; hand COM1's bytes so
+    far (and the monitor) to ``over`` until it says the screen is final (it raises on a timeout or
+    wrong text; it may type), then stop the PC and return its screen. ``what``: what QEMU exiting
+    came before."""
+    sock = tmp / "qmp.sock"
+    cmd = qemu.qemu_command(img.path, img.layout.memory_mib, "tcg", ["-qmp", f"unix:{sock},server=on,wait=off"],
+                            machine=machine)
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        serial = b""
+        with contextlib.closing(qemu.QMP(sock)) as qmp:
+            while not over(serial, qmp):
+                ready, _, _ = select.select([fd], [], [], poll)
+                if ready:
+                    data = os.read(fd, 65536)
+                    if not data:
+                        raise BootllamaError(f"QEMU exited before {what}")
+                    serial += data
+            time.sleep(0.5)  # the BIOS teletype follows each COM1 byte; let the last ones land
+            ppm = tmp / "screen.ppm"
+            qmp.execute("stop")
+            qmp.save_file(ppm, "screendump", filename=os.fspath(ppm))
+        with PILImage.open(ppm) as shot:
+            shot.load()
+            return shot.convert("RGB")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def save_png(rgb: PILImage.Image, out: Path, scale: int) -> None:
+    """Write ``rgb`` to ``out`` as a PNG, enlarged ``scale`` times (nearest neighbour)."""
     if scale > 1:
         rgb = rgb.resize((rgb.width * scale, rgb.height * scale), PILImage.Resampling.NEAREST)
     out.parent.mkdir(parents=True, exist_ok=True)
     rgb.save(out, format="PNG", optimize=True)
-    return want
 
 
 def main(argv: list[str] | None = None) -> int:

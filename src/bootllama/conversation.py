@@ -132,6 +132,33 @@ def runc_chat(reference: Reference, tokenizer: Tokenizer, sampler: Sampler, read
     _check_vocab(reference, tokenizer)
     check_runc_text("-y", system)
     check_runc_text("-i", prompt)
+    system_prompt = b""
+
+    def begin(line: bytes) -> None:
+        nonlocal system_prompt
+        system_prompt = line
+
+    def render(user: bytes, first: bool) -> list[int]:
+        return tokenizer.encode(render_runc_turn(system_prompt, user, first), bos=True, eos=False)
+
+    return _converse(reference, tokenizer, sampler, read_line, out, steps, system, prompt,
+                     begin=begin, render=render, stop=EOS, feeds_stop=True)
+
+
+def _converse(reference: Reference, tokenizer: Tokenizer, sampler: Sampler, read_line: LineSource,
+              out: BinaryIO | None, steps: int, system: bytes | None, prompt: bytes | None, *,
+              begin: Callable[[bytes], None], render: Callable[[bytes, bool], list[int]], stop: int,
+              feeds_stop: bool) -> tuple[bytes, ChatEnd]:
+    """The turn loop both chats share: run.c's state, its system and user questions, end of input.
+
+    At position 0 ``begin`` gets the system line (``-y`` or the answer to its question); each user
+    line goes to ``render`` (with whether it is the first turn), which gives the tokens the turn
+    feeds. The prompt's tokens are fed first, then what the model sampled; a piece is printed only
+    once the prompt is consumed and the sampled token is not ``stop``. ``feeds_stop`` is run.c's
+    way: a sampled stop prints "\\n" (at prompt positions too), the turn ends once the stop is fed,
+    and what the model samples after it is printed. Without it (a chat template), a stop sampled
+    after the prompt prints "\\n" and ends the turn there; the next ``render`` feeds it.
+    """
     steps = clamp_steps(steps, reference.config.seq_len)
     reference.reset()
     w = _Out(out)
@@ -140,7 +167,6 @@ def runc_chat(reference: Reference, tokenizer: Tokenizer, sampler: Sampler, read
         w.write(guide)
         return read_line()
 
-    system_prompt = b""
     prompt_tokens: list[int] = []
     user_idx = 0
     user_turn = True
@@ -152,28 +178,31 @@ def runc_chat(reference: Reference, tokenizer: Tokenizer, sampler: Sampler, read
                 line = system if system is not None else ask(SYSTEM_GUIDE)
                 if line is None:
                     return _close(w, "eof", pos, steps)
-                system_prompt = line
+                begin(line)
             user = prompt if pos == 0 and prompt is not None else ask(USER_GUIDE)
             if user is None:
                 return _close(w, "eof", pos, steps)
-            prompt_tokens = tokenizer.encode(render_runc_turn(system_prompt, user, pos == 0), bos=True, eos=False)
+            prompt_tokens = render(user, pos == 0)
             user_idx = 0
             user_turn = False
             w.write(ASSISTANT)
-        # the prompt's tokens first, then what the model sampled; feeding EOS hands the turn back
+        # the prompt's tokens first, then what the model sampled
         if user_idx < len(prompt_tokens):
             token = prompt_tokens[user_idx]
             user_idx += 1
         else:
             token = nxt
-        if token == EOS:
+        if feeds_stop and token == stop:  # run.c: feeding EOS hands the turn back
             user_turn = True
         nxt = sampler.sample(reference.forward(token, pos))  # sampled at prompt positions too
         pos += 1
-        if user_idx >= len(prompt_tokens) and nxt != EOS:
+        answering = user_idx >= len(prompt_tokens)
+        if answering and nxt != stop:
             w.write(tokenizer.printable(token, nxt))
-        if nxt == EOS:
+        elif nxt == stop and (feeds_stop or answering):
             w.write(b"\n")
+            if not feeds_stop:  # a template's answer ends at its stop id
+                user_turn = True
     return _close(w, "steps", pos, steps)
 
 
@@ -224,60 +253,29 @@ def template_chat(reference: Reference, tokenizer: ByteLevelTokenizer, sampler: 
     """A conversation in the model's own chat template (see the module's text)."""
     _check_vocab(reference, tokenizer)
     turn_text = template_turns(tokenizer)
-    steps = clamp_steps(steps, reference.config.seq_len)
     stop = tokenizer.stop_id
-    reference.reset()
-    w = _Out(out)
-
-    def ask(guide: bytes) -> bytes | None:
-        w.write(guide)
-        return read_line()
-
-    def text(data: bytes, what: str) -> str:
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise BootllamaError(f"the {what} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-
     messages: list[dict[str, str]] = []
-    prompt_tokens: list[int] = []
-    user_idx = 0
-    user_turn = True
-    nxt = 0
-    pos = 0
-    while pos < steps:
-        if user_turn:
-            if pos == 0:
-                line = system if system is not None else ask(SYSTEM_GUIDE)
-                if line is None:
-                    return _close(w, "eof", pos, steps)
-                if line:
-                    messages.append({"role": "system", "content": text(line, "system prompt")})
-            user = prompt if pos == 0 and prompt is not None else ask(USER_GUIDE)
-            if user is None:
-                return _close(w, "eof", pos, steps)
-            if pos > 0:  # the answer the stop id ended: its tokens are in the KV cache already
-                messages.append({"role": "assistant", "content": ANSWER})
-            messages.append({"role": "user", "content": text(user, "user prompt")})
-            added = turn_text(messages)
-            prompt_tokens = [stop, *tokenizer.encode(added, bos=False)] if pos > 0 else tokenizer.encode(added)
-            user_idx = 0
-            user_turn = False
-            w.write(ASSISTANT)
-        if user_idx < len(prompt_tokens):
-            token = prompt_tokens[user_idx]
-            user_idx += 1
-        else:
-            token = nxt
-        nxt = sampler.sample(reference.forward(token, pos))  # sampled at prompt positions too, as run.c
-        pos += 1
-        if user_idx >= len(prompt_tokens):
-            if nxt == stop:
-                w.write(b"\n")
-                user_turn = True
-            else:
-                w.write(tokenizer.printable(token, nxt))
-    return _close(w, "steps", pos, steps)
+
+    def begin(line: bytes) -> None:
+        if line:
+            messages.append({"role": "system", "content": _utf8(line, "system prompt")})
+
+    def render(user: bytes, first: bool) -> list[int]:
+        if not first:  # the answer the stop id ended: its tokens are in the KV cache already
+            messages.append({"role": "assistant", "content": ANSWER})
+        messages.append({"role": "user", "content": _utf8(user, "user prompt")})
+        added = turn_text(messages)
+        return tokenizer.encode(added) if first else [stop, *tokenizer.encode(added, bos=False)]
+
+    return _converse(reference, tokenizer, sampler, read_line, out, steps, system, prompt,
+                     begin=begin, render=render, stop=stop, feeds_stop=False)
+
+
+def _utf8(data: bytes, what: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BootllamaError(f"the {what} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
 
 
 def chat(reference: Reference, tokenizer: Tokenizer, sampler: Sampler, read_line: LineSource,
