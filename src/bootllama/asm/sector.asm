@@ -61,7 +61,8 @@ start:
     mov ds, ax
     mov es, ax
     mov ss, ax
-    mov sp, 0x1000              ; (the stack grows down from 0x1000)
+    mov sp, STACK               ; (engine.inc's: the stack grows down from
+                                ; 0x2000, above x)
     mov ebp, VARS               ; (for engine.inc too)
     lgdt [gdtr]                 ; before the first putc, which uses it
     push ax                     ; DAP on the stack: LBA high

@@ -764,6 +764,7 @@ eng_start:
 bits 32
 %ifdef TESTPAYLOAD
 VARS    equ 0x9200              ; (engine.inc's)
+STACK   equ 0x2000
 DATA    equ 0x100000
 M_NEED  equ -92
 M_END   equ -40
@@ -772,7 +773,7 @@ M_END   equ -40
 ; after every call that each register, xmm0..7 and the x87 stack are as
 ; they were; then exit 0 ("!" and exit 7 at the first difference).
 engine_start:
-    cmp esp, 0x1000
+    cmp esp, STACK
     jne .bad
     cmp ebp, VARS
     jne .bad
@@ -829,7 +830,7 @@ uefi_entry:                     ; from efi_main's far return: bx = data sel
     mov ds, bx
     mov es, bx
     mov ss, bx
-    mov esp, 0x1000             ; the legacy engine's stack
+    mov esp, STACK              ; the legacy engine's stack
     mov ebp, VARS
     jmp engine_start
 
