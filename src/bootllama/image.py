@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 
 SECTOR = 512
 MANIFEST_LBA = 10  # sector.asm's MLBA: the manifest's sector, after the engine's and zeros
-CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
+CHUNK = 32  # sectors per BIOS read (16 KiB); must match CHUNK in sector.asm
 DATA = 0x100000  # where the data area (the manifest) lands
 CYLINDER = 16 * 63  # sectors per cylinder of the geometry Bochs is given
 FIELDS = 128  # the manifest's fields: its last 128 bytes
@@ -379,7 +379,7 @@ def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) 
 # What each routine of sector.asm is for: the size table sums them per part, which shows where
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
-    "loader": ("start", "init", "load", "topm", "gdt", "gdtr", "signature"),
+    "loader": ("start", "init", "loadall", "load", "topm", "gdt", "gdtr", "signature"),
     "guards": ("guards", "diskfail", "cpufail", "die", "exit", "engine_start"),
     "generate loop": ("gen", "done"),
     "printing": ("print", "putc", "rputc"),

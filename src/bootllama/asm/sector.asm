@@ -28,7 +28,8 @@
 ;   0x00018          IVT entry 6 (#UD; the 486 build: 7, #NM): the CPU message
 ;   0x07C00          sector 0, then at 0x7E00 the TAIL tail sectors: code,
 ;                    and nothing the engine writes, in pages 0x7000-0x8FFF
-;   0x10E00-0x18DFF  the disk bounce buffer while loading
+;   0x0AE00-0x0EDFF  the disk bounce buffer while loading (below 64 KiB:
+;                    the copy reads it through SI)
 ; Exit: the byte written to port 0xF4 (QEMU's isa-debug-exit: status
 ; 2 * byte + 1): 0 the story ended, 2 disk, 3 A20, 4 CPU, 5 memory, 6 the
 ; data check (the load loop sums the dwords it copies; the builder's M_FIX
@@ -43,9 +44,11 @@ MLBA    equ 10                  ; the manifest's LBA in the boot read: it lands
                                 ; at 0x9000, the page after the code's, so that
                                 ; writes to the work variables never hit a page
                                 ; of code (QEMU and v86 translate it again)
-BOUNCE  equ 0x10E00             ; the disk bounce buffer (32 KiB): segment
-                                ; 0x10E0, one byte from PRE's 0x07E0
-CHUNK   equ 64                  ; sectors per int 13h read (32 KiB)
+BOUNCE  equ 0xAE00              ; the disk bounce buffer (16 KiB, below 64
+                                ; KiB: SI walks it): segment 0x0AE0, one
+                                ; byte from PRE's 0x07E0 (HB's and HB2's
+                                ; place later: the engine's, not the loader's)
+CHUNK   equ 32                  ; sectors per int 13h read (16 KiB)
 SEL_D   equ 0x3F8               ; GDT selectors: flat 4 GiB data (COM1's port,
 SEL_C32 equ SEL_D + 8           ; which rputc has in dx), flat 32-bit code,
 SEL_C16 equ SEL_D + 16          ; 16-bit code (the way back to real mode)
@@ -76,29 +79,10 @@ start:
     mov si, sp
     mov ah, 0x42                ; extended read; DL is still the boot drive
     int 0x13                    ; tail code, manifest and header to PRE
-                                ; (64 sectors: 0x7E00..0xFDFF; the rest is
+                                ; (32 sectors: 0x7E00..0xBDFF; the rest is
                                 ; checkpoint data, loaded again to DATA)
-    jnc init                    ; (the messages sit here, within short jumps)
-
-; ---- the guards' messages: print one, then exit with its code ------------
-diskfail:
-    mov si, m_disk
-    jmp die
-cpufail:
-    mov si, m_cpu
-die:
-    lodsb
-    cmp al, 32                  ; the code byte ends the message
-    jb exit
-    call rputc
-    jmp die
-exit:                           ; (in sector 0: a failed first read loaded
-%ifndef HALT                    ; nothing else)
-    out 0xf4, al                ; isa-debug-exit: QEMU quits with status 2*al+1
-%endif
-.h: hlt
-    jmp .h
-
+    jc diskfail                 ; (the messages sit between the guards and
+                                ; the load loop: short jumps from both)
 init:
     mov byte [si+7], BOUNCE >> 12 ; the same DAP: buffer segment -> BOUNCE
     mov eax, [bp+M_DLBA]
@@ -162,9 +146,9 @@ guards:
     add ax, bx                  ; join on
 .low:
     add ax, 16                  ; + the first MiB: the end, in 64 KiB blocks
-    jc .ok                      ; (4 GiB)
+    jc loadall                  ; (4 GiB)
     cmp ax, [bp+M_NEED+2]       ; the blocks M_NEED starts in (at most 64
-    ja .ok                      ; KiB stricter than needed)
+    ja loadall                  ; KiB stricter than needed)
 .memfail:
     mov si, m_mem
     jmp die
@@ -178,8 +162,29 @@ guards:
     shl eax, 10                 ; the end of that memory
     cmp eax, [bp+M_NEED]
     jb .memfail
+    jmp short loadall           ; (over the messages' code)
 %endif
-.ok:
+; ---- the guards' messages: print one, then exit with its code ------------
+; (between the guards and the load loop, so that the jumps of both are short)
+diskfail:
+    mov si, m_disk
+    jmp die
+cpufail:
+    mov si, m_cpu
+die:
+    lodsb
+    cmp al, 32                  ; the code byte ends the message
+    jb exit
+    call rputc
+    jmp die
+exit:                           ; (in sector 0: a failed first read loaded
+%ifndef HALT                    ; nothing else)
+    out 0xf4, al                ; isa-debug-exit: QEMU quits with status 2*al+1
+%endif
+.h: hlt
+    jmp .h
+
+loadall:
     pop dx
     mov edi, DATA
 
@@ -193,10 +198,10 @@ load:
     add dword [si+8], CHUNK
     mov al, '.'
     call rputc                  ; progress, and back to unreal mode
-    mov esi, BOUNCE
+    mov si, BOUNCE              ; (16-bit: the bounce is below 64 KiB)
     mov cx, CHUNK*128           ; CHUNK*128 dwords (loop counts in cx: a16)
 .copy:
-    a32 lodsd
+    lodsd                       ; (DS:SI)
     add [bp+TP], eax            ; the data check: every dword loaded, summed
     a32 stosd                   ; into TP (forward sets it before any use),
     loop .copy                  ; whose first value is DATA (the builder's):
@@ -378,4 +383,7 @@ TAIL    equ (engine_end - $$) / 512 - 1   ; sectors after this one
 %endif
 %if VARS != 0x7C00 + MLBA*512 + 512
   %error "engine.inc's VARS is not where the boot read puts the header"
+%endif
+%if PRE + CHUNK*512 < VARS + 512 || BOUNCE + CHUNK*512 > 0x10000
+  %error "the boot read misses the header, or the bounce passes 64 KiB"
 %endif

@@ -18,7 +18,7 @@
 ;   3. Its first sector is the manifest: M_NEED, the memory the run needs,
 ;      and M_END, where the data area ends (DATA + its size).
 ;   4. AllocatePages below 4 GiB for M_NEED bytes at B; none: "!RAM", exit 5.
-;   5. Read the file to B + DATA, 32 KiB at a time, a '.' per read (the
+;   5. Read the file to B + DATA, 16 KiB at a time, a '.' per read (the
 ;      legacy loader's progress protocol); a short read: "!disk", exit 2.
 ;   6. Place what the legacy boot read would: the manifest sector and the
 ;      checkpoint's first sector at B + VARS - 512; the engine's 32-bit bytes
@@ -50,7 +50,7 @@ default rel
 ENGINE_ORG equ 0x7E00           ; where the engine's bytes go (its legacy org)
 %endif
 SECT    equ 512
-CHUNKB  equ 0x8000              ; bytes per read (and per progress dot)
+CHUNKB  equ 0x4000              ; bytes per read (and per progress dot)
 MAN_NEED equ SECT + M_NEED      ; the manifest's fields (engine.inc's M_*:
 MAN_END equ SECT + M_END        ; offsets from VARS, the sector's end)
 CTX     equ 0xE000              ; emit's context (see emit)

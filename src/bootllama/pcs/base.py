@@ -1,6 +1,6 @@
 """What every PC harness shares: the result of a boot and the reader of the sector's COM1 stream.
 
-The sector's serial protocol: one '.' per 32 KiB chunk read while loading (the harness knows
+The sector's serial protocol: one '.' per 16 KiB chunk read while loading (the harness knows
 how many from the layout), then exactly the bytes run.c would print, then the sector writes
 its exit code to port 0xF4 and halts with interrupts off.  QEMU's isa-debug-exit turns the
 code ``al`` into the process status ``2*al + 1``; every harness reports that same status.

@@ -249,7 +249,7 @@ async function boot(run, imageBytes, info, typedSeed) {
     const show = () => {
         if (!live()) return;
         if (pendingText) { textNode.appendData(pendingText); pendingText = ""; }
-        if (dots < info.chunks) setStatus(`loading the model: ${dots} of ${info.chunks} chunks of 32 KiB`);
+        if (dots < info.chunks) setStatus(`loading the model: ${dots} of ${info.chunks} chunks of 16 KiB`);
         else setStatus(`${beats} tokens, ${rate()} tok/s`);
     };
     const finish = (message, error) => {
