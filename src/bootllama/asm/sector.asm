@@ -12,8 +12,8 @@
 ; the RoPE values) to 1 MiB and above, switches to 32-bit protected mode and
 ; runs engine.inc (llama2.c's generate loop and forward pass).
 ;
-; Modes: the loader runs in "unreal" 16-bit real mode (DS and ES keep 4 GiB
-; limits from a brief trip into protected mode, so the copy reaches 1 MiB
+; Modes: the loader runs in "unreal" 16-bit real mode (ES keeps a 4 GiB
+; limit from a brief trip into protected mode, so the copy reaches 1 MiB
 ; while BIOS calls still work; a BIOS call may reload segment limits, so
 ; rputc, which follows every BIOS call, redoes unreal).  engine.inc runs in
 ; flat 32-bit protected mode with interrupts off; its putc goes back to real
@@ -210,8 +210,9 @@ load:
     cmp dword [bp+TP], byte 0   ; the builder's M_FIX makes the sum 0; not 0:
     mov si, m_data              ; a damaged or moved data area ("!data")
     jnz die
-    push dword engine_start     ; popad, ret: to engine.inc, EBP = VARS
-    pushad
+    push cx                     ; popad, ret: to engine.inc, EBP = VARS; the
+    push word engine_start      ; dword engine_start (cx is 0 after the copy
+    pushad                      ; loop; engine_start is below 64 KiB)
                                 ; fall into topm
 
 ; ---- topm: real mode -> flat 32-bit protected mode, then popad and ret ----
@@ -241,13 +242,13 @@ bits 16
     jmp 0:.r                    ; CS = 0
 .r:
     push cs                     ; SS = 0 for the BIOS, which may switch
-    pop ss                      ; stacks and back (DS and ES: rputc loads
-                                ; its own; the teletype takes no pointer)
+    pop ss                      ; stacks and back (ES: rputc loads its own;
+                                ; the teletype takes no pointer)
     call rputc
     jmp topm
 
 ; ---- rputc: al to COM1 and to the screen (BIOS teletype, CR before LF) -----
-; then unreal: give DS and ES 4 GiB limits again, interrupts off
+; then unreal: give ES its 4 GiB limit again, interrupts off
 rputc:
     pushad
     xchg ax, cx                 ; cl = the byte
@@ -270,17 +271,16 @@ rputc:
 .tty:
     int 0x10
     cli
-    push ds                     ; the real-mode selectors (0) ...
-    push es
+    push es                     ; the real-mode selector (0) ...
     mov eax, cr0
     inc ax                      ; PE on (it is off: real mode)
     mov cr0, eax
-    mov ds, dx                  ; dx = 0x3F8 (COM1) is also the selector
-    mov es, dx                  ; of the flat 4 GiB data descriptor
-    dec ax
-    mov cr0, eax                ; PE off; the 4 GiB limits stay cached
+    mov es, dx                  ; dx = 0x3F8 (COM1) is also the selector
+    dec ax                      ; of the flat 4 GiB data descriptor
+    mov cr0, eax                ; PE off; the 4 GiB limit stays cached
     pop es                      ; ... back, so the BIOS can save and
-    pop ds                      ; restore them
+                                ; restore it (only ES: the copy's source
+                                ; is the bounce, below 64 KiB)
     popad
     ret                         ; (these two bytes are also the GDT's limit)
 
