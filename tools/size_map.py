@@ -1,12 +1,12 @@
-"""Draw the engine's bytes per routine against the 512-byte boot-sector budget.
+"""Draw the engine's code bytes per build beside the peer's, and the default build per routine.
 
-Assembles sector.asm (``image.assemble()``), takes its per-routine size table from the NASM
-listing and writes a PNG (default docs/size_map.png): on top, the routines packed end to end
-in address order against a 512-byte box, and the same bytes summed per part (image.PARTS:
-loader, generate loop, printing, forward pass, sampling); below, one bar per routine, coloured
-by its part.
+Assembles every build (``image.assemble()``; the floor from floor.asm), sums each one's routines
+per part (image.PARTS: loader, guards, generate loop, printing, forward pass, sampling, top-p,
+encoder, talk, input) and writes a PNG (default docs/size_map.png): on top, one bar per build,
+stacked by part, from the floor up, with the peer's (sectorllm's) code bytes as a line; below,
+one bar per routine of the default (greedy) build, coloured by its part.
 
-    python tools/size_map.py [-o docs/size_map.png] [-D NAME ...]
+    python tools/size_map.py [-o docs/size_map.png]
 """
 
 from __future__ import annotations
@@ -19,64 +19,79 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 
 from bootllama import image
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGET = 512
+PEER_BYTES = 1076  # sectorllm's engine by NASM's count: stories260K only, fixed point, its own text
+FLOOR = "floor"
+
+# (label, defines): the builds from the floor up; the floor is floor.asm's
+BUILDS: list[tuple[str, tuple[str, ...]]] = [
+    ("the floor (--floor): the default story only", (FLOOR,)),
+    ("greedy (default)", ()),
+    ("486, greedy (--cpu 486)", ("CPU486",)),
+    ("temperature sampling (-t 0.8)", ("SAMPLING",)),
+    ("486, sampling", ("CPU486", "SAMPLING")),
+    ("top-p sampling (-t 1 -p 0.9)", ("SAMPLING", "TOPP")),
+    ("story machine / chat (-i -, -m chat)", ("TALK", "ENC_BPE=0")),
+    ("everything, byte-level BPE (SmolLM2 chat)", ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0")),
+]
 
 
-def draw(engine: image.Engine, out: Path) -> None:
-    sizes = engine.sizes
-    used = engine.used
-    over = used - BUDGET
-    part_of = {name: part for part, names in image.PARTS.items() for name in names}
-    parts = image.part_sizes(engine)
+def assemble(defines: tuple[str, ...]) -> image.Engine:
+    if defines == (FLOOR,):
+        return image.assemble(("FLOOR",), image.asm_source().with_name("floor.asm"))
+    return image.assemble(defines)
+
+
+def draw(builds: list[tuple[str, image.Engine]], out: Path) -> None:
     cmap = plt.get_cmap("tab10")
     part_color = {part: cmap(i) for i, part in enumerate(image.PARTS)}
-    colors = [part_color[part_of[name]] for name, _ in sizes]
+    part_of = {name: part for part, names in image.PARTS.items() for name in names}
+    default = next(e for label, e in builds if label.startswith("greedy"))
+    sizes = default.sizes
 
-    fig, (strip, bars) = plt.subplots(2, 1, figsize=(11, 3.7 + 0.28 * len(sizes)),
-                                      gridspec_kw={"height_ratios": [1.6, 0.3 * len(sizes)]})
-    fig.suptitle(f"bootllama engine: {engine.code_bytes} code bytes, the MBR's 440 bytes of boot code and "
-                 f"{engine.sectors - 1} more sector{'s' if engine.sectors != 2 else ''} (one 512-byte sector, "
-                 f"boxed, would be {over} bytes short)", fontsize=11)
+    fig, (top, bars) = plt.subplots(2, 1, figsize=(11, 4.2 + 0.26 * len(sizes)),
+                                    gridspec_kw={"height_ratios": [0.42 * len(builds), 0.26 * len(sizes)]})
+    fig.suptitle(f"bootllama's code bytes per build, from the floor up, beside the peer's {PEER_BYTES:,}",
+                 fontsize=12)
 
-    # the packed strip
-    x = 0
-    for (name, size), color in zip(sizes, colors, strict=True):
-        strip.barh(0, size, left=x, color=color, edgecolor="white", linewidth=0.6, height=0.8)
-        if size >= 0.035 * max(used, BUDGET):
-            strip.text(x + size / 2, 0, name, ha="center", va="center", fontsize=7, rotation=90)
-        x += size
-    strip.add_patch(Rectangle((0, -1.55), BUDGET, 2.1, fill=False, edgecolor="crimson", linewidth=2,
-                              linestyle="--", zorder=5))
-    strip.text(BUDGET, 0.62, " 512-byte budget", color="crimson", fontsize=9, va="bottom", ha="right")
-    # the same bytes summed per part, below the routines
-    x = 0
-    for part, size in parts:
-        strip.barh(-1.1, size, left=x, color=part_color[part], edgecolor="white", linewidth=0.6, height=0.8)
-        strip.text(x + size / 2, -1.1, f"{part}\n{size}", ha="center", va="center", fontsize=8)
-        x += size
-    strip.set_xlim(0, max(used, BUDGET) * 1.03)
-    strip.set_ylim(-1.6, 0.95)
-    strip.set_yticks([0, -1.1], ["routines", "parts"], fontsize=8)
-    strip.set_xlabel("bytes: the routines end to end in address order, then summed per part (padding excluded)")
+    # one bar per build, stacked by part; the peer as a line
+    ys = list(range(len(builds)))[::-1]
+    used: set[str] = set()
+    for y, (_, engine) in zip(ys, builds, strict=True):
+        x = 0
+        for part, n in image.part_sizes(engine):
+            top.barh(y, n, left=x, color=part_color[part], edgecolor="white", linewidth=0.6, height=0.72)
+            used.add(part)
+            x += n
+        top.text(x + 15, y, f"{engine.code_bytes:,} bytes, {engine.sectors} sectors", va="center", fontsize=8)
+    top.axvline(PEER_BYTES, color="crimson", linestyle="--", linewidth=1.5)
+    top.text(PEER_BYTES + 12, ys[0] + 0.55, f"the peer (sectorllm): {PEER_BYTES:,}, stories260K only",
+             color="crimson", fontsize=8, va="bottom")
+    top.set_yticks(ys, [label for label, _ in builds], fontsize=8)
+    top.set_ylim(-0.6, len(builds) - 0.1)
+    top.set_xlim(0, max(e.code_bytes for _, e in builds) * 1.22)
+    top.set_xlabel("code bytes (padding, the 0x55AA signature and the partition table excluded), by part")
+    top.spines[["top", "right"]].set_visible(False)
+    top.legend(handles=[Patch(color=part_color[p], label=p) for p in image.PARTS if p in used],
+               loc="upper right", fontsize=8, frameon=False, ncol=2)
 
-    # one bar per routine, in address order
+    # the default build, one bar per routine, in address order
     names = [n for n, _ in sizes]
     values = [s for _, s in sizes]
     ys = list(range(len(sizes)))[::-1]
-    bars.barh(ys, values, color=colors)
+    bars.barh(ys, values, color=[part_color[part_of[n]] for n in names])
     for y, v in zip(ys, values, strict=True):
         bars.text(v + 1, y, str(v), va="center", fontsize=8)
     bars.set_yticks(ys, names, fontsize=8)
+    bars.set_title(f"the default build ({default.code_bytes:,} bytes) per routine, in address order: "
+                   "sector 0 (loader, guards, the way back to real mode), then engine.inc", fontsize=9)
     bars.set_xlabel("bytes per routine (local labels fold into their parent; 'signature' is the 0x55AA)")
     bars.set_xlim(0, max(values) * 1.12)
     bars.spines[["top", "right"]].set_visible(False)
-    bars.legend(handles=[Patch(color=part_color[p], label=f"{p}: {n} bytes") for p, n in parts],
-                loc="lower right", fontsize=8, frameon=False)
 
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,12 +102,10 @@ def draw(engine: image.Engine, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", dest="output", type=Path, default=ROOT / "docs" / "size_map.png")
-    parser.add_argument("-D", dest="defines", action="append", default=[], metavar="NAME",
-                        help="assemble with -DNAME (repeatable), e.g. -D HALT")
     args = parser.parse_args(argv)
-    engine = image.assemble(tuple(args.defines))
-    draw(engine, args.output)
-    print(f"wrote {args.output}: {engine.used} bytes in {len(engine.sizes)} routines", file=sys.stderr)
+    builds = [(label, assemble(defines)) for label, defines in BUILDS]
+    draw(builds, args.output)
+    print(f"wrote {args.output}: " + ", ".join(f"{e.code_bytes}" for _, e in builds), file=sys.stderr)
     return 0
 
 

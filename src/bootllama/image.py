@@ -380,7 +380,7 @@ def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) 
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
     "loader": ("start", "init", "loadall", "load", "topm", "gdt", "gdtr", "signature"),
-    "guards": ("guards", "diskfail", "cpufail", "die", "exit", "engine_start"),
+    "guards": ("guards", "diskfail", "cpufail", "die", "exit", "engine_start", "datacheck"),
     "generate loop": ("gen", "done"),
     "printing": ("print", "putc", "rputc"),
     "forward pass": ("forward", "exptab", "exp", "consts", "rope", "nextw", "rmsnorm", "mvw", "mvwn", "mv",

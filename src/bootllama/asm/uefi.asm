@@ -772,6 +772,7 @@ M_END   equ -40
 ; from the documented entry state it prints test_msg through putc, checking
 ; after every call that each register, xmm0..7 and the x87 stack are as
 ; they were; then exit 0 ("!" and exit 7 at the first difference).
+datacheck:                      ; (the payload has no data check)
 engine_start:
     cmp esp, STACK
     jne .bad
@@ -832,7 +833,7 @@ uefi_entry:                     ; from efi_main's far return: bx = data sel
     mov ss, bx
     mov esp, STACK              ; the legacy engine's stack
     mov ebp, VARS
-    jmp engine_start
+    jmp datacheck               ; (engine.inc: the data check, then the engine)
 
 putc:                           ; al: every register and the FPU/SSE state
     call far [dword FAR_PUTC]   ; kept (thunk_putc)
