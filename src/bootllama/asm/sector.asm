@@ -197,7 +197,9 @@ load:
     jc diskfail                 ; (carry: error, or no extended reads)
     add dword [si+8], CHUNK
     mov al, '.'
+    push dx                     ; (rputc leaves dx = SEL_D)
     call rputc                  ; progress, and back to unreal mode
+    pop dx
     mov si, BOUNCE              ; (16-bit: the bounce is below 64 KiB)
     mov cx, CHUNK*128           ; CHUNK*128 dwords (loop counts in cx: a16)
 .copy:
@@ -213,6 +215,7 @@ load:
     push cx                     ; popad, ret: to engine.inc, EBP = VARS; the
     push word engine_start      ; dword engine_start (cx is 0 after the copy
     pushad                      ; loop; engine_start is below 64 KiB)
+    mov dx, SEL_D               ; (topm's selector)
                                 ; fall into topm
 
 ; ---- topm: real mode -> flat 32-bit protected mode, then popad and ret ----
@@ -220,10 +223,10 @@ topm:
     mov eax, cr0
     inc ax                      ; PE on (interrupts are off)
     mov cr0, eax
-    mov ax, SEL_D               ; (16-bit code in protected mode: the
-    mov ds, ax                  ; selectors load as they would in 32-bit)
-    mov es, ax
-    mov ss, ax                  ; (the stack stays below 64 KiB: SP is ESP)
+    mov ds, dx                  ; dx = SEL_D (rputc leaves it; 16-bit code
+    mov es, dx                  ; in protected mode: the selectors load as
+    mov ss, dx                  ; they would in 32-bit; the stack stays
+                                ; below 64 KiB: SP is ESP)
     jmp SEL_C32:.pm             ; a 16-bit far jump: .pm is below 64 KiB
 bits 32
 .pm:
@@ -248,9 +251,10 @@ bits 16
     jmp topm
 
 ; ---- rputc: al to COM1 and to the screen (BIOS teletype, CR before LF) -----
-; then unreal: give ES its 4 GiB limit again, interrupts off
+; then unreal: give ES its 4 GiB limit again, interrupts off.  Leaves
+; dx = SEL_D (topm's selector); clobbers eax, bx, cx (putc's pushad keeps
+; the engine's, die and the load loop need none but dx's drive, saved)
 rputc:
-    pushad
     xchg ax, cx                 ; cl = the byte
     mov dx, 0x3fd               ; COM1's line status: wait for the
 .thre:                          ; transmitter (a real UART drops a byte
@@ -281,12 +285,11 @@ rputc:
     pop es                      ; ... back, so the BIOS can save and
                                 ; restore it (only ES: the copy's source
                                 ; is the bounce, below 64 KiB)
-    popad
     ret                         ; (these two bytes are also the GDT's limit)
 
 
 ; GDTR, lgdt's 6 bytes with a 16-bit operand size: the limit is the word
-; before (popad's 0x61 and ret's 0xC3: 0xC361, more than the 0x40F needed),
+; before (pop es's 0x07 and ret's 0xC3: 0xC307, more than the 0x40F needed),
 ; then the 24-bit base, then a byte the CPU ignores (flat's first).  The
 ; flat data descriptor is entry 127 (selector 0x3F8, the COM1 port rputc
 ; has in dx); entries 0..126 are whatever lies below it, never loaded.
@@ -328,6 +331,7 @@ bits 16
 .poll:
     mov dx, 0x3fd
     in al, dx
+    mov dl, 0xf8                ; (COM1's data; SEL_D for topm)
     test al, 1                  ; COM1's line status: a byte received
     jnz .com
     mov ah, 1
@@ -338,7 +342,6 @@ bits 16
     mov ah, 1
     jmp short .got
 .com:
-    mov dl, 0xf8
     in al, dx                   ; COM1's byte
     mov ah, 0
 .got:
@@ -355,12 +358,9 @@ echo:
 bits 16
 .rm:
     call rmode
-    call .tty
+    mov dx, 0x3f8               ; (the flat selector, for rputc's unreal)
+    call rputc.scr              ; rputc after its COM1 part
     jmp topm
-.tty:
-    pushad                      ; rputc's frame, entered after its COM1 part
-    mov dx, 0x3f8               ; (the flat selector, for its unreal)
-    jmp rputc.scr
 
 ; real mode from the 16-bit code segment (PE off, CS = 0, SS = 0)
 rmode:
