@@ -31,7 +31,8 @@
 ;   0x0AE00-0x0EDFF  the disk bounce buffer while loading (below 64 KiB:
 ;                    the copy reads it through SI)
 ; Exit: the byte written to port 0xF4 (QEMU's isa-debug-exit: status
-; 2 * byte + 1): 0 the story ended, 2 disk, 3 A20, 4 CPU, 5 memory, 6 the
+; 2 * byte + 1): 10 the story ended (the final newline's byte, so QEMU's
+; own status 1 is never taken for it), 2 disk, 3 A20, 4 CPU, 5 memory, 6 the
 ; data check (the load loop sums the dwords it copies; the builder's M_FIX
 ; makes the sum 0).
 
