@@ -36,27 +36,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1250, ("SAMPLING",): 1362, ("CPU486",): 1299, ("CPU486", "SAMPLING"): 1431}
+BUDGETS = {(): 1248, ("SAMPLING",): 1360, ("CPU486",): 1297, ("CPU486", "SAMPLING"): 1429}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1622,
-    ("TALK", "ENC_BPE=0"): 2589,
-    ("TALK", "ENC_RUNC=0"): 2768,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2694,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2873,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2954,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3133,
-    ("SAMPLING", "TOPP", "CPU486"): 1691,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2638,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2817,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2763,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2942,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3023,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3202,
+    ("SAMPLING", "TOPP"): 1620,
+    ("TALK", "ENC_BPE=0"): 2587,
+    ("TALK", "ENC_RUNC=0"): 2766,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2692,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2871,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2952,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3131,
+    ("SAMPLING", "TOPP", "CPU486"): 1689,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2636,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2815,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2761,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2940,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3021,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3200,
 }
 
 
