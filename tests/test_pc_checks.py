@@ -36,27 +36,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1248, ("SAMPLING",): 1360, ("CPU486",): 1297, ("CPU486", "SAMPLING"): 1429}
+BUDGETS = {(): 1245, ("SAMPLING",): 1357, ("CPU486",): 1294, ("CPU486", "SAMPLING"): 1426}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1620,
-    ("TALK", "ENC_BPE=0"): 2587,
-    ("TALK", "ENC_RUNC=0"): 2766,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2692,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2871,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2952,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3131,
-    ("SAMPLING", "TOPP", "CPU486"): 1689,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2636,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2815,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2761,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2940,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3021,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3200,
+    ("SAMPLING", "TOPP"): 1617,
+    ("TALK", "ENC_BPE=0"): 2584,
+    ("TALK", "ENC_RUNC=0"): 2763,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2689,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2868,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2949,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3128,
+    ("SAMPLING", "TOPP", "CPU486"): 1686,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2633,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2812,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2758,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2937,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3018,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3197,
 }
 
 
