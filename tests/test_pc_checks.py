@@ -36,27 +36,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1245, ("SAMPLING",): 1357, ("CPU486",): 1294, ("CPU486", "SAMPLING"): 1426}
+BUDGETS = {(): 1243, ("SAMPLING",): 1355, ("CPU486",): 1292, ("CPU486", "SAMPLING"): 1424}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1617,
-    ("TALK", "ENC_BPE=0"): 2584,
-    ("TALK", "ENC_RUNC=0"): 2763,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2689,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2868,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2949,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3128,
-    ("SAMPLING", "TOPP", "CPU486"): 1686,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2633,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2812,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2758,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2937,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3018,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3197,
+    ("SAMPLING", "TOPP"): 1615,
+    ("TALK", "ENC_BPE=0"): 2582,
+    ("TALK", "ENC_RUNC=0"): 2761,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2687,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2866,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2947,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3126,
+    ("SAMPLING", "TOPP", "CPU486"): 1684,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2631,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2810,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2756,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2935,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3016,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3195,
 }
 
 

@@ -47,8 +47,7 @@ MLBA    equ 10                  ; the manifest's LBA in the boot read: it lands
                                 ; of code (QEMU and v86 translate it again)
 BOUNCE  equ 0xAE00              ; the disk bounce buffer (16 KiB, below 64
                                 ; KiB: SI walks it): segment 0x0AE0, one
-                                ; byte from PRE's 0x07E0 (HB's and HB2's
-                                ; place later: the engine's, not the loader's)
+                                ; byte from PRE's 0x07E0
 CHUNK   equ 32                  ; sectors per int 13h read (16 KiB)
 SEL_D   equ 0x3F8               ; GDT selectors: flat 4 GiB data (COM1's port,
 SEL_C32 equ SEL_D + 8           ; which rputc has in dx), flat 32-bit code,
