@@ -36,27 +36,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1243, ("SAMPLING",): 1355, ("CPU486",): 1292, ("CPU486", "SAMPLING"): 1424}
+BUDGETS = {(): 1243, ("SAMPLING",): 1347, ("CPU486",): 1292, ("CPU486", "SAMPLING"): 1416}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1615,
+    ("SAMPLING", "TOPP"): 1607,
     ("TALK", "ENC_BPE=0"): 2582,
     ("TALK", "ENC_RUNC=0"): 2761,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2687,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2866,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2947,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3126,
-    ("SAMPLING", "TOPP", "CPU486"): 1684,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2679,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2858,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2939,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3118,
+    ("SAMPLING", "TOPP", "CPU486"): 1676,
     ("TALK", "ENC_BPE=0", "CPU486"): 2631,
     ("TALK", "ENC_RUNC=0", "CPU486"): 2810,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2756,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2935,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3016,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3195,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2748,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2927,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 3008,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3187,
 }
 
 
