@@ -220,9 +220,7 @@ load:
 
 ; ---- topm: real mode -> flat 32-bit protected mode, then popad and ret ----
 topm:
-    mov eax, cr0
-    inc ax                      ; PE on (interrupts are off)
-    mov cr0, eax
+    call pe                     ; PE on (interrupts are off)
     mov ds, dx                  ; dx = SEL_D (rputc leaves it; 16-bit code
     mov es, dx                  ; in protected mode: the selectors load as
     mov ss, dx                  ; they would in 32-bit; the stack stays
@@ -239,9 +237,7 @@ putc:
     jmp word SEL_C16:.rm        ; (a 16-bit offset: 1 byte shorter)
 bits 16
 .rm:
-    mov edx, cr0                ; (al is the byte)
-    dec dx                      ; PE off
-    mov cr0, edx
+    call pe                     ; PE off (al is the byte)
     jmp 0:.r                    ; CS = 0
 .r:
     push cs                     ; SS = 0 for the BIOS, which may switch
@@ -276,20 +272,27 @@ rputc:
     int 0x10
     cli
     push es                     ; the real-mode selector (0) ...
-    mov eax, cr0
-    inc ax                      ; PE on (it is off: real mode)
-    mov cr0, eax
+    call pe                     ; PE on (it is off: real mode)
     mov es, dx                  ; dx = 0x3F8 (COM1) is also the selector
-    dec ax                      ; of the flat 4 GiB data descriptor
-    mov cr0, eax                ; PE off; the 4 GiB limit stays cached
+    call pe                     ; of the flat 4 GiB data descriptor; PE
+                                ; off: the 4 GiB limit stays cached
     pop es                      ; ... back, so the BIOS can save and
                                 ; restore it (only ES: the copy's source
-                                ; is the bounce, below 64 KiB)
-    ret                         ; (these two bytes are also the GDT's limit)
+    ret                         ; is the bounce, below 64 KiB)
+
+; ---- pe: CR0.PE toggled (real <-> protected mode; every switch); clobbers
+; ebx.  (A near call and ret work on either side: CS keeps its cached base 0
+; and its 16-bit size until the far jump that follows.)
+pe:
+    mov ebx, cr0
+    xor bl, 1
+    mov cr0, ebx
+    ret                         ; (this byte and the one before are the
+                                ; GDT's limit)
 
 
 ; GDTR, lgdt's 6 bytes with a 16-bit operand size: the limit is the word
-; before (pop es's 0x07 and ret's 0xC3: 0xC307, more than the 0x40F needed),
+; before (mov cr0, ebx's last byte and ret: 0xC3C3, more than the 0x40F),
 ; then the 24-bit base, then a byte the CPU ignores (flat's first).  The
 ; flat data descriptor is entry 127 (selector 0x3F8, the COM1 port rputc
 ; has in dx); entries 0..126 are whatever lies below it, never loaded.
@@ -364,9 +367,7 @@ bits 16
 
 ; real mode from the 16-bit code segment (PE off, CS = 0, SS = 0)
 rmode:
-    mov edx, cr0
-    dec dx                      ; PE off
-    mov cr0, edx
+    call pe                     ; PE off
     xor dx, dx
     mov ss, dx                  ; SS = 0 for the BIOS
     pop dx
