@@ -61,8 +61,7 @@ E_MEM   equ 5
 
 start:
     xor ax, ax
-    mov ds, ax
-    mov es, ax
+    mov ds, ax                  ; (ES: rputc's unreal trip sets it from DS)
     mov ss, ax
     mov sp, STACK               ; (engine.inc's: the stack grows down from
                                 ; 0x2000, above x)
@@ -186,7 +185,7 @@ exit:                           ; (in sector 0: a failed first read loaded
 
 loadall:
     pop dx
-    mov edi, DATA
+    mov edi, [bp+TP]            ; DATA: TP's first value (the builder's)
 
 ; ---- load the data area to DATA, CHUNK sectors at a time -----------------
 load:
@@ -271,12 +270,13 @@ rputc:
 .tty:
     int 0x10
     cli
-    push es                     ; the real-mode selector (0) ...
-    call pe                     ; PE on (it is off: real mode)
+    push ds                     ; ES's real-mode selector: DS's (0; in
+    call pe                     ; putc's way, which topm reloads after, any)
+                                ; PE on (it is off: real mode)
     mov es, dx                  ; dx = 0x3F8 (COM1) is also the selector
     call pe                     ; of the flat 4 GiB data descriptor; PE
                                 ; off: the 4 GiB limit stays cached
-    pop es                      ; ... back, so the BIOS can save and
+    pop es                      ; ... as ES, so the BIOS can save and
                                 ; restore it (only ES: the copy's source
     ret                         ; is the bounce, below 64 KiB)
 
