@@ -36,27 +36,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1236, ("SAMPLING",): 1340, ("CPU486",): 1285, ("CPU486", "SAMPLING"): 1409}
+BUDGETS = {(): 1233, ("SAMPLING",): 1337, ("CPU486",): 1282, ("CPU486", "SAMPLING"): 1406}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1600,
-    ("TALK", "ENC_BPE=0"): 2571,
-    ("TALK", "ENC_RUNC=0"): 2750,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2668,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2847,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2928,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3107,
-    ("SAMPLING", "TOPP", "CPU486"): 1669,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2620,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2799,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2737,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2916,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2997,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3176,
+    ("SAMPLING", "TOPP"): 1597,
+    ("TALK", "ENC_BPE=0"): 2568,
+    ("TALK", "ENC_RUNC=0"): 2747,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2665,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2844,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2925,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3104,
+    ("SAMPLING", "TOPP", "CPU486"): 1666,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2617,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2796,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2734,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2913,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2994,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3173,
 }
 
 

@@ -379,8 +379,8 @@ def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) 
 # What each routine of sector.asm is for: the size table sums them per part, which shows where
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
-    "loader": ("start", "init", "loadall", "load", "topm", "gdt", "gdtr", "signature"),
-    "guards": ("guards", "diskfail", "cpufail", "die", "exit", "engine_start", "datacheck"),
+    "loader": ("start", "init", "loadall", "load", "topm", "pe", "gdt", "gdtr", "signature"),
+    "guards": ("guards", "a20fail", "diskfail", "datafail", "cpufail", "die", "exit", "engine_start", "datacheck"),
     "generate loop": ("gen", "done"),
     "printing": ("print", "putc", "rputc"),
     "forward pass": ("forward", "exptab", "exp", "consts", "rope", "nextw", "rmsnorm", "mvw", "mvwn", "mv",

@@ -125,9 +125,8 @@ guards:
     push byte -1
     pop fs
     inc word [fs:0x7e0e]        ; 0x107DFE: 0x7DFE (our 0xAA55) if A20 is off
-    mov si, m_a20
     cmp byte [0x7dfe], 0x55     ; (the inc would have made it 0x56)
-    jne die
+    jne a20fail
     mov ax, 0xe801
     int 0x15                    ; memory from 1 MiB: ax KiB up to 16 MiB,
 %ifdef CPU486                   ; bx 64 KiB blocks above it (or in cx, dx)
@@ -149,8 +148,8 @@ guards:
     cmp ax, [bp+M_NEED+2]       ; the blocks M_NEED starts in (at most 64
     ja loadall                  ; KiB stricter than needed)
 .memfail:
-    mov si, m_mem
-    jmp die
+    call die
+    db "!RAM", E_MEM
 %ifdef CPU486
 .m88:                           ; a 486's BIOS may predate E820
     mov ah, 0x88
@@ -164,18 +163,27 @@ guards:
     jmp short loadall           ; (over the messages' code)
 %endif
 ; ---- the guards' messages: print one, then exit with its code ------------
-; (between the guards and the load loop, so that the jumps of both are short)
+; (between the guards and the load loop, so that the jumps of both are short;
+; each is the call's return address: no mov si and no jmp per message)
+a20fail:
+    call die
+    db "!A20", E_A20
 diskfail:
-    mov si, m_disk
-    jmp die
-cpufail:
-    mov si, m_cpu
+    call die
+    db "!disk", E_DISK
+datafail:
+    call die
+    db "!data", E_DATA          ; (E_DATA: engine.inc's)
+cpufail:                        ; (the #UD or #NM handler)
+    call die
+    db "!CPU", E_CPU
 die:
-    lodsb
+    pop si                      ; the message
+.l: lodsb
     cmp al, 32                  ; the code byte ends the message
     jb exit
     call rputc
-    jmp die
+    jmp .l
 exit:                           ; (in sector 0: a failed first read loaded
 %ifndef HALT                    ; nothing else)
     out 0xf4, al                ; isa-debug-exit: QEMU quits with status 2*al+1
@@ -209,8 +217,7 @@ load:
     cmp edi, [bp+M_END]         ; the seed engine.inc's check uses
     jb load
     cmp dword [bp+TP], byte 0   ; the builder's M_FIX makes the sum 0; not 0:
-    mov si, m_data              ; a damaged or moved data area ("!data")
-    jnz die
+    jnz datafail                ; a damaged or moved data area ("!data")
     push cx                     ; popad, ret: to engine.inc, EBP = VARS; the
     push word engine_start      ; dword engine_start (cx is 0 after the copy
     pushad                      ; loop; engine_start is below 64 KiB)
@@ -306,11 +313,6 @@ flat:   dw 0xffff, 0            ; SEL_D: flat 4 GiB data, B = 0 (a 16-bit
         db 0, 0x9a, 0xcf, 0
         dw 0xffff, 0            ; SEL_C16: 64 KiB 16-bit code, base 0
         db 0, 0x9a, 0, 0
-m_disk: db "!disk", E_DISK
-m_a20:  db "!A20", E_A20
-m_cpu:  db "!CPU", E_CPU
-m_mem:  db "!RAM", E_MEM
-m_data: db "!data", E_DATA        ; (E_DATA: engine.inc's)
 
 ; ---- the MBR's fields: the builder writes the disk signature and the entry
     times 440-($-$$) db 0       ; boot code ends here
