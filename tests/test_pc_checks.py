@@ -36,27 +36,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1233, ("SAMPLING",): 1337, ("CPU486",): 1282, ("CPU486", "SAMPLING"): 1406}
+BUDGETS = {(): 1230, ("SAMPLING",): 1334, ("CPU486",): 1279, ("CPU486", "SAMPLING"): 1403}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1597,
-    ("TALK", "ENC_BPE=0"): 2568,
-    ("TALK", "ENC_RUNC=0"): 2747,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2665,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2844,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2925,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3104,
-    ("SAMPLING", "TOPP", "CPU486"): 1666,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2617,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2796,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2734,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2913,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2994,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3173,
+    ("SAMPLING", "TOPP"): 1594,
+    ("TALK", "ENC_BPE=0"): 2565,
+    ("TALK", "ENC_RUNC=0"): 2744,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2662,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2841,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2922,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3101,
+    ("SAMPLING", "TOPP", "CPU486"): 1663,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2614,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2793,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2731,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2910,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2991,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3170,
 }
 
 
