@@ -23,7 +23,7 @@ boots both ways, legacy BIOS and UEFI (plan_esp)::
     LBA 0            the MBR as above, partition entry 0 (active, type 0xEF) over the ESP
     LBA 1..9         the engine's other sectors, then zeros
     LBA 10, 11       copies of the manifest sector and of the checkpoint's first sector, for
-                     the legacy engine's boot read (LBA 1..64 to 0x7E00)
+                     the legacy engine's boot read (LBA 1..32 to 0x7E00)
     LBA ESP_LBA = 64 the EFI System Partition (bootllama.fat: FAT16, or FAT32 past 2 GiB):
                      LLAMA.BIN, the data area above (manifest first) as one contiguous file
                      of whole loader chunks, at LBA M_DLBA; EFI/BOOT/BOOTX64.EFI, the UEFI
