@@ -123,8 +123,8 @@ guards:
     out 0x92, al                ; ... and through the fast gate
 %endif
     push byte -1
-    pop fs
-    inc word [fs:0x7e0e]        ; 0x107DFE: 0x7DFE (our 0xAA55) if A20 is off
+    pop es                      ; (ES is free until rputc sets it from DS)
+    inc word [es:0x7e0e]        ; 0x107DFE: 0x7DFE (our 0xAA55) if A20 is off
     cmp byte [0x7dfe], 0x55     ; (the inc would have made it 0x56)
     jne a20fail
     mov ax, 0xe801
@@ -192,21 +192,22 @@ exit:                           ; (in sector 0: a failed first read loaded
     jmp .h
 
 loadall:
-    pop dx
     mov edi, [bp+TP]            ; DATA: TP's first value (the builder's)
 
 ; ---- load the data area to DATA, CHUNK sectors at a time -----------------
+; (the drive waits on the stack, below the DAP, while rputc has dx)
 load:
-    mov si, sp
+    pop dx                      ; the drive (init's push, then each round's)
+    mov si, STACK - 16          ; the DAP (the stack's first 16 bytes)
     mov ah, 0x42
     int 0x13                    ; (it may clobber EBX's high half: Bochs's
                                 ; BIOS does)
     jc diskfail                 ; (carry: error, or no extended reads)
     add dword [si+8], CHUNK
     mov al, '.'
-    push dx                     ; (rputc leaves dx = SEL_D)
-    call rputc                  ; progress, and back to unreal mode
-    pop dx
+    push dx                     ; (rputc leaves dx = SEL_D: topm's, once
+    call rputc                  ; the last round is done) progress, and
+                                ; back to unreal mode
     mov si, BOUNCE              ; (16-bit: the bounce is below 64 KiB)
     mov cx, CHUNK*128           ; CHUNK*128 dwords (loop counts in cx: a16)
 .copy:
@@ -221,7 +222,6 @@ load:
     push cx                     ; popad, ret: to engine.inc, EBP = VARS; the
     push word engine_start      ; dword engine_start (cx is 0 after the copy
     pushad                      ; loop; engine_start is below 64 KiB)
-    mov dx, SEL_D               ; (topm's selector)
                                 ; fall into topm
 
 ; ---- topm: real mode -> flat 32-bit protected mode, then popad and ret ----
