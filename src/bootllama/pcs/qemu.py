@@ -321,6 +321,8 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
     if status != done:
         if status % 2 == 1 and status > 1:  # written by the sector to isa-debug-exit
             raise BootllamaError(describe_exit(status, "" if machine == "pc" else name, serial.printed))
+        if message and Path(cmd[0]).name in message:  # QEMU's own failure (its status 1)
+            raise BootllamaError(f"{name} failed: {message}")
         detail = f": {message}" if message else ""
         raise BootllamaError(f"{name} exited with status {status} before the sector finished{detail}")
     if (message and Path(cmd[0]).name in message) or (len(dots) < chunks and b"!" not in dots):
