@@ -67,7 +67,7 @@ SOFTMAX_EXP = "    call exp                    ; x = expf(x - max)\n"
 SWIGLU_EXP = "    call exp                    ; e val\n"
 EXP_TWICE = "    fld st0\n    call exp\n    fstp st0\n"
 R2 = "    mulsd xmm0, xmm0            ; r2 = r*r\n"
-Y = "    addsd xmm0, xmm2            ; y = z*r2 + y\n"
+Y = "    addsd xmm0, xmm1            ; y = z*r2 + y\n"
 
 # name -> (what it adds per use, what the per-token count counts (see counts()), [(old, new)] patches)
 VARIANTS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
@@ -81,7 +81,7 @@ VARIANTS: dict[str, tuple[str, str, list[tuple[str, str]]]] = {
     "mulsd": ("a second mulsd per exp (r*r into xmm3)", "exp",
               [(R2, "    movapd xmm3, xmm0\n    mulsd xmm3, xmm0\n" + R2)]),
     "addsd": ("a second addsd per exp (z*r2 + y into xmm3)", "exp",
-              [(Y, "    movapd xmm3, xmm0\n    addsd xmm3, xmm2\n" + Y)]),
+              [(Y, "    movapd xmm3, xmm0\n    addsd xmm3, xmm1\n" + Y)]),
     "products x2": ("every dot product's loop run a second time (result dropped)", "product",
                     [("    loop .col\n    popad\n", "    loop .col\n    popad\n    pushad\n    xorps xmm0, xmm0\n"
                       + ".col2:\n" + STEP + "    loop .col2\n    popad\n")]),

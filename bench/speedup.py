@@ -136,6 +136,11 @@ def build_old(commit: str, ckpt: Path, tok: Path, dest: Path) -> tuple[image.Eng
     return engine, mod.build_image(ckpt, tok, Path(dest, "old.img"), engine=engine)
 
 
+def old_text(dest: Path) -> str:
+    """The old engine's assembly sources as written by old_source, one string."""
+    return "".join(p.read_text(errors="replace") for p in sorted(dest.glob("*.asm")) + sorted(dest.glob("*.inc")))
+
+
 def data_area(img: image.Image) -> bytes:
     """The checkpoint and the tokenizer as the engines load them (the manifest's fields, and the
     address table and RoPE values the builder computes, differ between generations)."""
@@ -175,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         old_engine, old_img = build_old(args.old, ckpt, tok, old_dir)
         imgs = {"old": old_img,
                 "new": image.build_image(ckpt, tok, Path(tmp, "new.img"))}
+        # the status of a finished story: 21 (E_DONE, 10) since golf3, 1 (code 0) before
+        done = {"old": qemu.EXIT_DONE if "E_DONE" in old_text(old_dir) else 1, "new": qemu.EXIT_DONE}
         if data_area(imgs["old"]) != data_area(imgs["new"]):
             raise BootllamaError("the two images' data areas differ: the comparison would not be fair")
         rates: dict[str, list[float]] = {k: [] for k in imgs}
@@ -187,10 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                 cpu0 = child_cpu()
                 gen_cpu = GenCpu()
                 if args.pc == "v86":
-                    res = v86.boot(img.path, img.layout.memory_mib, img.layout.chunks)
+                    res = v86.boot(img.path, img.layout.memory_mib, img.layout.chunks, done=done[name])
                 else:
                     res = qemu.boot(img.path, img.layout.memory_mib, img.layout.chunks, accel="tcg",
-                                    on_bytes=gen_cpu)
+                                    on_bytes=gen_cpu, done=done[name])
                 cpu[name].append(child_cpu() - cpu0)
                 cpu_rates[name].append(gen_cpu.tok_per_s(res.tokens))
                 if res.text != oracle:

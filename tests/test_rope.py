@@ -147,11 +147,10 @@ def test_image_carries_runcs_rotation_values(tmp_path: Path, base: float | None)
     c = lay.config
     fields = region(data, lay, image.DATA, 512)[384:]
     m_fr, m_fi = struct.unpack_from("<2I", fields, 128 - 76)  # M_FR, M_FI (bp-76, bp-72)
-    assert m_fr == lay.rope_addr and m_fi == c.seq_len * (c.head_size // 2) * 4
+    assert m_fr == lay.rope_addr and m_fi == 4  # each row's (fcr, fci) pairs interleaved
     n = c.seq_len * (c.head_size // 2) * 4
-    fcr = np.frombuffer(region(data, lay, m_fr, n), dtype="<f4").reshape(c.seq_len, -1)
-    fci = np.frombuffer(region(data, lay, m_fr + m_fi, n), dtype="<f4").reshape(c.seq_len, -1)
-    assert same(fcr, want[0]) and same(fci, want[1])
+    pairs = np.frombuffer(region(data, lay, m_fr, 2 * n), dtype="<f4").reshape(c.seq_len, -1, 2)
+    assert same(pairs[..., 0], want[0]) and same(pairs[..., 1], want[1])
     assert region(data, lay, lay.checkpoint_addr, Path(ckpt).stat().st_size) == Path(ckpt).read_bytes()
     # the region lies inside what the loader reads, and the plan keeps it below the logits
     assert lay.rope_addr + 2 * n <= image.DATA + lay.chunks * image.CHUNK * 512

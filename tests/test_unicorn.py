@@ -66,8 +66,8 @@ def sampler_machine() -> Machine:
 
 
 def test_sample_is_runc_sample_mult(sampler_machine: Machine) -> None:
-    # the engine's VARS layout (sector.asm): BP, logits at M_LOG (-64), |vocab| word at
-    # VOC (+20), temperature at M_TEMP (-52), the RNG state at M_SEED (-48)
+    # the engine's VARS layout (engine.inc): BP, logits at M_LOG (-64), |vocab| at M_VOCAB
+    # (-104; the header's at +20), temperature at M_TEMP (-52), the RNG state at M_SEED (-48)
     m = sampler_machine
     bp, logits_at, n = m.engine.vars_at, 0x200000, 512
     for seed in (1, 42, 2**40 + 7):
@@ -76,6 +76,7 @@ def test_sample_is_runc_sample_mult(sampler_machine: Machine) -> None:
             logits = (rng.standard_normal(n) * 3).astype(F)
             m.write(bp - 64, struct.pack("<I", logits_at))
             m.write(bp + 20, struct.pack("<I", n))
+            m.write(bp - 104, struct.pack("<I", n))
             m.write(bp - 52, struct.pack("<f", temperature))
             m.write(bp - 48, struct.pack("<Q", seed))
             ref = Sampler(n, temperature=temperature, topp=1.0, seed=seed, exp="runc")

@@ -13,8 +13,8 @@ Disk layout (512-byte sectors)::
     ...              the prompt's token ids (int32, after the BOS, 0-terminated)
     ...              the address table: per layer, the addresses of its weight slices (and of
                      its k in the KV cache) in the order the engine uses them
-    ...              the RoPE rotation values run.c computes (cosf rows, then sinf rows, each
-                     [seq_len][head_size/2] float32; see rope_region)
+    ...              the RoPE rotation values run.c computes ([seq_len][head_size/2] pairs of
+                     float32: cosf, sinf; see rope_region)
     ...              zero padding: the loader reads whole chunks, Bochs wants whole cylinders
 
 That is the legacy-only layout (``build_image(uefi=False)``: the web page's). The default image
@@ -23,7 +23,7 @@ boots both ways, legacy BIOS and UEFI (plan_esp)::
     LBA 0            the MBR as above, partition entry 0 (active, type 0xEF) over the ESP
     LBA 1..9         the engine's other sectors, then zeros
     LBA 10, 11       copies of the manifest sector and of the checkpoint's first sector, for
-                     the legacy engine's boot read (LBA 1..64 to 0x7E00)
+                     the legacy engine's boot read (LBA 1..32 to 0x7E00)
     LBA ESP_LBA = 64 the EFI System Partition (bootllama.fat: FAT16, or FAT32 past 2 GiB):
                      LLAMA.BIN, the data area above (manifest first) as one contiguous file
                      of whole loader chunks, at LBA M_DLBA; EFI/BOOT/BOOTX64.EFI, the UEFI
@@ -70,7 +70,7 @@ if TYPE_CHECKING:
 
 SECTOR = 512
 MANIFEST_LBA = 10  # sector.asm's MLBA: the manifest's sector, after the engine's and zeros
-CHUNK = 64  # sectors per BIOS read; must match CHUNK in sector.asm
+CHUNK = 32  # sectors per BIOS read (16 KiB); must match CHUNK in sector.asm
 DATA = 0x100000  # where the data area (the manifest) lands
 CYLINDER = 16 * 63  # sectors per cylinder of the geometry Bochs is given
 FIELDS = 128  # the manifest's fields: its last 128 bytes
@@ -378,8 +378,8 @@ def size_table(listing: str, total: int, symbols: dict[str, int] | None = None) 
 # What each routine of sector.asm is for: the size table sums them per part, which shows where
 # the bytes go (the forward pass alone is more than a sector holds; see the README).
 PARTS = {
-    "loader": ("start", "init", "load", "topm", "gdt", "gdtr", "signature"),
-    "guards": ("guards", "diskfail", "cpufail", "die", "exit", "engine_start", "datacheck"),
+    "loader": ("start", "init", "loadall", "load", "topm", "pe", "gdt", "gdtr", "signature"),
+    "guards": ("guards", "a20fail", "diskfail", "datafail", "cpufail", "die", "exit", "engine_start", "datacheck"),
     "generate loop": ("gen", "done"),
     "printing": ("print", "putc", "rputc"),
     "forward pass": ("forward", "exptab", "exp", "consts", "rope", "nextw", "rmsnorm", "mvw", "mvwn", "mv",
@@ -429,7 +429,7 @@ class Layout:
     last_lba: int
     disk_sectors: int
     table_addr: int = 0  # the engine's per-layer address table (see table())
-    rope_addr: int = 0  # run.c's rotation values: fcr rows, then fci rows (see rope_region())
+    rope_addr: int = 0  # run.c's rotation values: rows of (fcr, fci) pairs (see rope_region())
     esp_lba: int = 0  # the EFI System Partition (0: a legacy-only image, the data area at data_lba)
     esp_sectors: int = 0
     efi_size: int = 0  # bytes of \EFI\BOOT\BOOTX64.EFI
@@ -449,12 +449,13 @@ class Layout:
 
     @property
     def rope_row_bytes(self) -> int:
-        return 4 * (self.config.head_size // 2)
+        """One position's (fcr, fci) pairs (the manifest's M_RADV)."""
+        return 8 * (self.config.head_size // 2)
 
     @property
     def rope_fi_offset(self) -> int:
-        """Bytes from fcr row 0 to fci row 0 (the manifest's M_FI)."""
-        return self.config.seq_len * self.rope_row_bytes
+        """Bytes from an fcr to its fci (the manifest's M_FI; the engine has it as [edi+4])."""
+        return 4
 
     @property
     def chunks(self) -> int:
@@ -516,7 +517,7 @@ def plan_esp(layout: Layout, efi_size: int) -> Layout:
 
 
 def rope_bytes(config: Config) -> int:
-    """Size of the rotation-value region: fcr and fci, each seq_len x head_size/2 float32."""
+    """Size of the rotation-value region: seq_len x head_size/2 pairs (fcr, fci) of float32."""
     return 2 * config.seq_len * (config.head_size // 2) * 4
 
 
@@ -536,7 +537,8 @@ def read_freq_cis(checkpoint: str | os.PathLike[str], config: Config) -> tuple[n
 
 
 def rope_region(checkpoint: str | os.PathLike[str], config: Config) -> bytes:
-    """The rotation values the engine reads: run.c's fcr rows, then its fci rows (float32 LE).
+    """The rotation values the engine reads: per position, run.c's (fcr, fci) pairs (float32 LE,
+    interleaved: the engine reads a pair as [edi] and [edi+4]).
 
     bootllama.libm.checkpoint_rope computes them from the header (and the base the checkpoint's
     tables encode, 10000 for llama2.c's), the function the reference uses. They depend on the model
@@ -546,7 +548,7 @@ def rope_region(checkpoint: str | os.PathLike[str], config: Config) -> bytes:
     from bootllama.libm import checkpoint_rope
 
     fcr, fci = checkpoint_rope(*read_freq_cis(checkpoint, config), config.head_size)
-    return np.ascontiguousarray(fcr, dtype="<f4").tobytes() + np.ascontiguousarray(fci, dtype="<f4").tobytes()
+    return np.ascontiguousarray(np.stack([fcr, fci], axis=-1), dtype="<f4").tobytes()
 
 
 # The address table the engine walks through one forward pass: per layer, the addresses of

@@ -33,7 +33,7 @@ from bootllama.errors import BootllamaError
 from bootllama.image import ORG, Engine
 
 MEMORY = 4 << 20  # 4 MiB: low memory plus room above 1 MiB for weights
-STACK = 0x1000  # the sector's own stack top
+STACK = 0x2000  # the sector's own stack top (engine.inc's STACK)
 RETURN = 0x0500  # a `hlt` the called routine returns to
 
 REGS = {"eax": UC_X86_REG_EAX, "ebx": UC_X86_REG_EBX, "ecx": UC_X86_REG_ECX, "edx": UC_X86_REG_EDX,

@@ -2,8 +2,8 @@
 ; A boot sector that reads bytes from COM1's receiver and from the BIOS keyboard (int 16h),
 ; whichever has one, and writes each back to COM1 in a visible form: printable ASCII and LF
 ; as they are, the keyboard's Enter (CR) as LF, any other byte as <XX> in hex.  Byte 0x04
-; (EOT, Ctrl-D) from either side ends the run: exit code 0 on port 0xF4 (QEMU's
-; isa-debug-exit status 1), then a halt with interrupts off.  It first prints one '.', the
+; (EOT, Ctrl-D) from either side ends the run: exit code 10 on port 0xF4 (QEMU's
+; isa-debug-exit status 21, the engine's E_DONE), then a halt with interrupts off.  It first prints one '.', the
 ; "progress dot" of a one-chunk layout, so the harnesses read it as they read the engine.
 bits 16
 org 0x7c00
@@ -63,7 +63,7 @@ show:   cmp al, 4                   ; EOT: end of input
         call putc
         jmp poll
 
-done:   xor al, al                  ; exit code 0: finished
+done:   mov al, 10                  ; exit code 10 (engine.inc's E_DONE): finished
         out 0xf4, al                ; QEMU's isa-debug-exit (Bochs logs the write; v86 hooks it)
         cli
 .halt:  hlt                         ; halted with interrupts off: every harness sees the end

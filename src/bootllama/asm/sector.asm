@@ -12,8 +12,8 @@
 ; the RoPE values) to 1 MiB and above, switches to 32-bit protected mode and
 ; runs engine.inc (llama2.c's generate loop and forward pass).
 ;
-; Modes: the loader runs in "unreal" 16-bit real mode (DS and ES keep 4 GiB
-; limits from a brief trip into protected mode, so the copy reaches 1 MiB
+; Modes: the loader runs in "unreal" 16-bit real mode (ES keeps a 4 GiB
+; limit from a brief trip into protected mode, so the copy reaches 1 MiB
 ; while BIOS calls still work; a BIOS call may reload segment limits, so
 ; rputc, which follows every BIOS call, redoes unreal).  engine.inc runs in
 ; flat 32-bit protected mode with interrupts off; its putc goes back to real
@@ -28,9 +28,11 @@
 ;   0x00018          IVT entry 6 (#UD; the 486 build: 7, #NM): the CPU message
 ;   0x07C00          sector 0, then at 0x7E00 the TAIL tail sectors: code,
 ;                    and nothing the engine writes, in pages 0x7000-0x8FFF
-;   0x10E00-0x18DFF  the disk bounce buffer while loading
+;   0x0AE00-0x0EDFF  the disk bounce buffer while loading (below 64 KiB:
+;                    the copy reads it through SI)
 ; Exit: the byte written to port 0xF4 (QEMU's isa-debug-exit: status
-; 2 * byte + 1): 0 the story ended, 2 disk, 3 A20, 4 CPU, 5 memory, 6 the
+; 2 * byte + 1): 10 the story ended (the final newline's byte, so QEMU's
+; own status 1 is never taken for it), 2 disk, 3 A20, 4 CPU, 5 memory, 6 the
 ; data check (the load loop sums the dwords it copies; the builder's M_FIX
 ; makes the sum 0).
 
@@ -43,9 +45,10 @@ MLBA    equ 10                  ; the manifest's LBA in the boot read: it lands
                                 ; at 0x9000, the page after the code's, so that
                                 ; writes to the work variables never hit a page
                                 ; of code (QEMU and v86 translate it again)
-BOUNCE  equ 0x10E00             ; the disk bounce buffer (32 KiB): segment
-                                ; 0x10E0, one byte from PRE's 0x07E0
-CHUNK   equ 64                  ; sectors per int 13h read (32 KiB)
+BOUNCE  equ 0xAE00              ; the disk bounce buffer (16 KiB, below 64
+                                ; KiB: SI walks it): segment 0x0AE0, one
+                                ; byte from PRE's 0x07E0
+CHUNK   equ 32                  ; sectors per int 13h read (16 KiB)
 SEL_D   equ 0x3F8               ; GDT selectors: flat 4 GiB data (COM1's port,
 SEL_C32 equ SEL_D + 8           ; which rputc has in dx), flat 32-bit code,
 SEL_C16 equ SEL_D + 16          ; 16-bit code (the way back to real mode)
@@ -58,10 +61,10 @@ E_MEM   equ 5
 
 start:
     xor ax, ax
-    mov ds, ax
-    mov es, ax
+    mov ds, ax                  ; (ES: rputc's unreal trip sets it from DS)
     mov ss, ax
-    mov sp, 0x1000              ; (the stack grows down from 0x1000)
+    mov sp, STACK               ; (engine.inc's: the stack grows down from
+                                ; 0x2000, above x)
     mov ebp, VARS               ; (for engine.inc too)
     lgdt [gdtr]                 ; before the first putc, which uses it
     push ax                     ; DAP on the stack: LBA high
@@ -75,29 +78,10 @@ start:
     mov si, sp
     mov ah, 0x42                ; extended read; DL is still the boot drive
     int 0x13                    ; tail code, manifest and header to PRE
-                                ; (64 sectors: 0x7E00..0xFDFF; the rest is
+                                ; (32 sectors: 0x7E00..0xBDFF; the rest is
                                 ; checkpoint data, loaded again to DATA)
-    jnc init                    ; (the messages sit here, within short jumps)
-
-; ---- the guards' messages: print one, then exit with its code ------------
-diskfail:
-    mov si, m_disk
-    jmp die
-cpufail:
-    mov si, m_cpu
-die:
-    lodsb
-    cmp al, 32                  ; the code byte ends the message
-    jb exit
-    call rputc
-    jmp die
-exit:                           ; (in sector 0: a failed first read loaded
-%ifndef HALT                    ; nothing else)
-    out 0xf4, al                ; isa-debug-exit: QEMU quits with status 2*al+1
-%endif
-.h: hlt
-    jmp .h
-
+    jc diskfail                 ; (the messages sit between the guards and
+                                ; the load loop: short jumps from both)
 init:
     mov byte [si+7], BOUNCE >> 12 ; the same DAP: buffer segment -> BOUNCE
     mov eax, [bp+M_DLBA]
@@ -139,11 +123,10 @@ guards:
     out 0x92, al                ; ... and through the fast gate
 %endif
     push byte -1
-    pop fs
-    inc word [fs:0x7e0e]        ; 0x107DFE: 0x7DFE (our 0xAA55) if A20 is off
-    mov si, m_a20
+    pop es                      ; (ES is free until rputc sets it from DS)
+    inc word [es:0x7e0e]        ; 0x107DFE: 0x7DFE (our 0xAA55) if A20 is off
     cmp byte [0x7dfe], 0x55     ; (the inc would have made it 0x56)
-    jne die
+    jne a20fail
     mov ax, 0xe801
     int 0x15                    ; memory from 1 MiB: ax KiB up to 16 MiB,
 %ifdef CPU486                   ; bx 64 KiB blocks above it (or in cx, dx)
@@ -161,12 +144,12 @@ guards:
     add ax, bx                  ; join on
 .low:
     add ax, 16                  ; + the first MiB: the end, in 64 KiB blocks
-    jc .ok                      ; (4 GiB)
+    jc loadall                  ; (4 GiB)
     cmp ax, [bp+M_NEED+2]       ; the blocks M_NEED starts in (at most 64
-    ja .ok                      ; KiB stricter than needed)
+    ja loadall                  ; KiB stricter than needed)
 .memfail:
-    mov si, m_mem
-    jmp die
+    call die
+    db "!RAM", E_MEM
 %ifdef CPU486
 .m88:                           ; a 486's BIOS may predate E820
     mov ah, 0x88
@@ -177,46 +160,77 @@ guards:
     shl eax, 10                 ; the end of that memory
     cmp eax, [bp+M_NEED]
     jb .memfail
+    jmp short loadall           ; (over the messages' code)
 %endif
-.ok:
-    pop dx
-    mov edi, DATA
+; ---- the guards' messages: print one, then exit with its code ------------
+; (between the guards and the load loop, so that the jumps of both are short;
+; each is the call's return address: no mov si and no jmp per message)
+a20fail:
+    call die
+    db "!A20", E_A20
+diskfail:
+    call die
+    db "!disk", E_DISK
+datafail:
+    call die
+    db "!data", E_DATA          ; (E_DATA: engine.inc's)
+cpufail:                        ; (the #UD or #NM handler)
+    call die
+    db "!CPU", E_CPU
+die:
+    pop si                      ; the message
+.l: lodsb
+    cmp al, 32                  ; the code byte ends the message
+    jb exit
+    call rputc
+    jmp .l
+exit:                           ; (in sector 0: a failed first read loaded
+%ifndef HALT                    ; nothing else)
+    out 0xf4, al                ; isa-debug-exit: QEMU quits with status 2*al+1
+%endif
+.h: hlt
+    jmp .h
+
+loadall:
+    mov edi, [bp+TP]            ; DATA: TP's first value (the builder's)
 
 ; ---- load the data area to DATA, CHUNK sectors at a time -----------------
+; (the drive waits on the stack, below the DAP, while rputc has dx)
 load:
-    mov si, sp
+    pop dx                      ; the drive (init's push, then each round's)
+    mov si, STACK - 16          ; the DAP (the stack's first 16 bytes)
     mov ah, 0x42
     int 0x13                    ; (it may clobber EBX's high half: Bochs's
                                 ; BIOS does)
     jc diskfail                 ; (carry: error, or no extended reads)
     add dword [si+8], CHUNK
     mov al, '.'
-    call rputc                  ; progress, and back to unreal mode
-    mov esi, BOUNCE
+    push dx                     ; (rputc leaves dx = SEL_D: topm's, once
+    call rputc                  ; the last round is done) progress, and
+                                ; back to unreal mode
+    mov si, BOUNCE              ; (16-bit: the bounce is below 64 KiB)
     mov cx, CHUNK*128           ; CHUNK*128 dwords (loop counts in cx: a16)
 .copy:
-    a32 lodsd
+    lodsd                       ; (DS:SI)
     add [bp+TP], eax            ; the data check: every dword loaded, summed
     a32 stosd                   ; into TP (forward sets it before any use),
     loop .copy                  ; whose first value is DATA (the builder's):
     cmp edi, [bp+M_END]         ; the seed engine.inc's check uses
     jb load
     cmp dword [bp+TP], byte 0   ; the builder's M_FIX makes the sum 0; not 0:
-    mov si, m_data              ; a damaged or moved data area ("!data")
-    jnz die
-    push dword engine_start     ; popad, ret: to engine.inc, EBP = VARS
-    pushad
+    jnz datafail                ; a damaged or moved data area ("!data")
+    push cx                     ; popad, ret: to engine.inc, EBP = VARS; the
+    push word engine_start      ; dword engine_start (cx is 0 after the copy
+    pushad                      ; loop; engine_start is below 64 KiB)
                                 ; fall into topm
 
 ; ---- topm: real mode -> flat 32-bit protected mode, then popad and ret ----
 topm:
-    mov eax, cr0
-    inc ax                      ; PE on (interrupts are off)
-    mov cr0, eax
-    mov ax, SEL_D               ; (16-bit code in protected mode: the
-    mov ds, ax                  ; selectors load as they would in 32-bit)
-    mov es, ax
-    mov ss, ax                  ; (the stack stays below 64 KiB: SP is ESP)
+    call pe                     ; PE on (interrupts are off)
+    mov ds, dx                  ; dx = SEL_D (rputc leaves it; 16-bit code
+    mov es, dx                  ; in protected mode: the selectors load as
+    mov ss, dx                  ; they would in 32-bit; the stack stays
+                                ; below 64 KiB: SP is ESP)
     jmp SEL_C32:.pm             ; a 16-bit far jump: .pm is below 64 KiB
 bits 32
 .pm:
@@ -229,21 +243,20 @@ putc:
     jmp word SEL_C16:.rm        ; (a 16-bit offset: 1 byte shorter)
 bits 16
 .rm:
-    mov edx, cr0                ; (al is the byte)
-    dec dx                      ; PE off
-    mov cr0, edx
+    call pe                     ; PE off (al is the byte)
     jmp 0:.r                    ; CS = 0
 .r:
     push cs                     ; SS = 0 for the BIOS, which may switch
-    pop ss                      ; stacks and back (DS and ES: rputc loads
-                                ; its own; the teletype takes no pointer)
+    pop ss                      ; stacks and back (ES: rputc loads its own;
+                                ; the teletype takes no pointer)
     call rputc
     jmp topm
 
 ; ---- rputc: al to COM1 and to the screen (BIOS teletype, CR before LF) -----
-; then unreal: give DS and ES 4 GiB limits again, interrupts off
+; then unreal: give ES its 4 GiB limit again, interrupts off.  Leaves
+; dx = SEL_D (topm's selector); clobbers eax, bx, cx (putc's pushad keeps
+; the engine's, die and the load loop need none but dx's drive, saved)
 rputc:
-    pushad
     xchg ax, cx                 ; cl = the byte
     mov dx, 0x3fd               ; COM1's line status: wait for the
 .thre:                          ; transmitter (a real UART drops a byte
@@ -264,23 +277,29 @@ rputc:
 .tty:
     int 0x10
     cli
-    push ds                     ; the real-mode selectors (0) ...
-    push es
-    mov eax, cr0
-    inc ax                      ; PE on (it is off: real mode)
-    mov cr0, eax
-    mov ds, dx                  ; dx = 0x3F8 (COM1) is also the selector
-    mov es, dx                  ; of the flat 4 GiB data descriptor
-    dec ax
-    mov cr0, eax                ; PE off; the 4 GiB limits stay cached
-    pop es                      ; ... back, so the BIOS can save and
-    pop ds                      ; restore them
-    popad
-    ret                         ; (these two bytes are also the GDT's limit)
+    push ds                     ; ES's real-mode selector: DS's (0; in
+    call pe                     ; putc's way, which topm reloads after, any)
+                                ; PE on (it is off: real mode)
+    mov es, dx                  ; dx = 0x3F8 (COM1) is also the selector
+    call pe                     ; of the flat 4 GiB data descriptor; PE
+                                ; off: the 4 GiB limit stays cached
+    pop es                      ; ... as ES, so the BIOS can save and
+                                ; restore it (only ES: the copy's source
+    ret                         ; is the bounce, below 64 KiB)
+
+; ---- pe: CR0.PE toggled (real <-> protected mode; every switch); clobbers
+; ebx.  (A near call and ret work on either side: CS keeps its cached base 0
+; and its 16-bit size until the far jump that follows.)
+pe:
+    mov ebx, cr0
+    xor bl, 1
+    mov cr0, ebx
+    ret                         ; (this byte and the one before are the
+                                ; GDT's limit)
 
 
 ; GDTR, lgdt's 6 bytes with a 16-bit operand size: the limit is the word
-; before (popad's 0x61 and ret's 0xC3: 0xC361, more than the 0x40F needed),
+; before (mov cr0, ebx's last byte and ret: 0xC3C3, more than the 0x40F),
 ; then the 24-bit base, then a byte the CPU ignores (flat's first).  The
 ; flat data descriptor is entry 127 (selector 0x3F8, the COM1 port rputc
 ; has in dx); entries 0..126 are whatever lies below it, never loaded.
@@ -294,11 +313,6 @@ flat:   dw 0xffff, 0            ; SEL_D: flat 4 GiB data, B = 0 (a 16-bit
         db 0, 0x9a, 0xcf, 0
         dw 0xffff, 0            ; SEL_C16: 64 KiB 16-bit code, base 0
         db 0, 0x9a, 0, 0
-m_disk: db "!disk", E_DISK
-m_a20:  db "!A20", E_A20
-m_cpu:  db "!CPU", E_CPU
-m_mem:  db "!RAM", E_MEM
-m_data: db "!data", E_DATA        ; (E_DATA: engine.inc's)
 
 ; ---- the MBR's fields: the builder writes the disk signature and the entry
     times 440-($-$$) db 0       ; boot code ends here
@@ -322,6 +336,7 @@ bits 16
 .poll:
     mov dx, 0x3fd
     in al, dx
+    mov dl, 0xf8                ; (COM1's data; SEL_D for topm)
     test al, 1                  ; COM1's line status: a byte received
     jnz .com
     mov ah, 1
@@ -332,7 +347,6 @@ bits 16
     mov ah, 1
     jmp short .got
 .com:
-    mov dl, 0xf8
     in al, dx                   ; COM1's byte
     mov ah, 0
 .got:
@@ -349,18 +363,13 @@ echo:
 bits 16
 .rm:
     call rmode
-    call .tty
+    mov dx, 0x3f8               ; (the flat selector, for rputc's unreal)
+    call rputc.scr              ; rputc after its COM1 part
     jmp topm
-.tty:
-    pushad                      ; rputc's frame, entered after its COM1 part
-    mov dx, 0x3f8               ; (the flat selector, for its unreal)
-    jmp rputc.scr
 
 ; real mode from the 16-bit code segment (PE off, CS = 0, SS = 0)
 rmode:
-    mov edx, cr0
-    dec dx                      ; PE off
-    mov cr0, edx
+    call pe                     ; PE off
     xor dx, dx
     mov ss, dx                  ; SS = 0 for the BIOS
     pop dx
@@ -377,4 +386,7 @@ TAIL    equ (engine_end - $$) / 512 - 1   ; sectors after this one
 %endif
 %if VARS != 0x7C00 + MLBA*512 + 512
   %error "engine.inc's VARS is not where the boot read puts the header"
+%endif
+%if PRE + CHUNK*512 < VARS + 512 || BOUNCE + CHUNK*512 > 0x10000
+  %error "the boot read misses the header, or the bounce passes 64 KiB"
 %endif

@@ -18,7 +18,7 @@
 ;   3. Its first sector is the manifest: M_NEED, the memory the run needs,
 ;      and M_END, where the data area ends (DATA + its size).
 ;   4. AllocatePages below 4 GiB for M_NEED bytes at B; none: "!RAM", exit 5.
-;   5. Read the file to B + DATA, 32 KiB at a time, a '.' per read (the
+;   5. Read the file to B + DATA, 16 KiB at a time, a '.' per read (the
 ;      legacy loader's progress protocol); a short read: "!disk", exit 2.
 ;   6. Place what the legacy boot read would: the manifest sector and the
 ;      checkpoint's first sector at B + VARS - 512; the engine's 32-bit bytes
@@ -50,7 +50,7 @@ default rel
 ENGINE_ORG equ 0x7E00           ; where the engine's bytes go (its legacy org)
 %endif
 SECT    equ 512
-CHUNKB  equ 0x8000              ; bytes per read (and per progress dot)
+CHUNKB  equ 0x4000              ; bytes per read (and per progress dot)
 MAN_NEED equ SECT + M_NEED      ; the manifest's fields (engine.inc's M_*:
 MAN_END equ SECT + M_END        ; offsets from VARS, the sector's end)
 CTX     equ 0xE000              ; emit's context (see emit)
@@ -764,16 +764,17 @@ eng_start:
 bits 32
 %ifdef TESTPAYLOAD
 VARS    equ 0x9200              ; (engine.inc's)
+STACK   equ 0x2000
 DATA    equ 0x100000
 M_NEED  equ -92
 M_END   equ -40
 ; A test of the mechanism and of putc's contract, in place of engine.inc:
 ; from the documented entry state it prints test_msg through putc, checking
 ; after every call that each register, xmm0..7 and the x87 stack are as
-; they were; then exit 0 ("!" and exit 7 at the first difference).
+; they were; then exit 10 ("!" and exit 7 at the first difference).
 datacheck:                      ; (the payload has no data check)
 engine_start:
-    cmp esp, 0x1000
+    cmp esp, STACK
     jne .bad
     cmp ebp, VARS
     jne .bad
@@ -814,7 +815,7 @@ engine_start:
 .e: fld1
     fcomip st0, st1             ; the 1.0 from before is still there
     jne .bad
-    mov al, 0
+    mov al, 10                  ; (engine.inc's E_DONE)
     jmp exit
 .bad:
     mov al, '!'
@@ -830,7 +831,7 @@ uefi_entry:                     ; from efi_main's far return: bx = data sel
     mov ds, bx
     mov es, bx
     mov ss, bx
-    mov esp, 0x1000             ; the legacy engine's stack
+    mov esp, STACK              ; the legacy engine's stack
     mov ebp, VARS
     jmp datacheck               ; (engine.inc: the data check, then the engine)
 

@@ -1,10 +1,10 @@
 """What every PC harness shares: the result of a boot and the reader of the sector's COM1 stream.
 
-The sector's serial protocol: one '.' per 32 KiB chunk read while loading (the harness knows
+The sector's serial protocol: one '.' per 16 KiB chunk read while loading (the harness knows
 how many from the layout), then exactly the bytes run.c would print, then the sector writes
 its exit code to port 0xF4 and halts with interrupts off.  QEMU's isa-debug-exit turns the
 code ``al`` into the process status ``2*al + 1``; every harness reports that same status.
-Code 0: the story is over; a guard that stops the sector (``GUARDS``) prints its message,
+Code 10 (the final newline's byte): the story is over; a guard that stops the sector (``GUARDS``) prints its message,
 starting with '!', instead of the dots or the story, and exits with its code.
 """
 
@@ -34,7 +34,7 @@ GUARDS = {
     5: "the PC has less memory than the run needs",
     6: "the data loaded from the disk is damaged (its sum does not check)",
 }
-EXIT_DONE = 1  # (0 << 1) | 1: the story is over
+EXIT_DONE = 21  # (10 << 1) | 1: the story is over (engine.inc's E_DONE; QEMU's own status 1 differs)
 EXIT_DISK = 5  # (2 << 1) | 1: a BIOS read failed
 
 

@@ -15,9 +15,9 @@ Debian's Bochs 2.7 has no ``nogui`` display and is built with the internal debug
   reads end-of-file and quits).
 
 Bochs has no isa-debug-exit device, so the run never ends by itself.  The sector's exit,
-``out 0xf4, al`` (0 when the story is over, '!' after a disk error), goes to Bochs's
+``out 0xf4, al`` (10 when the story is over, 2 after a disk error), goes to Bochs's
 "unmapped" I/O device, whose debug messages are switched on so the log says
-``unmapped: 8-bit write to 00f4 = 00``; the sector then halts with interrupts off (logged as
+``unmapped: 8-bit write to 00f4 = 0a``; the sector then halts with interrupts off (logged as
 ``HLT instruction with IF=0``, which also counts as the end).  The harness stops Bochs then,
 or as soon as ``max_bytes`` story bytes have arrived, or at the timeout.
 
@@ -50,7 +50,7 @@ HEADS = 16
 SPT = 63
 HALT_LINE = b"HLT instruction with IF=0"
 EXIT_LINE = re.compile(rb"unmapped: 8-bit write to 00f4 = ([0-9a-f]{2})")
-EXIT_DONE = 0
+EXIT_DONE = 10  # engine.inc's E_DONE: the story is over
 INSTALL_HINT = "install bochs bochsbios vgabios (scripts/setup.sh)"
 
 

@@ -262,16 +262,18 @@ def qemu_command(image: str | os.PathLike[str], memory_mib: int, accel: str,
 def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str = "tcg",
          timeout: float = 600.0, on_bytes: Callable[[bytes], None] | None = None,
          extra: list[str] | None = None, machine: str = "pc", cpu: str | None = None,
-         input: Input | None = None, keys: str | None = None, keys_after: bytes = b"") -> RunResult:
+         input: Input | None = None, keys: str | None = None, keys_after: bytes = b"",
+         done: int = EXIT_DONE) -> RunResult:
     """Boot ``image``; return the story bytes and timings.
 
-    ``chunks`` is how many progress dots precede the story.  ``on_bytes`` gets story bytes as
+    ``chunks`` is how many progress dots precede the story; ``done`` the status of a finished
+    story (an engine from before E_DONE exited with 1, bench/speedup.py's old ones).  ``on_bytes`` gets story bytes as
     they arrive.  ``input`` goes to COM1's receiver (``-serial stdio``: QEMU reads its stdin only
     as the UART has room), then a LF if a line is open and EOT (talk.md).  ``keys`` is typed on
     the keyboard (QMP ``send-key``) once the story contains ``keys_after``.  Raises
     BootllamaError on a timeout, a disk error, an unexpected exit, or QEMU's own failure (its
-    generic status 1, which is also the sector's "story over": a run counts as finished only
-    when the loader's dots all came and QEMU printed no error), with QEMU's message.
+    generic status 1; the sector's "story over" is 21, and a run counts as finished only when
+    the loader's dots all came and QEMU printed no error), with QEMU's message.
     """
     name = "QEMU" if machine == "pc" else f"QEMU ({machine})"
     qemu_binary(machine in UEFI_MACHINES)  # not found: say so before anything is created
@@ -323,15 +325,17 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
     if typist is not None and typist.error is not None:
         raise typist.error
     message = own_error(err, Path(cmd[0]).name)
-    if status != EXIT_DONE:
-        if status % 2 == 1 and status > 0:  # written by the sector to isa-debug-exit
+    if status != done:
+        if status % 2 == 1 and status > 1:  # written by the sector to isa-debug-exit
             raise BootllamaError(describe_exit(status, "" if machine == "pc" else name, serial.printed))
+        if message and Path(cmd[0]).name in message:  # QEMU's own failure (its status 1)
+            raise BootllamaError(f"{name} failed: {message}")
         detail = f": {message}" if message else ""
         raise BootllamaError(f"{name} exited with status {status} before the sector finished{detail}")
     if (message and Path(cmd[0]).name in message) or (len(dots) < chunks and b"!" not in dots):
-        # QEMU's own failure (status 1 too): the sector did not finish its story
+        # QEMU's own failure, with the sector's status: the sector did not finish its story
         raise BootllamaError(f"{name} failed: {message}" if message else
-                             f"{name} exited with status 1 after {len(dots)} of {chunks} progress dots, "
+                             f"{name} exited with status {status} after {len(dots)} of {chunks} progress dots, "
                              "without the sector's exit and without a message")
     if dots != b"." * chunks:
         raise BootllamaError(f"unexpected loader output {dots[:20]!r}")

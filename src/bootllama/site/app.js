@@ -1,6 +1,6 @@
 // bootllama's page: boots the image in v86 and streams COM1 into #text.
 // Contract: #text holds exactly the bytes the sector writes to COM1 after its loading dots (UTF-8);
-// #status reads "done" once the sector has written its exit code 0 to port 0xF4.
+// #status reads "done" once the sector has written its exit code 10 (E_DONE) to port 0xF4.
 // Typing (talk.md): lines from #talk go to COM1's receiver of the story machine (talk.img, built
 // with the site: no rebuild); they show in #text as a terminal echoes them, and
 // window.bootllama.com1 holds COM1's bytes alone (UTF-8), which are run.c's stdout.
@@ -249,7 +249,7 @@ async function boot(run, imageBytes, info, typedSeed) {
     const show = () => {
         if (!live()) return;
         if (pendingText) { textNode.appendData(pendingText); pendingText = ""; }
-        if (dots < info.chunks) setStatus(`loading the model: ${dots} of ${info.chunks} chunks of 32 KiB`);
+        if (dots < info.chunks) setStatus(`loading the model: ${dots} of ${info.chunks} chunks of 16 KiB`);
         else setStatus(`${beats} tokens, ${rate()} tok/s`);
     };
     const finish = (message, error) => {
@@ -314,7 +314,7 @@ async function boot(run, imageBytes, info, typedSeed) {
         }
         cpu.io.register_write(0xF4, {}, (al) => {
             al &= 0xFF;
-            if (al === 0) { finish("done", false); return; }
+            if (al === 10) { finish("done", false); return; }  // engine.inc's E_DONE
             // as bootllama.pcs.base.describe_exit: what the sector printed, what its code means
             const what = guards[al] ?? `unknown exit code ${al}`;
             const shown = new TextDecoder().decode(Uint8Array.from(printed)).replace(/^\.+/, "").trim();
