@@ -88,7 +88,7 @@ def draw(builds: list[tuple[str, image.Engine]], out: Path) -> None:
         bars.text(v + 1, y, str(v), va="center", fontsize=8)
     bars.set_yticks(ys, names, fontsize=8)
     bars.set_title(f"the default build ({default.code_bytes:,} bytes) per routine, in address order: "
-                   "sector 0 (loader, guards, the way back to real mode), then engine.inc", fontsize=9)
+                   "sector 0 (loader, guards, putc), then engine.inc", fontsize=9)
     bars.set_xlabel("bytes per routine (local labels fold into their parent; 'signature' is the 0x55AA)")
     bars.set_xlim(0, max(values) * 1.12)
     bars.spines[["top", "right"]].set_visible(False)

@@ -57,6 +57,12 @@ def poll() -> None:
         raise Interrupted(fired)
 
 
+def handled() -> None:
+    """The command took the signal as its way to end (``web --serve``'s Ctrl-C): poll() lets it be."""
+    global fired
+    fired = None
+
+
 def _release() -> None:
     global _depth, _pending
     _depth -= 1

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import ClassVar
 
-from bootllama import image, pagebuild
+from bootllama import image, interrupts, pagebuild
 from bootllama.checkpoint import atomic_write, refuse_inputs
 from bootllama.errors import BootllamaError
 from bootllama.pcs import v86
@@ -284,7 +284,8 @@ def serve(out: Path, port: int = 0) -> None:
         print(f"serving {out} at http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", flush=True)
         try:
             server.serve_forever()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C is how serving ends: a clean stop, status 0
+            interrupts.handled()
             print("stopped", file=sys.stderr)
 
 
