@@ -151,7 +151,7 @@ guards:
     call die
     db "!RAM", E_MEM
 %ifdef CPU486
-.m88:                           ; a 486's BIOS may predate E820
+.m88:                           ; a 486's BIOS may predate E801
     mov ah, 0x88
     int 0x15                    ; ax = KiB above 1 MiB (at most 64 MiB)
     jc .memfail
