@@ -27,7 +27,7 @@
 ; It leans on what SeaBIOS leaves at the boot sector (a probe showed it; the
 ; floor's story test fails if that changes):
 ;   EAX = 0xAA55 (its high word 0), ECX = EDI = 0, DS = ES = SS = 0,
-;   SP = 0x6F04 (the floor moves it below 0x1000: mv's x test),
+;   SP = 0x6F04 (the floor moves it to engine.inc's STACK: mv's x test),
 ;   DF = 0, A20 on, the x87 as reset;
 ;   the IDE registers after its read of LBA 0: LBA 1, sector count 0 (256),
 ;   LBA mode on drive 0, the drive idle.
@@ -62,7 +62,7 @@ ST_IDLE equ 0x50                ; ATA status: DRDY | DSC, no command running
 
 start:
     cli                         ; for good (no IDT in protected mode)
-    mov sp, 0x1000              ; the stack between x and xb: engine.inc's mv
+    mov sp, STACK               ; engine.inc's stack, between x and xb: its mv
                                 ; tells x (below it) by cmp edi, esp
     mov ax, 0x0201              ; (EAX's high word is 0)
     mov cr4, eax                ; CR4.OSFXSR (SSE) and VME (idle outside V86)
