@@ -103,7 +103,7 @@ def test_input_file_object(echo_image: Path) -> None:
 # this fails there and passes alone (make test-slow runs one file at a time)
 @pytest.mark.slow
 def test_keyboard_typing(echo_image: Path) -> None:
-    """Text typed as keystrokes (QMP send-key, shift for capitals and symbols) reaches int 16h;
+    """Text typed as keystrokes (QMP.type_text, shift for capitals and symbols) reaches int 16h;
     Ctrl-D is EOT."""
     text = "Once upon a time, Lily & Tom said: \"Hi!\" (1+1=2?) [x_y] {a|b} ~`'<>/\\;\n"
     result = pcs.boot("qemu", echo_image, LAYOUT, timeout=120, keys=text + "\x04")  # type: ignore[arg-type]

@@ -76,7 +76,7 @@ def test_run_chat_piped_bochs() -> None:
 # this fails there and passes alone (make test-slow runs one file at a time)
 @pytest.mark.slow
 def test_keyboard_prompt_is_the_run_i_story(tmp_path: Path) -> None:
-    """A prompt typed on QEMU's keyboard (QMP send-key, shift for the capitals) at the story
+    """A prompt typed on QEMU's keyboard (QMP.type_text, shift for the capitals) at the story
     machine's "Prompt: ", then Ctrl-D: the story is the one `run -i` with that prompt prints."""
     prompt = "Lily and Tom"
     path = tmp_path / "story.img"

@@ -301,7 +301,7 @@ def test_story_machine_on_uefi_reads_com1(tmp_path: Path) -> None:
 
 
 def test_story_machine_on_uefi_reads_the_keyboard(tmp_path: Path) -> None:
-    """The same story machine under OVMF, typed on the PC's keyboard (QMP send-key; OVMF's PS/2
+    """The same story machine under OVMF, typed on the PC's keyboard (QMP.type_text; OVMF's PS/2
     driver behind ReadKeyStroke): Enter ends the line, Ctrl-D the input, the story is run -i's."""
     from bootllama.talkblock import Talk
 

@@ -270,7 +270,7 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
     story (an engine from before E_DONE exited with 1, bench/speedup.py's old ones).  ``on_bytes`` gets story bytes as
     they arrive.  ``input`` goes to COM1's receiver (``-serial stdio``: QEMU reads its stdin only
     as the UART has room), then a LF if a line is open and EOT (talk.md).  ``keys`` is typed on
-    the keyboard (QMP ``send-key``) once the story contains ``keys_after``.  Raises
+    the keyboard (QMP.type_text) once the story contains ``keys_after``.  Raises
     BootllamaError on a timeout, a disk error, an unexpected exit, or QEMU's own failure (its
     generic status 1; the sector's "story over" is 21, and a run counts as finished only when
     the loader's dots all came and QEMU printed no error), with QEMU's message.
