@@ -49,8 +49,8 @@ STEP = """    movss xmm1, [esi]
 # the sites of the element-wise x87 multiplications: rmsnorm's sum of squares and its scaling by
 # ss and the weight, swiglu's product with hb2 (fmul, then the x87 copy the doubling works on)
 SS = "    fmul st0\n    faddp                       ; ss += x*x\n"
-SCALE = "    fmul st1\n    fmul dword [esi]\n"
-HB2 = "    fmul dword [esi+ebx]        ; hb2 (HB2BUF = HBBUF + XBBUF)\n"
+SCALE = "    fmul st1\n    fmul dword [esi+ecx*4-4]\n"
+HB2 = "    fmul dword [edi+esi]        ; hb2\n"
 
 
 def _x87(mul: bool) -> list[tuple[str, str]]:
@@ -58,9 +58,9 @@ def _x87(mul: bool) -> list[tuple[str, str]]:
     def twice(op: str) -> str:
         return "    fld st0\n" + (f"    {op}\n" if mul else "") + "    fstp st0\n"
     return [(SS, twice("fmul st0") + SS),
-            (SCALE, twice("fmul st2") + "    fmul st1\n" + twice("fmul dword [esi]")
-             + "    fmul dword [esi]\n"),
-            (HB2, twice("fmul dword [esi+ebx]") + HB2)]
+            (SCALE, twice("fmul st2") + "    fmul st1\n" + twice("fmul dword [esi+ecx*4-4]")
+             + "    fmul dword [esi+ecx*4-4]\n"),
+            (HB2, twice("fmul dword [edi+esi]") + HB2)]
 
 
 SOFTMAX_EXP = "    call exp                    ; x = expf(x - max)\n"

@@ -78,8 +78,9 @@ def test_image_holds_files_unchanged(tmp_path: Path, engine: image.Engine) -> No
     table_addr = struct.unpack_from("<I", fields, 128 - 36)[0]  # M_TAB, bp-36
     assert table_addr == lay.table_addr
     off = (table_addr - image.DATA) + lay.data_lba * 512
-    rms_att, wq = struct.unpack_from("<2I", data, off)
-    assert wq == lay.checkpoint_addr + legacy_layout(lay.config)["wq"][0]
+    rms_att, wv, wk, wq = struct.unpack_from("<4I", data, off)  # forward's order: v, k, then q
+    for addr, name in ((wv, "wv"), (wk, "wk"), (wq, "wq")):
+        assert addr == lay.checkpoint_addr + legacy_layout(lay.config)[name][0]
     assert rms_att == lay.checkpoint_addr + legacy_layout(lay.config)["rms_att_weight"][0]
     assert len(data) % (16 * 63 * 512) == 0
 
@@ -199,8 +200,9 @@ def test_disk_error_is_reported(tmp_path: Path, engine: image.Engine) -> None:
 
 
 def test_kv_layout_is_position_major(model) -> None:  # type: ignore[no-untyped-def]
-    # the probe reads the cache as [pos][layer][k|v][kv_dim]; make sure the plan reserves it
+    # the probe reads the cache as [pos][layer][v|k][kv_dim]; make sure the plan reserves it,
+    # and dim floats more: the last layer's q at the last position waits after the cache
     lay = image.plan(model.config, 1, CKPT.stat().st_size, TOK.stat().st_size, 0)
     c = model.config
-    assert lay.memory_end - lay.kv_addr == c.seq_len * c.n_layers * 2 * c.kv_dim * 4
+    assert lay.memory_end - lay.kv_addr == (c.seq_len * c.n_layers * 2 * c.kv_dim + c.dim) * 4
     assert np.dtype("<f4").itemsize == 4

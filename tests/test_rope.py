@@ -130,7 +130,7 @@ def region(data: bytes, lay: image.Layout, addr: int, n: int) -> bytes:
 @pytest.mark.parametrize("base", [None, 100000.0])
 def test_image_carries_runcs_rotation_values(tmp_path: Path, base: float | None) -> None:
     """The builder writes rope_values (for the base the tables encode) beside the unchanged
-    checkpoint, and the manifest's M_FR / M_FI point at them."""
+    checkpoint, and the manifest's M_FR points at them (M_NQK beside it: the heads rotated)."""
     if base is None:
         ckpt = CKPT
         want = libm.rope_values(8, 512)
@@ -146,8 +146,8 @@ def test_image_carries_runcs_rotation_values(tmp_path: Path, base: float | None)
     lay = img.layout
     c = lay.config
     fields = region(data, lay, image.DATA, 512)[384:]
-    m_fr, m_fi = struct.unpack_from("<2I", fields, 128 - 76)  # M_FR, M_FI (bp-76, bp-72)
-    assert m_fr == lay.rope_addr and m_fi == 4  # each row's (fcr, fci) pairs interleaved
+    m_fr, m_nqk = struct.unpack_from("<2I", fields, 128 - 76)  # M_FR, M_NQK (bp-76, bp-72)
+    assert m_fr == lay.rope_addr and m_nqk == c.n_kv_heads + c.n_heads
     n = c.seq_len * (c.head_size // 2) * 4
     pairs = np.frombuffer(region(data, lay, m_fr, 2 * n), dtype="<f4").reshape(c.seq_len, -1, 2)
     assert same(pairs[..., 0], want[0]) and same(pairs[..., 1], want[1])

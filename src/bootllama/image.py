@@ -453,11 +453,6 @@ class Layout:
         return 8 * (self.config.head_size // 2)
 
     @property
-    def rope_fi_offset(self) -> int:
-        """Bytes from an fcr to its fci (the manifest's M_FI; the engine has it as [edi+4])."""
-        return 4
-
-    @property
     def chunks(self) -> int:
         """How many BIOS reads (and progress dots) the loader makes."""
         return (self.last_lba - self.data_lba) // CHUNK + 1
@@ -490,7 +485,9 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     data_end = talk + _pad(talk_bytes)
     logits = _pad(data_end, 4096)
     kv = _pad(logits + 4 * config.vocab_size, 4096)
-    kv_bytes = config.seq_len * config.n_layers * 2 * config.kv_dim * 4
+    # [pos][layer][v|k], then dim floats: the last layer's q at the last position waits there
+    # (engine.inc's forward keeps each layer's q in the next slot until that slot's v)
+    kv_bytes = (config.seq_len * config.n_layers * 2 * config.kv_dim + config.dim) * 4
     ram = _pad(kv + kv_bytes, 4096)
     memory_end = ram + ram_bytes if ram_bytes else kv + kv_bytes
     if memory_end > MAX_MEMORY:
@@ -554,7 +551,7 @@ def rope_region(checkpoint: str | os.PathLike[str], config: Config) -> bytes:
 # The address table the engine walks through one forward pass: per layer, the addresses of
 # that layer's slices in the order the engine uses them ("k" is that layer's k in the KV
 # cache at position 0), then the final rmsnorm weights and the classifier.
-_LAYER_TABLE = ("rms_att_weight", "wq", "wk", "wv", "k", "wo", "rms_ffn_weight", "w1", "w3", "w2")
+_LAYER_TABLE = ("rms_att_weight", "wv", "wk", "wq", "k", "wo", "rms_ffn_weight", "w1", "w3", "w2")
 _FINAL_TABLE = ("rms_final_weight", "wcls")
 
 
@@ -567,8 +564,8 @@ def table(layout: Layout) -> bytes:
     addrs = []
     for layer in range(c.n_layers):
         for name in _LAYER_TABLE:
-            if name == "k":  # [pos][layer][k|v][kv_dim]
-                addrs.append(layout.kv_addr + layer * 2 * c.kv_dim * 4)
+            if name == "k":  # [pos][layer][v|k][kv_dim]: k after v
+                addrs.append(layout.kv_addr + (layer * 2 + 1) * c.kv_dim * 4)
             else:
                 addrs.append(base + lay[name][0] + layer * 4 * math.prod(shapes[name][1:]))
     addrs += [base + lay[name][0] for name in _FINAL_TABLE]
@@ -597,7 +594,7 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
                          c.n_layers * 2 * c.kv_dim * 4, c.vocab_size, c.n_heads // c.n_kv_heads)
     fields += struct.pack("<IIII", layout.data_lba, layout.memory_end, stop_id, layout.kv_addr)
     fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], layout.rope_addr,
-                          layout.rope_fi_offset,
+                          c.n_kv_heads + c.n_heads,  # the heads RoPE rotates (k's, then q's)
                           layout.tokenizer_addr + 4, layout.logits_addr, layout.prompt_addr,
                           steps, temperature, seed & (2**64 - 1),
                           DATA + layout.chunks * CHUNK * SECTOR)  # where the loader stops

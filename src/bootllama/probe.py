@@ -40,7 +40,7 @@ def asm_constant(name: str) -> int:
 class Probe:
     """Engine memory after the last forward pass."""
 
-    kv: np.ndarray  # [steps, n_layers, 2, kv_dim]: k (after RoPE) and v
+    kv: np.ndarray  # [steps, n_layers, 2, kv_dim]: v and k (after RoPE), the cache's order
     x: np.ndarray  # the residual stream after the last layer
     logits: np.ndarray
     text: bytes
@@ -117,8 +117,8 @@ def compare(checkpoint: str | os.PathLike[str], tokenizer: str | os.PathLike[str
     rows: list[tuple[str, float]] = []
     for pos in range(steps):
         for layer in range(c.n_layers):
-            rows.append((f"pos{pos}.l{layer}.k", _diff(probe.kv[pos, layer, 0], ref.key_cache[layer, pos])))
-            rows.append((f"pos{pos}.l{layer}.v", _diff(probe.kv[pos, layer, 1], ref.value_cache[layer, pos])))
+            rows.append((f"pos{pos}.l{layer}.k", _diff(probe.kv[pos, layer, 1], ref.key_cache[layer, pos])))
+            rows.append((f"pos{pos}.l{layer}.v", _diff(probe.kv[pos, layer, 0], ref.value_cache[layer, pos])))
     last = c.n_layers - 1
     rows.append(("x_final", _diff(probe.x, trace[f"l{last}.x_out"])))
     rows.append(("logits", _diff(probe.logits, trace["logits"])))
