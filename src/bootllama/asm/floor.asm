@@ -62,7 +62,7 @@ ST_IDLE equ 0x50                ; ATA status: DRDY | DSC, no command running
 
 start:
     cli                         ; for good (no IDT in protected mode)
-    mov sp, STACK               ; engine.inc's stack, between x and xb: its mv
+    mov sp, STACK               ; engine.inc's stack, above x and xb: its mv
                                 ; tells x (below it) by cmp edi, esp
     mov ax, 0x0201              ; (EAX's high word is 0)
     mov cr4, eax                ; CR4.OSFXSR (SSE) and VME (idle outside V86)

@@ -64,7 +64,7 @@ start:
     mov ds, ax                  ; (ES: rputc's unreal trip sets it from DS)
     mov ss, ax
     mov sp, STACK               ; (engine.inc's: the stack grows down from
-                                ; 0x2000, above x)
+                                ; 0x3000, above x and xb)
     mov ebp, VARS               ; (for engine.inc too)
     lgdt [gdtr]                 ; before the first putc, which uses it
     push ax                     ; DAP on the stack: LBA high

@@ -764,7 +764,7 @@ eng_start:
 bits 32
 %ifdef TESTPAYLOAD
 VARS    equ 0x9200              ; (engine.inc's)
-STACK   equ 0x2000
+STACK   equ 0x3000
 DATA    equ 0x100000
 M_NEED  equ -92
 M_END   equ -40
