@@ -155,4 +155,4 @@ def test_image_carries_runcs_rotation_values(tmp_path: Path, base: float | None)
     # the region lies inside what the loader reads, and the plan keeps it below the logits
     assert lay.rope_addr + 2 * n <= image.DATA + lay.chunks * image.CHUNK * 512
     assert lay.rope_addr + 2 * n <= lay.logits_addr
-    assert lay.rope_addr >= lay.table_addr + 4 * (10 * c.n_layers + 2)
+    assert lay.rope_addr >= lay.table_addr + 4 * image.table_entries(c)

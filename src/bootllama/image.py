@@ -480,7 +480,7 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     tok = ckpt + _pad(checkpoint_size)
     prompt = tok + _pad(tokenizer_size)
     table = prompt + _pad(4 * (n_prompt + 1))
-    rope = table + _pad(4 * (len(_LAYER_TABLE) * config.n_layers + len(_FINAL_TABLE)))
+    rope = table + _pad(4 * table_entries(config))
     talk = rope + _pad(rope_bytes(config))
     data_end = talk + _pad(talk_bytes)
     logits = _pad(data_end, 4096)
@@ -549,10 +549,16 @@ def rope_region(checkpoint: str | os.PathLike[str], config: Config) -> bytes:
 
 
 # The address table the engine walks through one forward pass: per layer, the addresses of
-# that layer's slices in the order the engine uses them ("k" is that layer's k in the KV
-# cache at position 0), then the final rmsnorm weights and the classifier.
+# that layer's slices in the order the engine uses them ("k": for each query head h, the k of
+# its kv head, h // kv_mul, in that layer's KV cache slot at position 0: attention takes one
+# per head, which is run.c's GQA mapping), then the final rmsnorm weights and the classifier.
 _LAYER_TABLE = ("rms_att_weight", "wv", "wk", "wq", "k", "wo", "rms_ffn_weight", "w1", "w3", "w2")
 _FINAL_TABLE = ("rms_final_weight", "wcls")
+
+
+def table_entries(config: Config) -> int:
+    """How many addresses table() writes."""
+    return (len(_LAYER_TABLE) - 1 + config.n_heads) * config.n_layers + len(_FINAL_TABLE)
 
 
 def table(layout: Layout) -> bytes:
@@ -565,10 +571,13 @@ def table(layout: Layout) -> bytes:
     for layer in range(c.n_layers):
         for name in _LAYER_TABLE:
             if name == "k":  # [pos][layer][v|k][kv_dim]: k after v
-                addrs.append(layout.kv_addr + (layer * 2 + 1) * c.kv_dim * 4)
+                kv_mul = c.n_heads // c.n_kv_heads
+                addrs += [layout.kv_addr + ((layer * 2 + 1) * c.kv_dim + h // kv_mul * c.head_size) * 4
+                          for h in range(c.n_heads)]
             else:
                 addrs.append(base + lay[name][0] + layer * 4 * math.prod(shapes[name][1:]))
     addrs += [base + lay[name][0] for name in _FINAL_TABLE]
+    assert len(addrs) == table_entries(c)
     return struct.pack(f"<{len(addrs)}I", *addrs)
 
 
