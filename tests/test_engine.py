@@ -37,7 +37,7 @@ def boot(img: image.Image) -> bytes:
 
 def test_size_table_adds_up(engine: image.Engine) -> None:
     names = [n for n, _ in engine.sizes]
-    for routine in ("start", "mv", "rmsnorm", "attention", "softmax", "print", "signature"):
+    for routine in ("start", "mv", "rmsnorm", "layer", "softmax", "print", "signature"):
         assert routine in names
     assert engine.code[510:512] == b"\x55\xaa"
     # every byte the table does not count is padding
