@@ -78,7 +78,10 @@ def test_image_holds_files_unchanged(tmp_path: Path, engine: image.Engine) -> No
     table_addr = struct.unpack_from("<I", fields, 128 - 36)[0]  # M_TAB, bp-36
     assert table_addr == lay.table_addr
     off = (table_addr - image.DATA) + lay.data_lba * 512
-    rms_att, wv, wk, wq = struct.unpack_from("<4I", data, off)  # forward's order: v, k, then q
+    # forward's order: v, k, then q, each matrix's rows before its address
+    rms_att, v_rows, wv, k_rows, wk, q_rows, wq = struct.unpack_from("<7I", data, off)
+    c = lay.config
+    assert (v_rows, k_rows, q_rows) == (c.kv_dim, c.kv_dim, c.dim)
     for addr, name in ((wv, "wv"), (wk, "wk"), (wq, "wq")):
         assert addr == lay.checkpoint_addr + legacy_layout(lay.config)[name][0]
     assert rms_att == lay.checkpoint_addr + legacy_layout(lay.config)["rms_att_weight"][0]

@@ -549,16 +549,25 @@ def rope_region(checkpoint: str | os.PathLike[str], config: Config) -> bytes:
 
 
 # The address table the engine walks through one forward pass: per layer, the addresses of
-# that layer's slices in the order the engine uses them ("k": for each query head h, the k of
-# its kv head, h // kv_mul, in that layer's KV cache slot at position 0: attention takes one
-# per head, which is run.c's GQA mapping), then the final rmsnorm weights and the classifier.
+# that layer's slices in the order the engine uses them, each matrix's rows (its output's
+# length) before its address ("k": for each query head h, the k of its kv head, h // kv_mul,
+# in that layer's KV cache slot at position 0: attention takes one per head, which is run.c's
+# GQA mapping), then the final rmsnorm weights and the classifier.
 _LAYER_TABLE = ("rms_att_weight", "wv", "wk", "wq", "k", "wo", "rms_ffn_weight", "w1", "w3", "w2")
 _FINAL_TABLE = ("rms_final_weight", "wcls")
+_VECTORS = ("rms_att_weight", "rms_ffn_weight", "rms_final_weight")  # no rows entry
+
+
+def _rows(config: Config, name: str) -> int:
+    """A matrix's rows: the length of what the engine's mv writes."""
+    return {"wv": config.kv_dim, "wk": config.kv_dim, "w1": config.hidden_dim, "w3": config.hidden_dim,
+            "wcls": config.vocab_size}.get(name, config.dim)
 
 
 def table_entries(config: Config) -> int:
-    """How many addresses table() writes."""
-    return (len(_LAYER_TABLE) - 1 + config.n_heads) * config.n_layers + len(_FINAL_TABLE)
+    """How many dwords table() writes."""
+    per_layer = sum(config.n_heads if n == "k" else 1 if n in _VECTORS else 2 for n in _LAYER_TABLE)
+    return per_layer * config.n_layers + 3
 
 
 def table(layout: Layout) -> bytes:
@@ -575,8 +584,10 @@ def table(layout: Layout) -> bytes:
                 addrs += [layout.kv_addr + ((layer * 2 + 1) * c.kv_dim + h // kv_mul * c.head_size) * 4
                           for h in range(c.n_heads)]
             else:
+                if name not in _VECTORS:
+                    addrs.append(_rows(c, name))
                 addrs.append(base + lay[name][0] + layer * 4 * math.prod(shapes[name][1:]))
-    addrs += [base + lay[name][0] for name in _FINAL_TABLE]
+    addrs += [base + lay["rms_final_weight"][0], _rows(c, "wcls"), base + lay["wcls"][0]]
     assert len(addrs) == table_entries(c)
     return struct.pack(f"<{len(addrs)}I", *addrs)
 
