@@ -65,7 +65,7 @@ def _x87(mul: bool) -> list[tuple[str, str]]:
 
 SOFTMAX_EXP = "    call exp                    ; x = expf(x - max)\n"
 SWIGLU_EXP = "    call exp                    ; e val\n"
-EXP_TWICE = "    fld st0\n    call exp\n    fstp st0\n"
+EXP_TWICE = "    push dword [esi]\n    call exp\n    fstp st0\n    pop dword [esi]\n"  # (exp works in place at [esi])
 R2 = "    mulsd xmm0, xmm0            ; r2 = r*r\n"
 Y = "    addsd xmm0, xmm1            ; y = z*r2 + y\n"
 

@@ -72,12 +72,13 @@ def run_exp(m: Machine, x: np.ndarray) -> np.ndarray:
     m.write(IN_AT, x.tobytes())
     exp_at = m.engine.symbols["exp"]
     loop_at = 0x0600
-    # mov esi, IN_AT; mov ecx, n; L: fld dword [esi]; push ecx; call exp; pop ecx; add esi, 4; dec ecx; jnz L; hlt
+    # exp reads its input at [esi], writes the result there and pushes it on the x87 stack:
+    # mov esi, IN_AT; mov ecx, n; L: push ecx; call exp; fstp st0; pop ecx; add esi, 4; dec ecx; jnz L; hlt
     code = b"\xbe" + struct.pack("<I", IN_AT) + b"\xb9" + struct.pack("<I", len(x))
-    body = b"\xd9\x06\x51"
+    body = b"\x51"
     call_at = loop_at + len(code) + len(body)
     body += b"\xe8" + struct.pack("<i", exp_at - (call_at + 5))
-    body += b"\x59\x83\xc6\x04\x49"
+    body += b"\xdd\xd8\x59\x83\xc6\x04\x49"
     jnz_at = loop_at + len(code) + len(body)
     body += b"\x0f\x85" + struct.pack("<i", (loop_at + len(code)) - (jnz_at + 6))
     prog = code + body + b"\xf4"
