@@ -50,7 +50,7 @@ STEP = """    movss xmm1, [esi]
 # ss and the weight, swiglu's product with hb2 (fmul, then the x87 copy the doubling works on)
 SS = "    fmul st0\n    faddp                       ; ss += x*x\n"
 SCALE = "    fmul st1\n    fmul dword [esi+ecx*4-4]\n"
-HB2 = "    fmul dword [esi]            ; hb2\n"
+HB2 = "    fmul dword [edi]            ; hb2\n"
 
 
 def _x87(mul: bool) -> list[tuple[str, str]]:
@@ -60,12 +60,12 @@ def _x87(mul: bool) -> list[tuple[str, str]]:
     return [(SS, twice("fmul st0") + SS),
             (SCALE, twice("fmul st2") + "    fmul st1\n" + twice("fmul dword [esi+ecx*4-4]")
              + "    fmul dword [esi+ecx*4-4]\n"),
-            (HB2, twice("fmul dword [esi]") + HB2)]
+            (HB2, twice("fmul dword [edi]") + HB2)]
 
 
 SOFTMAX_EXP = "    call exp                    ; x = expf(x - max)\n"
 SWIGLU_EXP = "    call exp                    ; e val\n"
-EXP_TWICE = "    fld st0\n    call exp\n    fstp st0\n"
+EXP_TWICE = "    push dword [esi]\n    call exp\n    fstp st0\n    pop dword [esi]\n"  # (exp works in place at [esi])
 R2 = "    mulsd xmm0, xmm0            ; r2 = r*r\n"
 Y = "    addsd xmm0, xmm1            ; y = z*r2 + y\n"
 

@@ -66,18 +66,20 @@ def test_table_is_glibcs(machine: Machine) -> None:
     assert np.array_equal(tab.view(np.uint64), glibc_table().view(np.uint64))
 
 
-def run_exp(m: Machine, x: np.ndarray) -> np.ndarray:
-    """expf of every element, computed by the engine in one guest loop (its exp takes -x)."""
+def run_exp(m: Machine, x: np.ndarray, after: bytes = b"") -> np.ndarray:
+    """expf of every element, computed by the engine in one guest loop (its exp takes -x);
+    ``after`` is written right after the inputs."""
     x = np.ascontiguousarray(-x, dtype="<f4")
-    m.write(IN_AT, x.tobytes())
+    m.write(IN_AT, x.tobytes() + after)
     exp_at = m.engine.symbols["exp"]
     loop_at = 0x0600
-    # mov edi, IN_AT; mov ecx, n; L: fld dword [edi]; push ecx; call exp; pop ecx; add edi, 4; dec ecx; jnz L; hlt
-    code = b"\xbf" + struct.pack("<I", IN_AT) + b"\xb9" + struct.pack("<I", len(x))
-    body = b"\xd9\x07\x51"
+    # exp reads its input at [esi], writes the result there and pushes it on the x87 stack:
+    # mov esi, IN_AT; mov ecx, n; L: push ecx; call exp; fstp st0; pop ecx; add esi, 4; dec ecx; jnz L; hlt
+    code = b"\xbe" + struct.pack("<I", IN_AT) + b"\xb9" + struct.pack("<I", len(x))
+    body = b"\x51"
     call_at = loop_at + len(code) + len(body)
     body += b"\xe8" + struct.pack("<i", exp_at - (call_at + 5))
-    body += b"\x59\x83\xc7\x04\x49"
+    body += b"\xdd\xd8\x59\x83\xc6\x04\x49"
     jnz_at = loop_at + len(code) + len(body)
     body += b"\x0f\x85" + struct.pack("<i", (loop_at + len(code)) - (jnz_at + 6))
     prog = code + body + b"\xf4"
@@ -108,6 +110,16 @@ def test_exp_is_glibc_expf_on_a_million_inputs(machine: Machine) -> None:
     want = expf_generic(x)
     bad = np.flatnonzero(got.view(np.uint32) != want.view(np.uint32))
     assert bad.size == 0, f"{bad.size} inputs differ, e.g. x={x[bad[:5]]!r}: {got[bad[:5]]!r} vs {want[bad[:5]]!r}"
+
+
+def test_exp_leaves_the_next_float_as_it_was(machine: Machine) -> None:
+    # the SSE exp reads [esi+4] with its input (cvtps2pd) and writes it back through a double
+    # (cvtpd2ps, movlps): softmax's next score, swiglu's next hb, or whatever follows the last
+    after = np.array([0x00000001, 0x80000000, 0x007FFFFF, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC12345,
+                      0x3F800000, 0xC2C80000, 0x0BADF00D], dtype="<u4")
+    for word in after:
+        run_exp(machine, np.array([1.5], dtype=np.float32), word.tobytes())
+        assert machine.read(IN_AT + 4, 4) == word.tobytes(), hex(word)
 
 
 def old_exp_disagreements(chunk: int = 1 << 24) -> np.ndarray:

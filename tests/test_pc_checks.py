@@ -36,27 +36,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1166, ("SAMPLING",): 1270, ("CPU486",): 1215, ("CPU486", "SAMPLING"): 1339}
+BUDGETS = {(): 1155, ("SAMPLING",): 1257, ("CPU486",): 1172, ("CPU486", "SAMPLING"): 1294}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1530,
-    ("TALK", "ENC_BPE=0"): 2490,
-    ("TALK", "ENC_RUNC=0"): 2669,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2587,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2766,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2847,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3026,
-    ("SAMPLING", "TOPP", "CPU486"): 1599,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2539,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2718,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2656,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2835,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2916,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3095,
+    ("SAMPLING", "TOPP"): 1517,
+    ("TALK", "ENC_BPE=0"): 2479,
+    ("TALK", "ENC_RUNC=0"): 2658,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2574,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2753,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2834,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3013,
+    ("SAMPLING", "TOPP", "CPU486"): 1554,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2496,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2675,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2611,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2790,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2871,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3050,
 }
 
 
@@ -78,11 +78,10 @@ def test_code_bytes_within_budget(defines: tuple[str, ...]) -> None:
 def test_hot_routines_share_one_page(defines: tuple[str, ...]) -> None:
     # QEMU chains translated blocks only within a 4 KiB page: the forward pass's routines (mv, exp,
     # rmsnorm, softmax...) lie in 0x7E00..0x7FFF, none straddling 0x8000 (measured: exp across
-    # the boundary cost about 10% of the speed under TCG); a layer's own loops (RoPE, SwiGLU, the
-    # heads) lie together in the next page
+    # the boundary cost about 10% of the speed under TCG); layer (RoPE, attention, SwiGLU) too
     engine = image.assemble(defines)
     assert engine.symbols["nextw"] == 0x7E00 and engine.symbols["engine_start"] <= 0x8000  # (it follows them)
-    assert 0x8000 <= engine.symbols["layer"] and engine.symbols["tox"] + 10 <= 0x9000
+    assert engine.symbols["layer"] < engine.symbols["tox"] < engine.symbols["engine_start"]
 
 
 def _build(tmp_path: Path, defines: tuple[str, ...] = (), **kw) -> image.Image:  # type: ignore[no-untyped-def]
