@@ -28,7 +28,7 @@
 ;   0x00018          IVT entry 6 (#UD; the 486 build: 7, #NM): the CPU message
 ;   0x07C00          sector 0, then at 0x7E00 the TAIL tail sectors: code,
 ;                    and nothing the engine writes, in pages 0x7000-0x8FFF
-;   0x0AE00-0x0EDFF  the disk bounce buffer while loading (below 64 KiB:
+;   0x0C000-0x0FFFF  the disk bounce buffer while loading (below 64 KiB:
 ;                    the copy reads it through SI)
 ; Exit: the byte written to port 0xF4 (QEMU's isa-debug-exit: status
 ; 2 * byte + 1): 10 the story ended (the final newline's byte, so QEMU's
@@ -45,13 +45,15 @@ MLBA    equ 10                  ; the manifest's LBA in the boot read: it lands
                                 ; at 0x9000, the page after the code's, so that
                                 ; writes to the work variables never hit a page
                                 ; of code (QEMU and v86 translate it again)
-BOUNCE  equ 0xAE00              ; the disk bounce buffer (16 KiB, below 64
-                                ; KiB: SI walks it): segment 0x0AE0, one
-                                ; byte from PRE's 0x07E0
+BOUNCE  equ 0xC000              ; the disk bounce buffer (16 KiB, ending at
+                                ; 64 KiB: SI walks it and wraps to 0 at its
+                                ; end): offset 0x4200 from PRE's segment,
+                                ; one byte from the boot read's 0
 CHUNK   equ 32                  ; sectors per int 13h read (16 KiB)
 SEL_D   equ 0x3F8               ; GDT selectors: flat 4 GiB data (COM1's port,
 SEL_C32 equ SEL_D + 8           ; which rputc has in dx), flat 32-bit code,
-SEL_C16 equ SEL_D + 16          ; 16-bit code (the way back to real mode)
+SEL_C16 equ SEL_D + 16          ; 16-bit code (the way back to real mode),
+RMB     equ SEL_C16 * 16        ; based where real mode puts CS = SEL_C16
 
 ; exit codes (below 32: each also ends its message)
 E_DISK  equ 2
@@ -60,12 +62,23 @@ E_CPU   equ 4
 E_MEM   equ 5
 
 start:
+    cli                         ; (interrupts off for good: SP below visits
+                                ; the IVT; every BIOS call here works so)
     xor ax, ax
     mov ds, ax                  ; (ES: rputc's unreal trip sets it from DS)
     mov ss, ax
+%ifdef CPU486
+    mov sp, 7*4 + 4             ; #NM (no FPU: CR0.EM set) -> the CPU
+%else                           ; message
+    mov sp, 6*4 + 4             ; #UD -> the CPU message: IVT entry 6 = 0:
+%endif                          ; cpufail, pushed (7 bytes, a mov dword 9)
+    push ax
+    push word cpufail
     mov sp, STACK               ; (engine.inc's: the stack grows down from
                                 ; 0x2000, above x)
-    mov ebp, VARS               ; (for engine.inc too)
+    lea ebp, [VARS]             ; EBP = VARS, for engine.inc too (a 16-bit
+                                ; address zero-extends: 1 byte less than
+                                ; mov ebp)
     lgdt [gdtr]                 ; before the first putc, which uses it
     push ax                     ; DAP on the stack: LBA high
     push ax
@@ -83,7 +96,8 @@ start:
     jc diskfail                 ; (the messages sit between the guards and
                                 ; the load loop: short jumps from both)
 init:
-    mov byte [si+7], BOUNCE >> 12 ; the same DAP: buffer segment -> BOUNCE
+    mov byte [si+5], (BOUNCE - PRE) >> 8 ; the same DAP: buffer offset ->
+                                ; BOUNCE (segment PRE >> 4)
     mov eax, [bp+M_DLBA]
     mov [si+8], eax             ; LBA M_DLBA: the data area, manifest first
     push dx                     ; (DL: the boot drive, for the reads below)
@@ -96,13 +110,11 @@ init:
 ; ---- guards: the CPU, A20, the memory; each stops with its message --------
 guards:
 %ifdef CPU486
-    mov dword [7*4], cpufail    ; #NM: no FPU (CR0.EM set) -> the CPU message
-    fninit
+    fninit                      ; (#NM without an FPU: the CPU message)
     fnstsw ax                   ; 0 with an FPU; no FPU leaves ax = 3
     test ax, ax
     jnz cpufail
 %else
-    mov dword [6*4], cpufail    ; #UD -> the CPU message
     lfence                      ; SSE2 (exp's doubles; every CPU with it has
                                 ; SSE too): an SSE2 instruction that needs no
                                 ; CR4.OSFXSR, #UD on every CPU without SSE2
@@ -124,9 +136,9 @@ guards:
 %endif
     push byte -1
     pop es                      ; (ES is free until rputc sets it from DS)
-    inc word [es:0x7e0e]        ; 0x107DFE: 0x7DFE (our 0xAA55) if A20 is off
-    cmp byte [0x7dfe], 0x55     ; (the inc would have made it 0x56)
-    jne a20fail
+    inc byte [es:bp+POS+16]     ; 0x1091F4, or if A20 is off, 0x91F4: POS
+    cmp byte [bp+POS], 0        ; (the builder's 0), which then reads 1
+    jne a20fail                 ; ([bp+d8]: 2 bytes less than absolute)
     mov ax, 0xe801
     int 0x15                    ; memory from 1 MiB: ax KiB up to 16 MiB,
 %ifdef CPU486                   ; bx 64 KiB blocks above it (or in cx, dx)
@@ -138,18 +150,19 @@ guards:
     xchg ax, cx                 ; gives them, else ax, bx (as Linux does)
     mov bx, dx
 .ab:
-    shr ax, 6                   ; 64 KiB blocks from 1 MiB to 16 MiB
-    cmp al, 240
-    jb .low                     ; a hole below 16 MiB: bx's blocks do not
-    add ax, bx                  ; join on
+    shr ax, 6                   ; 64 KiB blocks from 1 MiB to 16 MiB (ah 0)
+    sub al, 240                 ; below 240: a hole below 16 MiB (bx's blocks
+    jb .low                     ; do not join on), and al = blocks + 16
+                                ; (mod 256): the end, in 64 KiB blocks
+    xchg ax, bx                 ; 240: ax was 0; the blocks above 16 MiB ...
+    inc ah                      ; ... + 256 (the first 16 MiB): the end;
+    jz loadall                  ; ah wrapped: 4 GiB
 .low:
-    add ax, 16                  ; + the first MiB: the end, in 64 KiB blocks
-    jc loadall                  ; (4 GiB)
     cmp ax, [bp+M_NEED+2]       ; the blocks M_NEED starts in (at most 64
     ja loadall                  ; KiB stricter than needed)
 .memfail:
     call die
-    db "!RAM", E_MEM
+    db "RAM", E_MEM
 %ifdef CPU486
 .m88:                           ; a 486's BIOS may predate E801
     mov ah, 0x88
@@ -164,26 +177,27 @@ guards:
 %endif
 ; ---- the guards' messages: print one, then exit with its code ------------
 ; (between the guards and the load loop, so that the jumps of both are short;
-; each is the call's return address: no mov si and no jmp per message)
+; each is the call's return address: no mov si and no jmp per message; die
+; prints the "!" they all start with)
 a20fail:
     call die
-    db "!A20", E_A20
+    db "A20", E_A20
 diskfail:
     call die
-    db "!disk", E_DISK
+    db "disk", E_DISK
 datafail:
     call die
-    db "!data", E_DATA          ; (E_DATA: engine.inc's)
+    db "data", E_DATA           ; (E_DATA: engine.inc's)
 cpufail:                        ; (the #UD or #NM handler)
     call die
-    db "!CPU", E_CPU
+    db "CPU", E_CPU
 die:
     pop si                      ; the message
-.l: lodsb
+    mov al, '!'
+.l: call rputc
+    lodsb
     cmp al, 32                  ; the code byte ends the message
-    jb exit
-    call rputc
-    jmp .l
+    jae .l
 exit:                           ; (in sector 0: a failed first read loaded
 %ifndef HALT                    ; nothing else)
     out 0xf4, al                ; isa-debug-exit: QEMU quits with status 2*al+1
@@ -198,7 +212,8 @@ loadall:
 ; (the drive waits on the stack, below the DAP, while rputc has dx)
 load:
     pop dx                      ; the drive (init's push, then each round's)
-    mov si, STACK - 16          ; the DAP (the stack's first 16 bytes)
+    mov si, sp                  ; the DAP, right above it (1 byte less than
+                                ; mov si, STACK - 16)
     mov ah, 0x42
     int 0x13                    ; (it may clobber EBX's high half: Bochs's
                                 ; BIOS does)
@@ -208,23 +223,27 @@ load:
     push dx                     ; (rputc leaves dx = SEL_D: topm's, once
     call rputc                  ; the last round is done) progress, and
                                 ; back to unreal mode
-    mov si, BOUNCE              ; (16-bit: the bounce is below 64 KiB)
-    mov cx, CHUNK*128           ; CHUNK*128 dwords (loop counts in cx: a16)
+    mov si, BOUNCE              ; (16-bit: the bounce ends at 64 KiB)
 .copy:
     lodsd                       ; (DS:SI)
     add [bp+TP], eax            ; the data check: every dword loaded, summed
     a32 stosd                   ; into TP (forward sets it before any use),
-    loop .copy                  ; whose first value is DATA (the builder's):
-    cmp edi, [bp+M_END]         ; the seed engine.inc's check uses
+    test si, si                 ; whose first value is DATA (the builder's):
+    jnz .copy                   ; the seed engine.inc's check uses; SI wraps
+                                ; to 0 at the bounce's end (no loop count)
+    cmp edi, [bp+M_END]
     jb load
     cmp dword [bp+TP], byte 0   ; the builder's M_FIX makes the sum 0; not 0:
     jnz datafail                ; a damaged or moved data area ("!data")
-    push cx                     ; popad, ret: to engine.inc, EBP = VARS; the
-    push word engine_start      ; dword engine_start (cx is 0 after the copy
+    push si                     ; popad, ret: to engine.inc, EBP = VARS; the
+    push word engine_start      ; dword engine_start (si is 0 after the copy
     pushad                      ; loop; engine_start is below 64 KiB)
                                 ; fall into topm
 
 ; ---- topm: real mode -> flat 32-bit protected mode, then popad and ret ----
+; (from the load loop with CS = 0, from putc with CS = SEL_C16: both real
+; mode segments whose base is 16 times the selector, so near calls, jumps
+; and rets work in both; the far jump's target is flat)
 topm:
     call pe                     ; PE on (interrupts are off)
     mov ds, dx                  ; dx = SEL_D (rputc leaves it; 16-bit code
@@ -238,21 +257,24 @@ bits 32
     ret
 
 ; ---- putc (32-bit): al to COM1 and the screen, through real mode --------
+; SEL_C16's base is RMB = SEL_C16 * 16, what real mode gives CS = SEL_C16:
+; with PE off, the code goes on in real mode without a far jump to CS = 0,
+; and the BIOS's iret reloads CS = SEL_C16 to the same base.  Offsets in
+; that segment are addresses - RMB.
 putc:
     pushad
-    jmp word SEL_C16:.rm        ; (a 16-bit offset: 1 byte shorter)
+    jmp word SEL_C16:.rm - RMB  ; (a 16-bit offset: 1 byte shorter)
 bits 16
 .rm:
-    call pe                     ; PE off (al is the byte)
-    jmp 0:.r                    ; CS = 0
-.r:
-    push cs                     ; SS = 0 for the BIOS, which may switch
-    pop ss                      ; stacks and back (ES: rputc loads its own;
+    call pe                     ; PE off (al is the byte): real mode
+    push byte 0
+    pop ss                      ; SS = 0 for the BIOS, which may switch
+                                ; stacks and back (ES: rputc loads its own;
                                 ; the teletype takes no pointer)
-    call rputc
-    jmp topm
+    push word topm - RMB        ; rputc returns to topm
+                                ; fall into rputc
 
-; ---- rputc: al to COM1 and to the screen (BIOS teletype, CR before LF) -----
+; ---- rputc: al to COM1 and to the screen (BIOS teletype, LF then CR) -----
 ; then unreal: give ES its 4 GiB limit again, interrupts off.  Leaves
 ; dx = SEL_D (topm's selector); clobbers eax, bx, cx (putc's pushad keeps
 ; the engine's, die and the load loop need none but dx's drive, saved)
@@ -269,13 +291,11 @@ rputc:
 .scr:                           ; (echo: the screen only; dx = 0x3F8)
     xor bx, bx                  ; page 0
     mov ah, 0x0e                ; teletype (the BIOS keeps ax, bx, dx)
-    cmp al, 10
-    jne .tty
-    mov al, 13                  ; CR before LF on the screen
-    int 0x10
-    mov al, 10
 .tty:
     int 0x10
+    cmp al, 10                  ; LF: a CR after it (the screen ends the
+    mov al, 13                  ; same as with CR, LF; 4 bytes less than a
+    je .tty                     ; CR first and the LF reloaded)
     cli
     push ds                     ; ES's real-mode selector: DS's (0; in
     call pe                     ; putc's way, which topm reloads after, any)
@@ -311,8 +331,8 @@ flat:   dw 0xffff, 0            ; SEL_D: flat 4 GiB data, B = 0 (a 16-bit
         db 0, 0x92, 0x8f, 0     ; stack in real mode, also for the BIOS)
         dw 0xffff, 0            ; SEL_C32: flat 4 GiB 32-bit code
         db 0, 0x9a, 0xcf, 0
-        dw 0xffff, 0            ; SEL_C16: 64 KiB 16-bit code, base 0
-        db 0, 0x9a, 0, 0
+        dw 0xffff, RMB          ; SEL_C16: 64 KiB 16-bit code, base RMB
+        db RMB >> 16, 0x9a, 0, 0
 
 ; ---- the MBR's fields: the builder writes the disk signature and the entry
     times 440-($-$$) db 0       ; boot code ends here
@@ -328,7 +348,7 @@ flat:   dw 0xffff, 0            ; SEL_D: flat 4 GiB data, B = 0 (a 16-bit
 ; waits in real mode with interrupts on, so the keyboard's IRQ is served
 getc:
     pushad
-    jmp word SEL_C16:.rm        ; (a 16-bit offset)
+    jmp word SEL_C16:.rm - RMB  ; (a 16-bit offset)
 bits 16
 .rm:
     call rmode
@@ -359,7 +379,7 @@ bits 16
 bits 32
 echo:
     pushad
-    jmp word SEL_C16:.rm        ; (a 16-bit offset)
+    jmp word SEL_C16:.rm - RMB  ; (a 16-bit offset)
 bits 16
 .rm:
     call rmode
@@ -367,15 +387,13 @@ bits 16
     call rputc.scr              ; rputc after its COM1 part
     jmp topm
 
-; real mode from the 16-bit code segment (PE off, CS = 0, SS = 0)
+; real mode from the 16-bit code segment (PE off, CS = SEL_C16 as a real
+; mode segment, see putc; SS = 0)
 rmode:
     call pe                     ; PE off
-    xor dx, dx
-    mov ss, dx                  ; SS = 0 for the BIOS
-    pop dx
-    push word 0                 ; CS = 0 and back to the caller
-    push dx
-    retf
+    push byte 0
+    pop ss                      ; SS = 0 for the BIOS
+    ret
 bits 32
 %endif
     align 512, db 0
@@ -387,6 +405,9 @@ TAIL    equ (engine_end - $$) / 512 - 1   ; sectors after this one
 %if VARS != 0x7C00 + MLBA*512 + 512
   %error "engine.inc's VARS is not where the boot read puts the header"
 %endif
-%if PRE + CHUNK*512 < VARS + 512 || BOUNCE + CHUNK*512 > 0x10000
-  %error "the boot read misses the header, or the bounce passes 64 KiB"
+%if PRE + CHUNK*512 < VARS + 512 || BOUNCE + CHUNK*512 != 0x10000
+  %error "the boot read misses the header, or the bounce does not end at 64 KiB"
+%endif
+%if (BOUNCE - PRE) & 0xFF || BOUNCE < PRE + CHUNK*512 || RMB > 0x7C00
+  %error "the bounce is not one DAP byte away, or overlaps the boot read; or SEL_C16's base is above the code"
 %endif
