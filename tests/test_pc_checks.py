@@ -36,27 +36,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1203, ("SAMPLING",): 1307, ("CPU486",): 1250, ("CPU486", "SAMPLING"): 1374}
+BUDGETS = {(): 1198, ("SAMPLING",): 1302, ("CPU486",): 1245, ("CPU486", "SAMPLING"): 1369}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1567,
-    ("TALK", "ENC_BPE=0"): 2533,
-    ("TALK", "ENC_RUNC=0"): 2712,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2630,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2809,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2890,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3069,
-    ("SAMPLING", "TOPP", "CPU486"): 1634,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2580,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2759,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2697,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2876,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2957,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3136,
+    ("SAMPLING", "TOPP"): 1562,
+    ("TALK", "ENC_BPE=0"): 2528,
+    ("TALK", "ENC_RUNC=0"): 2707,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2625,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2804,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2885,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3064,
+    ("SAMPLING", "TOPP", "CPU486"): 1629,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2575,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2754,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2692,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2871,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2952,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3131,
 }
 
 

@@ -45,12 +45,12 @@ MLBA    equ 10                  ; the manifest's LBA in the boot read: it lands
                                 ; at 0x9000, the page after the code's, so that
                                 ; writes to the work variables never hit a page
                                 ; of code (QEMU and v86 translate it again)
-BOUNCE  equ 0xC000              ; the disk bounce buffer (16 KiB, ending at
-                                ; 64 KiB: SI walks it and wraps to 0 at its
-                                ; end): offset 0x4200 from PRE's segment,
-                                ; one byte from the boot read's 0
+BOUNCE  equ 0xC000              ; the disk bounce buffer (16 KiB, below 64
+                                ; KiB: SI walks it): offset 0x4200 from
+                                ; PRE's segment, one DAP byte from the boot
+                                ; read's 0
 CHUNK   equ 32                  ; sectors per int 13h read (16 KiB)
-SEL_D   equ 0x3F8               ; GDT selectors: flat 4 GiB data (COM1's port,
+SEL_D   equ 0x3F8               ; GDT selectors: flat data (COM1's port,
 SEL_C32 equ SEL_D + 8           ; which rputc has in dx), flat 32-bit code,
 SEL_C16 equ SEL_D + 16          ; 16-bit code (the way back to real mode),
 RMB     equ SEL_C16 * 16        ; based where real mode puts CS = SEL_C16
@@ -223,20 +223,21 @@ load:
     push dx                     ; (rputc leaves dx = SEL_D: topm's, once
     call rputc                  ; the last round is done) progress, and
                                 ; back to unreal mode
-    mov si, BOUNCE              ; (16-bit: the bounce ends at 64 KiB)
+    mov si, BOUNCE              ; (16-bit: the bounce is below 64 KiB)
+    mov cx, CHUNK*128           ; CHUNK*128 dwords (loop counts in cx: a16)
 .copy:
     lodsd                       ; (DS:SI)
     add [bp+TP], eax            ; the data check: every dword loaded, summed
     a32 stosd                   ; into TP (forward sets it before any use),
-    test si, si                 ; whose first value is DATA (the builder's):
-    jnz .copy                   ; the seed engine.inc's check uses; SI wraps
-                                ; to 0 at the bounce's end (no loop count)
+    loop .copy                  ; whose first value is DATA (the builder's):
+                                ; the seed engine.inc's check uses
+    lahf                        ; (ZF: the sum is 0; loop keeps the flags)
     cmp edi, [bp+M_END]
     jb load
-    cmp dword [bp+TP], byte 0   ; the builder's M_FIX makes the sum 0; not 0:
+    sahf                        ; the builder's M_FIX makes the sum 0; not 0:
     jnz datafail                ; a damaged or moved data area ("!data")
-    push si                     ; popad, ret: to engine.inc, EBP = VARS; the
-    push word engine_start      ; dword engine_start (si is 0 after the copy
+    push cx                     ; popad, ret: to engine.inc, EBP = VARS; the
+    push word engine_start      ; dword engine_start (cx is 0 after the copy
     pushad                      ; loop; engine_start is below 64 KiB)
                                 ; fall into topm
 
@@ -308,7 +309,7 @@ rputc:
     ret                         ; is the bounce, below 64 KiB)
 
 ; ---- pe: CR0.PE toggled (real <-> protected mode; every switch); clobbers
-; ebx.  (A near call and ret work on either side: CS keeps its cached base 0
+; ebx.  (A near call and ret work on either side: CS keeps its cached base
 ; and its 16-bit size until the far jump that follows.)
 pe:
     mov ebx, cr0
@@ -318,17 +319,19 @@ pe:
                                 ; GDT's limit)
 
 
-; GDTR, lgdt's 6 bytes with a 16-bit operand size: the limit is the word
-; before (mov cr0, ebx's last byte and ret: 0xC3C3, more than the 0x40F),
-; then the 24-bit base, then a byte the CPU ignores (flat's first).  The
-; flat data descriptor is entry 127 (selector 0x3F8, the COM1 port rputc
-; has in dx); entries 0..126 are whatever lies below it, never loaded.
+; GDTR, lgdt's 6 bytes with a 16-bit operand size, over the flat data
+; descriptor's first 4: the limit is the word before (mov cr0, ebx's last
+; byte and ret: 0xC3C3, more than the 0x40F), the 24-bit base is the
+; descriptor's limit bits 0..15 and base bits 0..7 (0), then a byte the CPU
+; ignores (base bits 8..15).  So the GDT starts at flat - SEL_D, and the flat
+; descriptor is entry 127 (selector 0x3F8, the COM1 port rputc has in dx);
+; entries 0..126 are whatever lies below it, never loaded.  Its limit in
+; 4 KiB pages is 0xF0000 + flat - SEL_D: above 3.8 GiB, more than any run's
+; M_NEED (the builder's MAX_MEMORY is 3 GiB).  (3 bytes less than a base of
+; its own.)
 gdtr    equ $ - 2
-gdt:
-        dw flat - SEL_D         ; the base's low 16 bits
-        db 0                    ; and bits 16..23
-flat:   dw 0xffff, 0            ; SEL_D: flat 4 GiB data, B = 0 (a 16-bit
-        db 0, 0x92, 0x8f, 0     ; stack in real mode, also for the BIOS)
+flat:   dw flat - SEL_D, 0      ; SEL_D: flat data, B = 0 (a 16-bit stack
+        db 0, 0x92, 0x8f, 0     ; in real mode, also for the BIOS)
         dw 0xffff, 0            ; SEL_C32: flat 4 GiB 32-bit code
         db 0, 0x9a, 0xcf, 0
         dw 0xffff, RMB          ; SEL_C16: 64 KiB 16-bit code, base RMB
@@ -405,8 +408,11 @@ TAIL    equ (engine_end - $$) / 512 - 1   ; sectors after this one
 %if VARS != 0x7C00 + MLBA*512 + 512
   %error "engine.inc's VARS is not where the boot read puts the header"
 %endif
-%if PRE + CHUNK*512 < VARS + 512 || BOUNCE + CHUNK*512 != 0x10000
-  %error "the boot read misses the header, or the bounce does not end at 64 KiB"
+%if PRE + CHUNK*512 < VARS + 512 || BOUNCE + CHUNK*512 > 0x10000
+  %error "the boot read misses the header, or the bounce passes 64 KiB"
+%endif
+%if flat - $$ + 0x7C00 < SEL_D || flat - $$ + 0x7C00 - SEL_D > 0xFFFF
+  %error "the flat descriptor's address - SEL_D (the GDT's base) is no word"
 %endif
 %if (BOUNCE - PRE) & 0xFF || BOUNCE < PRE + CHUNK*512 || RMB > 0x7C00
   %error "the bounce is not one DAP byte away, or overlaps the boot read; or SEL_C16's base is above the code"
