@@ -36,27 +36,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1198, ("SAMPLING",): 1302, ("CPU486",): 1245, ("CPU486", "SAMPLING"): 1369}
+BUDGETS = {(): 1193, ("SAMPLING",): 1297, ("CPU486",): 1226, ("CPU486", "SAMPLING"): 1350}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1562,
-    ("TALK", "ENC_BPE=0"): 2528,
-    ("TALK", "ENC_RUNC=0"): 2707,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2625,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2804,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2885,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3064,
-    ("SAMPLING", "TOPP", "CPU486"): 1629,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2575,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2754,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2692,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2871,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2952,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3131,
+    ("SAMPLING", "TOPP"): 1557,
+    ("TALK", "ENC_BPE=0"): 2523,
+    ("TALK", "ENC_RUNC=0"): 2702,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2620,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2799,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2880,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3059,
+    ("SAMPLING", "TOPP", "CPU486"): 1610,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2556,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2735,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2673,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2852,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2933,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3112,
 }
 
 

@@ -74,6 +74,9 @@ start:
 %endif                          ; cpufail, pushed (7 bytes, a mov dword 9)
     push ax
     push word cpufail
+    mov sp, 3*4 + 4             ; int3 -> die: each message is an int3 (1
+    push ax                     ; byte, a call 3) before its text
+    push word die
     mov sp, STACK               ; (engine.inc's: the stack grows down from
                                 ; 0x2000, above x)
     lea ebp, [VARS]             ; EBP = VARS, for engine.inc too (a 16-bit
@@ -161,38 +164,35 @@ guards:
     cmp ax, [bp+M_NEED+2]       ; the blocks M_NEED starts in (at most 64
     ja loadall                  ; KiB stricter than needed)
 .memfail:
-    call die
+    int3
     db "RAM", E_MEM
 %ifdef CPU486
 .m88:                           ; a 486's BIOS may predate E801
     mov ah, 0x88
     int 0x15                    ; ax = KiB above 1 MiB (at most 64 MiB)
     jc .memfail
-    movzx eax, ax
-    add eax, 1024
-    shl eax, 10                 ; the end of that memory
-    cmp eax, [bp+M_NEED]
-    jb .memfail
-    jmp short loadall           ; (over the messages' code)
+    shr ax, 6                   ; its 64 KiB blocks ...
+    add ax, 16                  ; ... + the first MiB: the end, as E801's
+    jmp short .low
 %endif
 ; ---- the guards' messages: print one, then exit with its code ------------
 ; (between the guards and the load loop, so that the jumps of both are short;
-; each is the call's return address: no mov si and no jmp per message; die
+; each is int3's return address: no mov si and no jmp per message; die
 ; prints the "!" they all start with)
 a20fail:
-    call die
+    int3
     db "A20", E_A20
 diskfail:
-    call die
+    int3
     db "disk", E_DISK
 datafail:
-    call die
+    int3
     db "data", E_DATA           ; (E_DATA: engine.inc's)
 cpufail:                        ; (the #UD or #NM handler)
-    call die
+    int3
     db "CPU", E_CPU
-die:
-    pop si                      ; the message
+die:                            ; (int3's handler: interrupts off)
+    pop si                      ; the message (int3's return address)
     mov al, '!'
 .l: call rputc
     lodsb
@@ -246,10 +246,10 @@ load:
 ; mode segments whose base is 16 times the selector, so near calls, jumps
 ; and rets work in both; the far jump's target is flat)
 topm:
-    call pe                     ; PE on (interrupts are off)
+    call pe                     ; PE on (interrupts are off), ES = dx
     mov ds, dx                  ; dx = SEL_D (rputc leaves it; 16-bit code
-    mov es, dx                  ; in protected mode: the selectors load as
-    mov ss, dx                  ; they would in 32-bit; the stack stays
+    mov ss, dx                  ; in protected mode: the selectors load as
+                                ; they would in 32-bit; the stack stays
                                 ; below 64 KiB: SP is ESP)
     jmp SEL_C32:.pm             ; a 16-bit far jump: .pm is below 64 KiB
 bits 32
@@ -299,11 +299,10 @@ rputc:
     je .tty                     ; CR first and the LF reloaded)
     cli
     push ds                     ; ES's real-mode selector: DS's (0; in
-    call pe                     ; putc's way, which topm reloads after, any)
-                                ; PE on (it is off: real mode)
-    mov es, dx                  ; dx = 0x3F8 (COM1) is also the selector
-    call pe                     ; of the flat 4 GiB data descriptor; PE
-                                ; off: the 4 GiB limit stays cached
+                                ; putc's way, which topm reloads after, any)
+    call pe                     ; PE on, ES = dx = 0x3F8 (COM1), also the
+                                ; selector of the flat data descriptor;
+    call pe                     ; PE off: the 4 GiB limit stays cached
     pop es                      ; ... as ES, so the BIOS can save and
                                 ; restore it (only ES: the copy's source
     ret                         ; is the bounce, below 64 KiB)
@@ -315,13 +314,15 @@ pe:
     mov ebx, cr0
     xor bl, 1
     mov cr0, ebx
+    mov es, dx                  ; PE on: dx = SEL_D (topm, rputc), flat; off:
+                                ; any (real mode), ES is set again after
     ret                         ; (this byte and the one before are the
                                 ; GDT's limit)
 
 
 ; GDTR, lgdt's 6 bytes with a 16-bit operand size, over the flat data
-; descriptor's first 4: the limit is the word before (mov cr0, ebx's last
-; byte and ret: 0xC3C3, more than the 0x40F), the 24-bit base is the
+; descriptor's first 4: the limit is the word before (mov es, dx's last
+; byte and ret: 0xC3C2, more than the 0x40F), the 24-bit base is the
 ; descriptor's limit bits 0..15 and base bits 0..7 (0), then a byte the CPU
 ; ignores (base bits 8..15).  So the GDT starts at flat - SEL_D, and the flat
 ; descriptor is entry 127 (selector 0x3F8, the COM1 port rputc has in dx);
