@@ -36,20 +36,20 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1193, ("SAMPLING",): 1297, ("CPU486",): 1226, ("CPU486", "SAMPLING"): 1350}
+BUDGETS = {(): 1192, ("SAMPLING",): 1296, ("CPU486",): 1226, ("CPU486", "SAMPLING"): 1350}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1557,
-    ("TALK", "ENC_BPE=0"): 2523,
-    ("TALK", "ENC_RUNC=0"): 2702,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2620,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2799,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2880,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3059,
+    ("SAMPLING", "TOPP"): 1556,
+    ("TALK", "ENC_BPE=0"): 2522,
+    ("TALK", "ENC_RUNC=0"): 2701,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2619,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2798,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2879,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3058,
     ("SAMPLING", "TOPP", "CPU486"): 1610,
     ("TALK", "ENC_BPE=0", "CPU486"): 2556,
     ("TALK", "ENC_RUNC=0", "CPU486"): 2735,
