@@ -333,6 +333,7 @@ pe:
 ; M_NEED (the builder's MAX_MEMORY is 3 GiB).  (3 bytes less than a base of
 ; its own.)
 gdtr    equ $ - 2
+gdt:                            ; (for the size table: the GDT's own bytes)
 flat:   dw flat - SEL_D, 0      ; SEL_D: flat data, B = 0 (a 16-bit stack
         db 0, 0x92, 0x8f, 0     ; in real mode, also for the BIOS)
         dw 0xffff, 0            ; SEL_C32: flat 4 GiB 32-bit code
