@@ -101,8 +101,9 @@ start:
 init:
     mov byte [si+5], (BOUNCE - PRE) >> 8 ; the same DAP: buffer offset ->
                                 ; BOUNCE (segment PRE >> 4)
-    mov eax, [bp+M_DLBA]
-    mov [si+8], eax             ; LBA M_DLBA: the data area, manifest first
+    mov ecx, [bp+M_DLBA]        ; (ecx, not eax: ah stays the read's 0 for
+    mov [si+8], ecx             ; the mode set) LBA M_DLBA: the data area,
+                                ; manifest first
     push dx                     ; (DL: the boot drive, for the reads below)
     mov dx, 0x3fb               ; COM1 line control: 8 data bits, no parity,
     mov al, 3                   ; 1 stop bit, before the first byte out
