@@ -41,27 +41,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1192, ("SAMPLING",): 1296, ("CPU486",): 1226, ("CPU486", "SAMPLING"): 1350}
+BUDGETS = {(): 1191, ("SAMPLING",): 1295, ("CPU486",): 1225, ("CPU486", "SAMPLING"): 1349}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1556,
-    ("TALK", "ENC_BPE=0"): 2522,
-    ("TALK", "ENC_RUNC=0"): 2701,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2619,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2798,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2879,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3058,
-    ("SAMPLING", "TOPP", "CPU486"): 1610,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2556,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2735,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2673,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2852,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2933,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3112,
+    ("SAMPLING", "TOPP"): 1555,
+    ("TALK", "ENC_BPE=0"): 2521,
+    ("TALK", "ENC_RUNC=0"): 2700,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2618,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2797,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2878,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3057,
+    ("SAMPLING", "TOPP", "CPU486"): 1609,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2555,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2734,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2672,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2851,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2932,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3111,
 }
 
 

@@ -143,8 +143,9 @@ guards:
     push byte -1
     pop es                      ; (ES is free until rputc sets it from DS)
     inc byte [es:bp+POS+16]     ; 0x1091F4, or if A20 is off, 0x91F4: POS
-    cmp byte [bp+POS], 0        ; (the builder's 0), which then reads 1
-    jne a20fail                 ; ([bp+d8]: 2 bytes less than absolute)
+    shr byte [bp+POS], 1        ; (the builder's 0), which then reads 1:
+    jc a20fail                  ; CF (0 stays 0: no write to undo; [bp+d8]
+                                ; and shr: 3 bytes less than absolute cmp)
     mov ax, 0xe801
     int 0x15                    ; memory from 1 MiB: ax KiB up to 16 MiB,
 %ifdef CPU486                   ; bx 64 KiB blocks above it (or in cx, dx)
