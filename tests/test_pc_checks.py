@@ -41,27 +41,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1191, ("SAMPLING",): 1295, ("CPU486",): 1225, ("CPU486", "SAMPLING"): 1349}
+BUDGETS = {(): 1190, ("SAMPLING",): 1294, ("CPU486",): 1224, ("CPU486", "SAMPLING"): 1348}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1555,
-    ("TALK", "ENC_BPE=0"): 2521,
-    ("TALK", "ENC_RUNC=0"): 2700,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2618,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2797,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2878,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3057,
-    ("SAMPLING", "TOPP", "CPU486"): 1609,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2555,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2734,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2672,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2851,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2932,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3111,
+    ("SAMPLING", "TOPP"): 1554,
+    ("TALK", "ENC_BPE=0"): 2520,
+    ("TALK", "ENC_RUNC=0"): 2699,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2617,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2796,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2877,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 3056,
+    ("SAMPLING", "TOPP", "CPU486"): 1608,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2554,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2733,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2671,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2850,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2931,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 3110,
 }
 
 

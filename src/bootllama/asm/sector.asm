@@ -28,7 +28,7 @@
 ;   0x00018          IVT entry 6 (#UD; the 486 build: 7, #NM): the CPU message
 ;   0x07C00          sector 0, then at 0x7E00 the TAIL tail sectors: code,
 ;                    and nothing the engine writes, in pages 0x7000-0x8FFF
-;   0x0C000-0x0FFFF  the disk bounce buffer while loading (below 64 KiB:
+;   0x09DF0-0x0DDEF  the disk bounce buffer while loading (below 64 KiB:
 ;                    the copy reads it through SI)
 ; Exit: the byte written to port 0xF4 (QEMU's isa-debug-exit: status
 ; 2 * byte + 1): 10 the story ended (the final newline's byte, so QEMU's
@@ -45,10 +45,10 @@ MLBA    equ 10                  ; the manifest's LBA in the boot read: it lands
                                 ; at 0x9000, the page after the code's, so that
                                 ; writes to the work variables never hit a page
                                 ; of code (QEMU and v86 translate it again)
-BOUNCE  equ 0xC000              ; the disk bounce buffer (16 KiB, below 64
-                                ; KiB: SI walks it): offset 0x4200 from
-                                ; PRE's segment, one DAP byte from the boot
-                                ; read's 0
+BOUNCE  equ PRE + STACK - 16    ; the disk bounce buffer (16 KiB from
+                                ; 0x9DF0, below 64 KiB: SI walks it): the
+                                ; DAP's address as the offset from PRE's
+                                ; segment, past the fields and the header
 CHUNK   equ 32                  ; sectors per int 13h read (16 KiB)
 SEL_D   equ 0x3F8               ; GDT selectors: flat data (COM1's port,
 SEL_C32 equ SEL_D + 8           ; which rputc has in dx), flat 32-bit code,
@@ -99,8 +99,10 @@ start:
     jc diskfail                 ; (the messages sit between the guards and
                                 ; the load loop: short jumps from both)
 init:
-    mov byte [si+5], (BOUNCE - PRE) >> 8 ; the same DAP: buffer offset ->
-                                ; BOUNCE (segment PRE >> 4)
+    mov [si+4], si              ; the same DAP: buffer offset -> STACK - 16
+                                ; (its own address), so the bounce is at
+                                ; BOUNCE (segment PRE >> 4; 1 byte less than
+                                ; a byte immediate)
     mov ecx, [bp+M_DLBA]        ; (ecx, not eax: ah stays the read's 0 for
     mov [si+8], ecx             ; the mode set) LBA M_DLBA: the data area,
                                 ; manifest first
@@ -420,6 +422,6 @@ TAIL    equ (engine_end - $$) / 512 - 1   ; sectors after this one
 %if flat - $$ + 0x7C00 < SEL_D || flat - $$ + 0x7C00 - SEL_D > 0xFFFF
   %error "the flat descriptor's address - SEL_D (the GDT's base) is no word"
 %endif
-%if (BOUNCE - PRE) & 0xFF || BOUNCE < PRE + CHUNK*512 || RMB > 0x7C00
-  %error "the bounce is not one DAP byte away, or overlaps the boot read; or SEL_C16's base is above the code"
+%if BOUNCE < VARS + 512 || RMB > 0x7C00
+  %error "the bounce overlaps the fields or the header; or SEL_C16's base is above the code"
 %endif
