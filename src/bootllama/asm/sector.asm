@@ -28,7 +28,7 @@
 ;   0x00018          IVT entry 6 (#UD; the 486 build: 7, #NM): the CPU message
 ;   0x07C00          sector 0, then at 0x7E00 the TAIL tail sectors: code,
 ;                    and nothing the engine writes, in pages 0x7000-0x8FFF
-;   0x0AE00-0x0EDFF  the disk bounce buffer while loading (below 64 KiB:
+;   0x09DF0-0x0DDEF  the disk bounce buffer while loading (below 64 KiB:
 ;                    the copy reads it through SI)
 ; Exit: the byte written to port 0xF4 (QEMU's isa-debug-exit: status
 ; 2 * byte + 1): 10 the story ended (the final newline's byte, so QEMU's
@@ -45,13 +45,15 @@ MLBA    equ 10                  ; the manifest's LBA in the boot read: it lands
                                 ; at 0x9000, the page after the code's, so that
                                 ; writes to the work variables never hit a page
                                 ; of code (QEMU and v86 translate it again)
-BOUNCE  equ 0xAE00              ; the disk bounce buffer (16 KiB, below 64
-                                ; KiB: SI walks it): segment 0x0AE0, one
-                                ; byte from PRE's 0x07E0
+BOUNCE  equ PRE + STACK - 16    ; the disk bounce buffer (16 KiB from
+                                ; 0x9DF0, below 64 KiB: SI walks it): the
+                                ; DAP's address as the offset from PRE's
+                                ; segment, past the fields and the header
 CHUNK   equ 32                  ; sectors per int 13h read (16 KiB)
-SEL_D   equ 0x3F8               ; GDT selectors: flat 4 GiB data (COM1's port,
+SEL_D   equ 0x3F8               ; GDT selectors: flat data (COM1's port,
 SEL_C32 equ SEL_D + 8           ; which rputc has in dx), flat 32-bit code,
-SEL_C16 equ SEL_D + 16          ; 16-bit code (the way back to real mode)
+SEL_C16 equ SEL_D + 16          ; 16-bit code (the way back to real mode),
+RMB     equ SEL_C16 * 16        ; based where real mode puts CS = SEL_C16
 
 ; exit codes (below 32: each also ends its message)
 E_DISK  equ 2
@@ -60,12 +62,26 @@ E_CPU   equ 4
 E_MEM   equ 5
 
 start:
+    cli                         ; (interrupts off for good: SP below visits
+                                ; the IVT; every BIOS call here works so)
     xor ax, ax
     mov ds, ax                  ; (ES: rputc's unreal trip sets it from DS)
     mov ss, ax
+%ifdef CPU486
+    mov sp, 7*4 + 4             ; #NM (no FPU: CR0.EM set) -> the CPU
+%else                           ; message
+    mov sp, 6*4 + 4             ; #UD -> the CPU message: IVT entry 6 = 0:
+%endif                          ; cpufail, pushed (7 bytes, a mov dword 9)
+    push ax
+    push word cpufail
+    mov sp, 3*4 + 4             ; int3 -> die: each message is an int3 (1
+    push ax                     ; byte, a call 3) before its text
+    push word die
     mov sp, STACK               ; (engine.inc's: the stack grows down from
                                 ; 0x3000, above x and xb)
-    mov ebp, VARS               ; (for engine.inc too)
+    lea ebp, [VARS]             ; EBP = VARS, for engine.inc too (a 16-bit
+                                ; address zero-extends: 1 byte less than
+                                ; mov ebp)
     lgdt [gdtr]                 ; before the first putc, which uses it
     push ax                     ; DAP on the stack: LBA high
     push ax
@@ -83,9 +99,13 @@ start:
     jc diskfail                 ; (the messages sit between the guards and
                                 ; the load loop: short jumps from both)
 init:
-    mov byte [si+7], BOUNCE >> 12 ; the same DAP: buffer segment -> BOUNCE
-    mov eax, [bp+M_DLBA]
-    mov [si+8], eax             ; LBA M_DLBA: the data area, manifest first
+    mov [si+4], si              ; the same DAP: buffer offset -> STACK - 16
+                                ; (its own address), so the bounce is at
+                                ; BOUNCE (segment PRE >> 4; 1 byte less than
+                                ; a byte immediate)
+    mov ecx, [bp+M_DLBA]        ; (ecx, not eax: ah stays the read's 0 for
+    mov [si+8], ecx             ; the mode set) LBA M_DLBA: the data area,
+                                ; manifest first
     push dx                     ; (DL: the boot drive, for the reads below)
     mov dx, 0x3fb               ; COM1 line control: 8 data bits, no parity,
     mov al, 3                   ; 1 stop bit, before the first byte out
@@ -96,19 +116,19 @@ init:
 ; ---- guards: the CPU, A20, the memory; each stops with its message --------
 guards:
 %ifdef CPU486
-    mov dword [7*4], cpufail    ; #NM: no FPU (CR0.EM set) -> the CPU message
-    fninit
+    fninit                      ; (#NM without an FPU: the CPU message)
     fnstsw ax                   ; 0 with an FPU; no FPU leaves ax = 3
     test ax, ax
     jnz cpufail
 %else
-    mov dword [6*4], cpufail    ; #UD -> the CPU message
     lfence                      ; SSE2 (exp's doubles; every CPU with it has
                                 ; SSE too): an SSE2 instruction that needs no
                                 ; CR4.OSFXSR, #UD on every CPU without SSE2
     mov eax, cr4
-    or ah, 2                    ; CR4.OSFXSR: allow SSE
-    mov cr4, eax
+    mov ah, 2                   ; CR4.OSFXSR: allow SSE; bits 8, 10..15 0
+    mov cr4, eax                ; (PCE, OSXMMEXCPT, UMIP, LA57, VMXE, SMXE:
+                                ; nothing a boot sector needs; 1 byte less
+                                ; than or)
 %endif
 %ifdef A20OFF
     in al, 0x92
@@ -124,9 +144,10 @@ guards:
 %endif
     push byte -1
     pop es                      ; (ES is free until rputc sets it from DS)
-    inc word [es:0x7e0e]        ; 0x107DFE: 0x7DFE (our 0xAA55) if A20 is off
-    cmp byte [0x7dfe], 0x55     ; (the inc would have made it 0x56)
-    jne a20fail
+    inc byte [es:bp+POS+16]     ; 0x1091F4, or if A20 is off, 0x91F4: POS
+    shr byte [bp+POS], 1        ; (the builder's 0), which then reads 1:
+    jc a20fail                  ; CF (0 stays 0: no write to undo; [bp+d8]
+                                ; and shr: 3 bytes less than absolute cmp)
     mov ax, 0xe801
     int 0x15                    ; memory from 1 MiB: ax KiB up to 16 MiB,
 %ifdef CPU486                   ; bx 64 KiB blocks above it (or in cx, dx)
@@ -138,52 +159,51 @@ guards:
     xchg ax, cx                 ; gives them, else ax, bx (as Linux does)
     mov bx, dx
 .ab:
-    shr ax, 6                   ; 64 KiB blocks from 1 MiB to 16 MiB
-    cmp al, 240
-    jb .low                     ; a hole below 16 MiB: bx's blocks do not
-    add ax, bx                  ; join on
+    shr ax, 6                   ; 64 KiB blocks from 1 MiB to 16 MiB (ah 0)
+    sub al, 240                 ; below 240: a hole below 16 MiB (bx's blocks
+    jb .low                     ; do not join on), and al = blocks + 16
+                                ; (mod 256): the end, in 64 KiB blocks
+    xchg ax, bx                 ; 240: ax was 0; the blocks above 16 MiB ...
+    inc ah                      ; ... + 256 (the first 16 MiB): the end;
+    jz loadall                  ; ah wrapped: 4 GiB
 .low:
-    add ax, 16                  ; + the first MiB: the end, in 64 KiB blocks
-    jc loadall                  ; (4 GiB)
     cmp ax, [bp+M_NEED+2]       ; the blocks M_NEED starts in (at most 64
     ja loadall                  ; KiB stricter than needed)
 .memfail:
-    call die
-    db "!RAM", E_MEM
+    int3
+    db "RAM", E_MEM
 %ifdef CPU486
 .m88:                           ; a 486's BIOS may predate E801
     mov ah, 0x88
     int 0x15                    ; ax = KiB above 1 MiB (at most 64 MiB)
     jc .memfail
-    movzx eax, ax
-    add eax, 1024
-    shl eax, 10                 ; the end of that memory
-    cmp eax, [bp+M_NEED]
-    jb .memfail
-    jmp short loadall           ; (over the messages' code)
+    shr ax, 6                   ; its 64 KiB blocks ...
+    add ax, 16                  ; ... + the first MiB: the end, as E801's
+    jmp short .low
 %endif
 ; ---- the guards' messages: print one, then exit with its code ------------
 ; (between the guards and the load loop, so that the jumps of both are short;
-; each is the call's return address: no mov si and no jmp per message)
+; each is int3's return address: no mov si and no jmp per message; die
+; prints the "!" they all start with)
 a20fail:
-    call die
-    db "!A20", E_A20
+    int3
+    db "A20", E_A20
 diskfail:
-    call die
-    db "!disk", E_DISK
+    int3
+    db "disk", E_DISK
 datafail:
-    call die
-    db "!data", E_DATA          ; (E_DATA: engine.inc's)
+    int3
+    db "data", E_DATA           ; (E_DATA: engine.inc's)
 cpufail:                        ; (the #UD or #NM handler)
-    call die
-    db "!CPU", E_CPU
-die:
-    pop si                      ; the message
-.l: lodsb
+    int3
+    db "CPU", E_CPU
+die:                            ; (int3's handler: interrupts off)
+    pop si                      ; the message (int3's return address)
+    mov al, '!'
+.l: call rputc
+    lodsb
     cmp al, 32                  ; the code byte ends the message
-    jb exit
-    call rputc
-    jmp .l
+    jae .l
 exit:                           ; (in sector 0: a failed first read loaded
 %ifndef HALT                    ; nothing else)
     out 0xf4, al                ; isa-debug-exit: QEMU quits with status 2*al+1
@@ -198,7 +218,8 @@ loadall:
 ; (the drive waits on the stack, below the DAP, while rputc has dx)
 load:
     pop dx                      ; the drive (init's push, then each round's)
-    mov si, STACK - 16          ; the DAP (the stack's first 16 bytes)
+    mov si, sp                  ; the DAP, right above it (1 byte less than
+                                ; mov si, STACK - 16)
     mov ah, 0x42
     int 0x13                    ; (it may clobber EBX's high half: Bochs's
                                 ; BIOS does)
@@ -215,9 +236,11 @@ load:
     add [bp+TP], eax            ; the data check: every dword loaded, summed
     a32 stosd                   ; into TP (forward sets it before any use),
     loop .copy                  ; whose first value is DATA (the builder's):
-    cmp edi, [bp+M_END]         ; the seed engine.inc's check uses
+                                ; the seed engine.inc's check uses
+    lahf                        ; (ZF: the sum is 0; loop keeps the flags)
+    cmp edi, [bp+M_END]
     jb load
-    cmp dword [bp+TP], byte 0   ; the builder's M_FIX makes the sum 0; not 0:
+    sahf                        ; the builder's M_FIX makes the sum 0; not 0:
     jnz datafail                ; a damaged or moved data area ("!data")
     push cx                     ; popad, ret: to engine.inc, EBP = VARS; the
     push word engine_start      ; dword engine_start (cx is 0 after the copy
@@ -225,11 +248,14 @@ load:
                                 ; fall into topm
 
 ; ---- topm: real mode -> flat 32-bit protected mode, then popad and ret ----
+; (from the load loop with CS = 0, from putc with CS = SEL_C16: both real
+; mode segments whose base is 16 times the selector, so near calls, jumps
+; and rets work in both; the far jump's target is flat)
 topm:
-    call pe                     ; PE on (interrupts are off)
+    call pe                     ; PE on (interrupts are off), ES = dx
     mov ds, dx                  ; dx = SEL_D (rputc leaves it; 16-bit code
-    mov es, dx                  ; in protected mode: the selectors load as
-    mov ss, dx                  ; they would in 32-bit; the stack stays
+    mov ss, dx                  ; in protected mode: the selectors load as
+                                ; they would in 32-bit; the stack stays
                                 ; below 64 KiB: SP is ESP)
     jmp SEL_C32:.pm             ; a 16-bit far jump: .pm is below 64 KiB
 bits 32
@@ -238,21 +264,24 @@ bits 32
     ret
 
 ; ---- putc (32-bit): al to COM1 and the screen, through real mode --------
+; SEL_C16's base is RMB = SEL_C16 * 16, what real mode gives CS = SEL_C16:
+; with PE off, the code goes on in real mode without a far jump to CS = 0,
+; and the BIOS's iret reloads CS = SEL_C16 to the same base.  Offsets in
+; that segment are addresses - RMB.
 putc:
     pushad
-    jmp word SEL_C16:.rm        ; (a 16-bit offset: 1 byte shorter)
+    jmp word SEL_C16:.rm - RMB  ; (a 16-bit offset: 1 byte shorter)
 bits 16
 .rm:
-    call pe                     ; PE off (al is the byte)
-    jmp 0:.r                    ; CS = 0
-.r:
-    push cs                     ; SS = 0 for the BIOS, which may switch
-    pop ss                      ; stacks and back (ES: rputc loads its own;
+    call pe                     ; PE off (al is the byte): real mode
+    push byte 0
+    pop ss                      ; SS = 0 for the BIOS, which may switch
+                                ; stacks and back (ES: rputc loads its own;
                                 ; the teletype takes no pointer)
-    call rputc
-    jmp topm
+    push word topm - RMB        ; rputc returns to topm
+                                ; fall into rputc
 
-; ---- rputc: al to COM1 and to the screen (BIOS teletype, CR before LF) -----
+; ---- rputc: al to COM1 and to the screen (BIOS teletype, LF then CR) -----
 ; then unreal: give ES its 4 GiB limit again, interrupts off.  Leaves
 ; dx = SEL_D (topm's selector); clobbers eax, bx, cx (putc's pushad keeps
 ; the engine's, die and the load loop need none but dx's drive, saved)
@@ -269,50 +298,52 @@ rputc:
 .scr:                           ; (echo: the screen only; dx = 0x3F8)
     xor bx, bx                  ; page 0
     mov ah, 0x0e                ; teletype (the BIOS keeps ax, bx, dx)
-    cmp al, 10
-    jne .tty
-    mov al, 13                  ; CR before LF on the screen
-    int 0x10
-    mov al, 10
 .tty:
     int 0x10
+    cmp al, 10                  ; LF: a CR after it (the screen ends the
+    mov al, 13                  ; same as with CR, LF; 4 bytes less than a
+    je .tty                     ; CR first and the LF reloaded)
     cli
     push ds                     ; ES's real-mode selector: DS's (0; in
-    call pe                     ; putc's way, which topm reloads after, any)
-                                ; PE on (it is off: real mode)
-    mov es, dx                  ; dx = 0x3F8 (COM1) is also the selector
-    call pe                     ; of the flat 4 GiB data descriptor; PE
-                                ; off: the 4 GiB limit stays cached
+                                ; putc's way, which topm reloads after, any)
+    call pe                     ; PE on, ES = dx = 0x3F8 (COM1), also the
+                                ; selector of the flat data descriptor;
+    call pe                     ; PE off: the 4 GiB limit stays cached
     pop es                      ; ... as ES, so the BIOS can save and
                                 ; restore it (only ES: the copy's source
     ret                         ; is the bounce, below 64 KiB)
 
 ; ---- pe: CR0.PE toggled (real <-> protected mode; every switch); clobbers
-; ebx.  (A near call and ret work on either side: CS keeps its cached base 0
+; ebx.  (A near call and ret work on either side: CS keeps its cached base
 ; and its 16-bit size until the far jump that follows.)
 pe:
     mov ebx, cr0
     xor bl, 1
     mov cr0, ebx
+    mov es, dx                  ; PE on: dx = SEL_D (topm, rputc), flat; off:
+                                ; any (real mode), ES is set again after
     ret                         ; (this byte and the one before are the
                                 ; GDT's limit)
 
 
-; GDTR, lgdt's 6 bytes with a 16-bit operand size: the limit is the word
-; before (mov cr0, ebx's last byte and ret: 0xC3C3, more than the 0x40F),
-; then the 24-bit base, then a byte the CPU ignores (flat's first).  The
-; flat data descriptor is entry 127 (selector 0x3F8, the COM1 port rputc
-; has in dx); entries 0..126 are whatever lies below it, never loaded.
+; GDTR, lgdt's 6 bytes with a 16-bit operand size, over the flat data
+; descriptor's first 4: the limit is the word before (mov es, dx's last
+; byte and ret: 0xC3C2, more than the 0x40F), the 24-bit base is the
+; descriptor's limit bits 0..15 and base bits 0..7 (0), then a byte the CPU
+; ignores (base bits 8..15).  So the GDT starts at flat - SEL_D, and the flat
+; descriptor is entry 127 (selector 0x3F8, the COM1 port rputc has in dx);
+; entries 0..126 are whatever lies below it, never loaded.  Its limit in
+; 4 KiB pages is 0xF0000 + flat - SEL_D: above 3.8 GiB, more than any run's
+; M_NEED (the builder's MAX_MEMORY is 3 GiB).  (3 bytes less than a base of
+; its own.)
 gdtr    equ $ - 2
-gdt:
-        dw flat - SEL_D         ; the base's low 16 bits
-        db 0                    ; and bits 16..23
-flat:   dw 0xffff, 0            ; SEL_D: flat 4 GiB data, B = 0 (a 16-bit
-        db 0, 0x92, 0x8f, 0     ; stack in real mode, also for the BIOS)
+gdt:                            ; (for the size table: the GDT's own bytes)
+flat:   dw flat - SEL_D, 0      ; SEL_D: flat data, B = 0 (a 16-bit stack
+        db 0, 0x92, 0x8f, 0     ; in real mode, also for the BIOS)
         dw 0xffff, 0            ; SEL_C32: flat 4 GiB 32-bit code
         db 0, 0x9a, 0xcf, 0
-        dw 0xffff, 0            ; SEL_C16: 64 KiB 16-bit code, base 0
-        db 0, 0x9a, 0, 0
+        dw 0xffff, RMB          ; SEL_C16: 64 KiB 16-bit code, base RMB
+        db RMB >> 16, 0x9a, 0, 0
 
 ; ---- the MBR's fields: the builder writes the disk signature and the entry
     times 440-($-$$) db 0       ; boot code ends here
@@ -328,7 +359,7 @@ flat:   dw 0xffff, 0            ; SEL_D: flat 4 GiB data, B = 0 (a 16-bit
 ; waits in real mode with interrupts on, so the keyboard's IRQ is served
 getc:
     pushad
-    jmp word SEL_C16:.rm        ; (a 16-bit offset)
+    jmp word SEL_C16:.rm - RMB  ; (a 16-bit offset)
 bits 16
 .rm:
     call rmode
@@ -359,7 +390,7 @@ bits 16
 bits 32
 echo:
     pushad
-    jmp word SEL_C16:.rm        ; (a 16-bit offset)
+    jmp word SEL_C16:.rm - RMB  ; (a 16-bit offset)
 bits 16
 .rm:
     call rmode
@@ -367,15 +398,13 @@ bits 16
     call rputc.scr              ; rputc after its COM1 part
     jmp topm
 
-; real mode from the 16-bit code segment (PE off, CS = 0, SS = 0)
+; real mode from the 16-bit code segment (PE off, CS = SEL_C16 as a real
+; mode segment, see putc; SS = 0)
 rmode:
     call pe                     ; PE off
-    xor dx, dx
-    mov ss, dx                  ; SS = 0 for the BIOS
-    pop dx
-    push word 0                 ; CS = 0 and back to the caller
-    push dx
-    retf
+    push byte 0
+    pop ss                      ; SS = 0 for the BIOS
+    ret
 bits 32
 %endif
     align 512, db 0
@@ -389,4 +418,10 @@ TAIL    equ (engine_end - $$) / 512 - 1   ; sectors after this one
 %endif
 %if PRE + CHUNK*512 < VARS + 512 || BOUNCE + CHUNK*512 > 0x10000
   %error "the boot read misses the header, or the bounce passes 64 KiB"
+%endif
+%if flat - $$ + 0x7C00 < SEL_D || flat - $$ + 0x7C00 - SEL_D > 0xFFFF
+  %error "the flat descriptor's address - SEL_D (the GDT's base) is no word"
+%endif
+%if BOUNCE < VARS + 512 || RMB > 0x7C00
+  %error "the bounce overlaps the fields or the header; or SEL_C16's base is above the code"
 %endif
