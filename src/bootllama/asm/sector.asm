@@ -25,7 +25,9 @@
 ; -DA20OFF switches A20 off first, -DNOA20 skips switching it on (tests).
 ;
 ; Memory map (physical): engine.inc's, and
+;   0x0000C          IVT entry 3 (int3): die, every message's way out
 ;   0x00018          IVT entry 6 (#UD; the 486 build: 7, #NM): the CPU message
+;   0x04080          SEL_C16's base (putc's real mode runs with CS = SEL_C16)
 ;   0x07C00          sector 0, then at 0x7E00 the TAIL tail sectors: code,
 ;                    and nothing the engine writes, in pages 0x7000-0x8FFF
 ;   0x09DF0-0x0DDEF  the disk bounce buffer while loading (below 64 KiB:
@@ -62,8 +64,9 @@ E_CPU   equ 4
 E_MEM   equ 5
 
 start:
-    cli                         ; (interrupts off for good: SP below visits
-                                ; the IVT; every BIOS call here works so)
+    cli                         ; (interrupts off from here: SP visits the
+                                ; IVT below; a BIOS handler starts with IF =
+                                ; 0 anyway, int clears it)
     xor ax, ax
     mov ds, ax                  ; (ES: rputc's unreal trip sets it from DS)
     mov ss, ax
