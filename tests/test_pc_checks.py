@@ -41,27 +41,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1119, ("SAMPLING",): 1221, ("CPU486",): 1121, ("CPU486", "SAMPLING"): 1243}
+BUDGETS = {(): 1121, ("SAMPLING",): 1223, ("CPU486",): 1123, ("CPU486", "SAMPLING"): 1245}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1481,
-    ("TALK", "ENC_BPE=0"): 2438,
-    ("TALK", "ENC_RUNC=0"): 2617,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2533,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2712,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2793,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 2972,
-    ("SAMPLING", "TOPP", "CPU486"): 1503,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2440,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2619,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2555,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2734,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2815,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 2994,
+    ("SAMPLING", "TOPP"): 1483,
+    ("TALK", "ENC_BPE=0"): 2440,
+    ("TALK", "ENC_RUNC=0"): 2619,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2535,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2714,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2795,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 2974,
+    ("SAMPLING", "TOPP", "CPU486"): 1505,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2442,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2621,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2557,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2736,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2817,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 2996,
 }
 
 

@@ -30,7 +30,7 @@
 ;   0x04080          SEL_C16's base (putc's real mode runs with CS = SEL_C16)
 ;   0x07C00          sector 0, then at 0x7E00 the TAIL tail sectors: code,
 ;                    and nothing the engine writes, in pages 0x7000-0x8FFF
-;   0x09DF0-0x0DDEF  the disk bounce buffer while loading (below 64 KiB:
+;   0x0ADF0-0x0EDEF  the disk bounce buffer while loading (below 64 KiB:
 ;                    the copy reads it through SI)
 ; Exit: the byte written to port 0xF4 (QEMU's isa-debug-exit: status
 ; 2 * byte + 1): 10 the story ended (the final newline's byte, so QEMU's
@@ -48,7 +48,7 @@ MLBA    equ 10                  ; the manifest's LBA in the boot read: it lands
                                 ; writes to the work variables never hit a page
                                 ; of code (QEMU and v86 translate it again)
 BOUNCE  equ PRE + STACK - 16    ; the disk bounce buffer (16 KiB from
-                                ; 0x9DF0, below 64 KiB: SI walks it): the
+                                ; 0xADF0, below 64 KiB: SI walks it): the
                                 ; DAP's address as the offset from PRE's
                                 ; segment, past the fields and the header
 CHUNK   equ 32                  ; sectors per int 13h read (16 KiB)
@@ -80,8 +80,11 @@ start:
     mov sp, 3*4 + 4             ; int3 -> die: each message is an int3 (1
     push ax                     ; byte, a call 3) before its text
     push word die
-    mov sp, STACK               ; (engine.inc's: the stack grows down from
-                                ; 0x3000, above x and xb)
+    lea esp, [STACK]            ; (engine.inc's: the stack grows down from
+                                ; 0x3000, above x and xb; ESP whole: mv
+                                ; compares it with EDI and attention reads
+                                ; [esp], whatever the BIOS left in its high
+                                ; half)
     lea ebp, [VARS]             ; EBP = VARS, for engine.inc too (a 16-bit
                                 ; address zero-extends: 1 byte less than
                                 ; mov ebp)
