@@ -41,27 +41,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1121, ("SAMPLING",): 1223, ("CPU486",): 1123, ("CPU486", "SAMPLING"): 1245}
+BUDGETS = {(): 1117, ("SAMPLING",): 1219, ("CPU486",): 1119, ("CPU486", "SAMPLING"): 1241}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1483,
-    ("TALK", "ENC_BPE=0"): 2440,
-    ("TALK", "ENC_RUNC=0"): 2619,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2535,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2714,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2795,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 2974,
-    ("SAMPLING", "TOPP", "CPU486"): 1505,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2442,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2621,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2557,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2736,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2817,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 2996,
+    ("SAMPLING", "TOPP"): 1479,
+    ("TALK", "ENC_BPE=0"): 2436,
+    ("TALK", "ENC_RUNC=0"): 2615,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2531,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2710,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2791,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 2970,
+    ("SAMPLING", "TOPP", "CPU486"): 1501,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2438,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2617,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2553,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2732,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2813,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 2992,
 }
 
 
@@ -85,7 +85,7 @@ def test_hot_routines_share_one_page(defines: tuple[str, ...]) -> None:
     # rmsnorm, softmax...) lie in 0x7E00..0x7FFF, none straddling 0x8000 (measured: exp across
     # the boundary cost about 10% of the speed under TCG); layer (RoPE, attention, SwiGLU) too
     engine = image.assemble(defines)
-    assert engine.symbols["nextw"] == 0x7E00 and engine.symbols["engine_start"] <= 0x8000  # (it follows them)
+    assert engine.symbols["rmsnorm"] == 0x7E00 and engine.symbols["engine_start"] <= 0x8000  # (it follows them)
     assert engine.symbols["layer"] < engine.symbols["tox"] < engine.symbols["engine_start"]
 
 

@@ -382,7 +382,7 @@ PARTS = {
     "guards": ("guards", "a20fail", "diskfail", "datafail", "cpufail", "die", "exit", "engine_start", "datacheck"),
     "generate loop": ("gen", "done"),
     "printing": ("print", "putc", "rputc"),
-    "forward pass": ("forward", "layer", "exptab", "exp", "consts", "nextw", "rmsnorm", "mvw", "mvwn", "mv",
+    "forward pass": ("forward", "layer", "exptab", "exp", "consts", "rmsnorm", "mvw", "mvwn", "mv",
                      "tox", "softmax", "divmax"),
     "sampling": ("sample",),
     "top-p": ("topp",),
