@@ -36,7 +36,7 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1215, ("SAMPLING",): 1317, ("CPU486",): 1232, ("CPU486", "SAMPLING"): 1354}
+BUDGETS = {(): 1216, ("SAMPLING",): 1318, ("CPU486",): 1232, ("CPU486", "SAMPLING"): 1354}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
