@@ -41,20 +41,20 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1117, ("SAMPLING",): 1219, ("CPU486",): 1119, ("CPU486", "SAMPLING"): 1241}
+BUDGETS = {(): 1118, ("SAMPLING",): 1220, ("CPU486",): 1119, ("CPU486", "SAMPLING"): 1241}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1479,
-    ("TALK", "ENC_BPE=0"): 2436,
-    ("TALK", "ENC_RUNC=0"): 2615,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2531,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2710,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2791,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 2970,
+    ("SAMPLING", "TOPP"): 1480,
+    ("TALK", "ENC_BPE=0"): 2437,
+    ("TALK", "ENC_RUNC=0"): 2616,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2532,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2711,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2792,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 2971,
     ("SAMPLING", "TOPP", "CPU486"): 1501,
     ("TALK", "ENC_BPE=0", "CPU486"): 2438,
     ("TALK", "ENC_RUNC=0", "CPU486"): 2617,
