@@ -564,10 +564,16 @@ def _rows(config: Config, name: str) -> int:
             "wcls": config.vocab_size}.get(name, config.dim)
 
 
+def _entries(config: Config, name: str) -> int:
+    """Dwords table() writes for one name: a k address per query head, a vector's address, or a
+    matrix's rows and address."""
+    return config.n_heads if name == "k" else 1 if name in _VECTORS else 2
+
+
 def table_entries(config: Config) -> int:
     """How many dwords table() writes."""
-    per_layer = sum(config.n_heads if n == "k" else 1 if n in _VECTORS else 2 for n in _LAYER_TABLE)
-    return per_layer * config.n_layers + 3
+    return (sum(_entries(config, n) for n in _LAYER_TABLE) * config.n_layers
+            + sum(_entries(config, n) for n in _FINAL_TABLE))
 
 
 def table(layout: Layout) -> bytes:
@@ -576,18 +582,17 @@ def table(layout: Layout) -> bytes:
     lay = legacy_layout(c)
     shapes = tensor_shapes(c)
     base = layout.checkpoint_addr
+    kv_mul = c.n_heads // c.n_kv_heads
     addrs = []
-    for layer in range(c.n_layers):
-        for name in _LAYER_TABLE:
+    for layer, names in [(layer, _LAYER_TABLE) for layer in range(c.n_layers)] + [(0, _FINAL_TABLE)]:
+        for name in names:
             if name == "k":  # [pos][layer][v|k][kv_dim]: k after v
-                kv_mul = c.n_heads // c.n_kv_heads
                 addrs += [layout.kv_addr + ((layer * 2 + 1) * c.kv_dim + h // kv_mul * c.head_size) * 4
                           for h in range(c.n_heads)]
-            else:
-                if name not in _VECTORS:
-                    addrs.append(_rows(c, name))
-                addrs.append(base + lay[name][0] + layer * 4 * math.prod(shapes[name][1:]))
-    addrs += [base + lay["rms_final_weight"][0], _rows(c, "wcls"), base + lay["wcls"][0]]
+                continue
+            if name not in _VECTORS:
+                addrs.append(_rows(c, name))
+            addrs.append(base + lay[name][0] + layer * 4 * math.prod(shapes[name][1:]))
     assert len(addrs) == table_entries(c)
     return struct.pack(f"<{len(addrs)}I", *addrs)
 
