@@ -16,9 +16,6 @@ Each guard's run ends within seconds: QEMU's isa-debug-exit gives status 2 * cod
 
 from __future__ import annotations
 
-import contextlib
-import os
-import select
 import struct
 import subprocess
 import time
@@ -212,25 +209,17 @@ def test_mode_set_clears_the_screen_whatever_the_data_lba(tmp_path: Path) -> Non
                             engine=image.assemble(("HALT",)))
     assert img.layout.data_lba > 255
     want = generate(Reference(load_checkpoint(path)), Tokenizer.load(TOK, cfg.vocab_size), "Once", steps=2)
-    sock, dump = tmp_path / "qmp.sock", tmp_path / "vga.bin"
-    cmd = qemu.qemu_command(img.path, img.layout.memory_mib, "tcg", ["-qmp", f"unix:{sock},server=on,wait=off"])
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    try:
-        assert proc.stdout is not None
-        serial, deadline = b"", time.monotonic() + 60  # (HALT: QEMU stays up after the story)
-        while not serial.endswith(want):
-            assert time.monotonic() < deadline, f"no story within 60 s: {serial[-80:]!r}"
-            if select.select([proc.stdout], [], [], 0.5)[0]:
-                chunk = os.read(proc.stdout.fileno(), 65536)
-                assert chunk, f"QEMU ended: {serial[-80:]!r}"
-                serial += chunk
-        with contextlib.closing(qemu.QMP(sock)) as qmp:
-            time.sleep(0.5)  # the teletype follows each COM1 byte
-            qmp.execute("stop")
-            screen = qmp.save_file(dump, "pmemsave", val=0xB8000, size=80 * 25 * 2, filename=str(dump))
-    finally:
-        proc.kill()
-        proc.wait()
+    deadline = time.monotonic() + 60  # (HALT: QEMU stays up after the story)
+
+    def over(serial: bytes, qmp: qemu.QMP) -> bool:
+        assert time.monotonic() < deadline, f"no story within 60 s: {serial[-80:]!r}"
+        return serial.endswith(want)
+
+    def grab(qmp: qemu.QMP, tmp: Path) -> bytes:  # the text screen's characters and attributes
+        return qmp.save_file(tmp / "vga.bin", "pmemsave", val=0xB8000, size=80 * 25 * 2,
+                             filename=str(tmp / "vga.bin"))
+
+    screen = qemu.boot_and_stop(img.path, img.layout.memory_mib, over, "the story ended", grab, poll=0.5)
     text = screen[::2]  # the characters (odd bytes: attributes)
     assert text.startswith(b"." * 80)  # the dots from the top-left corner: the screen was cleared
     assert b"SeaBIOS" not in text and b"Booting" not in text

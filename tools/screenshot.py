@@ -21,10 +21,7 @@ legacy-only (the UEFI engine has no keyboard input yet), so ``--chat`` does not 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import select
-import subprocess
 import sys
 import tempfile
 import time
@@ -76,7 +73,7 @@ def screenshot(out: Path, prompt: str | None = None, steps: int = 0, scale: int 
                 raise BootllamaError("the engine printed more than the reference's story")
             return False
 
-        shot = boot_and_grab(img, tmp, over, "the story ended", machine="uefi" if uefi else "pc", poll=1.0)
+        shot = boot_and_grab(img, over, "the story ended", machine="uefi" if uefi else "pc", poll=1.0)
     save_png(shot, out, scale)
     return want
 
@@ -123,43 +120,23 @@ def chat_screenshot(out: Path, lines: list[str], steps: int = 0, scale: int = 1,
                 sent += 1
             return False
 
-        shot = boot_and_grab(img, tmp, over, "the chat was over", poll=0.2)
+        shot = boot_and_grab(img, over, "the chat was over", poll=0.2)
     save_png(shot, out, scale)
     return want
 
 
-def boot_and_grab(img: image.Image, tmp: Path, over: Callable[[bytes, qemu.QMP], bool], what: str,
+def boot_and_grab(img: image.Image, over: Callable[[bytes, qemu.QMP], bool], what: str,
                   machine: str = "pc", poll: float = 0.2) -> PILImage.Image:
-    """Boot ``img`` in QEMU (TCG) with a QMP monitor on a socket in ``tmp``; hand COM1's bytes so
-    far (and the monitor) to ``over`` until it says the screen is final (it raises on a timeout or
-    wrong text; it may type), then stop the PC and return its screen. ``what``: what QEMU exiting
-    came before."""
-    sock = tmp / "qmp.sock"
-    cmd = qemu.qemu_command(img.path, img.layout.memory_mib, "tcg", ["-qmp", f"unix:{sock},server=on,wait=off"],
-                            machine=machine)
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
-        serial = b""
-        with contextlib.closing(qemu.QMP(sock)) as qmp:
-            while not over(serial, qmp):
-                ready, _, _ = select.select([fd], [], [], poll)
-                if ready:
-                    data = os.read(fd, 65536)
-                    if not data:
-                        raise BootllamaError(f"QEMU exited before {what}")
-                    serial += data
-            time.sleep(0.5)  # the BIOS teletype follows each COM1 byte; let the last ones land
-            ppm = tmp / "screen.ppm"
-            qmp.execute("stop")
-            qmp.save_file(ppm, "screendump", filename=os.fspath(ppm))
+    """Boot ``img`` until ``over`` says the screen is final (qemu.boot_and_stop), and return the
+    stopped PC's screen."""
+    def grab(qmp: qemu.QMP, tmp: Path) -> PILImage.Image:
+        ppm = tmp / "screen.ppm"
+        qmp.save_file(ppm, "screendump", filename=os.fspath(ppm))
         with PILImage.open(ppm) as shot:
             shot.load()
             return shot.convert("RGB")
-    finally:
-        proc.kill()
-        proc.wait()
+
+    return qemu.boot_and_stop(img.path, img.layout.memory_mib, over, what, grab, machine=machine, poll=poll)
 
 
 def save_png(rgb: PILImage.Image, out: Path, scale: int) -> None:

@@ -11,8 +11,10 @@ UEFI engine's form feed.  The serial protocol and exit statuses are in ``bootlla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -20,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from bootllama.errors import BootllamaError
 from bootllama.interrupts import temp_dir
@@ -36,8 +39,10 @@ from bootllama.pcs.base import (
     start_input,
 )
 
-__all__ = ["EXIT_DISK", "EXIT_DONE", "GUARDS", "MACHINES", "QMP", "RunResult", "boot", "choose_accel",
-           "key_codes", "qemu_command"]
+__all__ = ["EXIT_DISK", "EXIT_DONE", "GUARDS", "MACHINES", "QMP", "RunResult", "boot", "boot_and_stop",
+           "choose_accel", "key_codes", "qemu_command"]
+
+T = TypeVar("T")
 
 # the keyboard: what each typed ASCII character is on a US layout, as QEMU's key names (qcodes)
 _PLAIN = {" ": "spc", "\n": "ret", "\t": "tab", "\b": "backspace", "-": "minus", "=": "equal",
@@ -257,6 +262,32 @@ def qemu_command(image: str | os.PathLike[str], memory_mib: int, accel: str,
         cpu = "max" if accel == "tcg" else "host"
     cmd += ["-cpu", cpu]
     return cmd + (extra or [])
+
+
+def boot_and_stop(image: str | os.PathLike[str], memory_mib: int, over: Callable[[bytes, QMP], bool], what: str,
+                  grab: Callable[[QMP, Path], T], machine: str = "pc", poll: float = 0.2) -> T:
+    """Boot ``image`` under TCG with a QMP monitor, hand COM1's bytes so far (dots included) and
+    the monitor to ``over`` until it says the PC is where it should be (``over`` raises on a
+    timeout or wrong text, and may type), then stop the PC and return ``grab(monitor, folder)``
+    (a screendump or pmemsave into that temporary folder) before QEMU is ended. For images built
+    with -DHALT, which stay up after the story. ``what``: what QEMU's exit came before, for the
+    error."""
+    with temp_dir("bootllama-qemu-") as tmp:
+        sock = tmp / "qmp.sock"
+        cmd = qemu_command(image, memory_mib, "tcg", ["-qmp", f"unix:{sock},server=on,wait=off"], machine=machine)
+        with emulator(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
+            assert proc.stdout is not None
+            fd, serial = proc.stdout.fileno(), b""
+            with contextlib.closing(QMP(sock)) as qmp:
+                while not over(serial, qmp):
+                    if select.select([fd], [], [], poll)[0]:
+                        data = os.read(fd, 65536)
+                        if not data:
+                            raise BootllamaError(f"QEMU exited before {what}")
+                        serial += data
+                time.sleep(0.5)  # the BIOS teletype follows each COM1 byte: let the last ones land
+                qmp.execute("stop")
+                return grab(qmp, tmp)
 
 
 def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str = "tcg",
