@@ -52,7 +52,7 @@ _SHIFTED = dict(zip('!@#$%^&*()_+{}:"~|<>?', [*"1234567890", "minus", "equal", "
                                                "bracket_right", "semicolon", "apostrophe",
                                                "grave_accent", "backslash", "comma", "dot", "slash"],
                     strict=True))
-KEY_GAP = 0.05  # seconds between keystrokes: the BIOS keyboard buffer holds only 15 of them
+KEY_GAP = 0.05  # seconds between keystrokes where no BIOS keyboard buffer can be watched (OVMF)
 
 
 def key_codes(ch: str) -> list[str]:
@@ -145,19 +145,51 @@ class QMP:
             time.sleep(0.05)
         raise BootllamaError(f"QMP {command} did not write {path.name}")
 
-    def type_text(self, text: str, gap: float = KEY_GAP) -> None:
-        """Type ``text`` on the PC's keyboard, one keystroke every ``gap`` seconds.
+    def type_text(self, text: str, gap: float = KEY_GAP, bios: bool = True, timeout: float = 600.0,
+                  stopped: threading.Event | None = None) -> None:
+        """Type ``text`` on the PC's keyboard, each keystroke once the PC has taken the last one.
 
         Each keystroke is its presses and releases in one ``input-send-event`` (modifiers down
         first, up last), not ``send-key``, whose releases come from a timer: under load a release
         could land after the next key's press, so a held Ctrl or Shift changed the next key (the
-        quick suite's keyboard tests saw NULs)."""
+        quick suite's keyboard tests saw NULs).
+
+        ``bios``: the PC's keyboard is the BIOS's (SeaBIOS under the legacy engine). Then the
+        next keystroke waits until the last is in the BIOS's keyboard buffer (the tail word at
+        0x41C moved), however long that takes: QEMU's PS/2 controller queues only 16 bytes and
+        drops what comes after, and a PC slowed by load (or computing with interrupts off) could
+        let a shift's press fall out and the key after it arrive unshifted. Else (OVMF's own
+        PS/2 driver) one keystroke every ``gap`` seconds. ``timeout``: the longest wait for one
+        keystroke; ``stopped``: an event that ends the typing."""
+        last: tuple[str, int] | None = None  # the last keystroke and the tail before it
         for ch in text:
             keys = [{"type": "qcode", "data": k} for k in key_codes(ch)]
             events = [{"type": "key", "data": {"down": True, "key": k}} for k in keys]
             events += [{"type": "key", "data": {"down": False, "key": k}} for k in reversed(keys)]
+            if last is not None:  # (none after the last keystroke: the PC may be done with keys)
+                self._taken(*last, timeout, stopped)
+            if stopped is not None and stopped.is_set():
+                return
+            if bios:
+                last = ch, self._bios_tail()
             self.execute("input-send-event", events=events)
-            time.sleep(gap)
+            if not bios:
+                time.sleep(gap)
+
+    def _taken(self, ch: str, tail: int, timeout: float, stopped: threading.Event | None) -> None:
+        """Wait until the BIOS has stored the keystroke ``ch`` typed when its buffer's tail was ``tail``."""
+        deadline = time.monotonic() + timeout
+        while self._bios_tail() == tail:
+            if stopped is not None and stopped.is_set():
+                return
+            if time.monotonic() > deadline:
+                raise BootllamaError(f"the PC took no keystroke ({ch!r}) within {timeout:.0f} s")
+            time.sleep(0.01)
+
+    def _bios_tail(self) -> int:
+        """The BIOS data area's keyboard buffer tail (0x41C): where int 9 stores the next key."""
+        reply = self.execute("human-monitor-command", **{"command-line": "xp /1hx 0x41c"})
+        return int(str(reply).split(":")[1], 16)
 
     def close(self) -> None:
         self.sock.close()
@@ -168,10 +200,10 @@ class Typist:
     the loader's dots are in and the story so far contains ``after``, from a thread of its own
     (keys typed while the BIOS boots would be lost)."""
 
-    def __init__(self, path: Path, text: str, after: bytes) -> None:
+    def __init__(self, path: Path, text: str, after: bytes, bios: bool = True) -> None:
         for ch in text:
             key_codes(ch)  # refuse what cannot be typed before QEMU starts
-        self.path, self.text, self.after = path, text, after
+        self.path, self.text, self.after, self.bios = path, text, after, bios
         self.seen = bytearray()
         self.ready = threading.Event()
         self.stopped = threading.Event()
@@ -205,7 +237,7 @@ class Typist:
             while not self.ready.wait(0.2):
                 if self.stopped.is_set():
                     return
-            qmp.type_text(self.text)
+            qmp.type_text(self.text, bios=self.bios, stopped=self.stopped)
         except (BootllamaError, OSError) as e:
             if not self.stopped.is_set():
                 self.error = BootllamaError(f"typing on QEMU's keyboard failed: {e}")
@@ -315,7 +347,8 @@ def boot(image: str | os.PathLike[str], memory_mib: int, chunks: int, accel: str
         typist = None
         if keys is not None:
             sock = tmp / "qmp.sock"
-            typist = Typist(sock, keys, keys_after)  # refuses untypable keys before QEMU starts
+            # (refuses untypable keys before QEMU starts; OVMF has no BIOS keyboard buffer)
+            typist = Typist(sock, keys, keys_after, bios=machine not in UEFI_MACHINES)
             more += ["-qmp", f"unix:{sock},server=on,wait=off"]
         cmd = qemu_command(image, memory_mib, accel, more, machine=machine, cpu=cpu)
         # OVMF's serial terminal polls COM1 until the UEFI engine raises the TPL to run: input
