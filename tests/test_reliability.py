@@ -8,8 +8,10 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -142,6 +144,67 @@ def test_output_errors_name_the_users_path(tmp_path: Path, capsys: pytest.Captur
     _, err = _call(capsys, "build", "-o", str(tmp_path))
     _one_line(err, f"cannot write {tmp_path}: Is a directory")
     assert list(tmp_path.iterdir()) == []
+
+
+def _drain(fifo: Path) -> tuple[threading.Thread, list[bytes]]:
+    """A reader of ``fifo`` (a writer's open waits for one), its bytes in the list once it ends."""
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    return reader, got
+
+
+def test_outputs_that_are_links_fifos_or_devices_stay_what_they_are(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # an output is written where it leads, as cp and dd write: a rename over a device or a link
+    # would put a regular file in its place (`build -o /dev/null` as root replaced /dev/null)
+    size = 0
+
+    def whole(data: bytes) -> bool:  # an intact image of the build's size (each build draws
+        nonlocal size                # its own disk signature: no two are the same bytes)
+        copy = tmp_path / "copy.img"
+        copy.write_bytes(data)
+        ok = verify(copy)[1] == [] and len(data) == size
+        copy.unlink()
+        return ok
+
+    img = tmp_path / "ref.img"
+    assert _call(capsys, "build", "-n", "2", "-o", str(img))[0] == 0
+    size = img.stat().st_size
+    img.unlink()
+    # a symbolic link: its file gets the bytes, the link stays
+    (tmp_path / "real").mkdir()
+    link = tmp_path / "link.img"
+    link.symlink_to(Path("real") / "boot.img")
+    for args in (["build", "-n", "2", "-o", str(link)], ["run", "-n", "2", "--image", str(link)]):
+        assert _call(capsys, *args)[0] == 0, args
+        assert link.is_symlink() and whole((tmp_path / "real" / "boot.img").read_bytes()), args
+    # a FIFO (a pipe to dd, say): the image flows through, the FIFO stays
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args in (["build", "-n", "2", "-o", str(fifo)], ["run", "-n", "2", "--image", str(fifo)]):
+        reader, got = _drain(fifo)
+        assert _call(capsys, *args)[0] == 0, args
+        reader.join(30)
+        assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and whole(got[0]), args
+    # standard output through /proc's link to it (what /dev/stdout is): the file it is gets the bytes
+    out = tmp_path / "stdout.img"
+    with open(out, "wb") as f:
+        proc = subprocess.run([sys.executable, "-m", "bootllama.cli", "build", "-n", "2", "-o", "/proc/self/fd/1"],
+                              stdout=f, stderr=subprocess.PIPE, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert whole(out.read_bytes())
+    # a character device: /dev/null's own numbers, where this machine lets a test make one
+    null = tmp_path / "null"
+    try:
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pass
+    else:
+        for args in (["build", "-n", "2", "-o", str(null)], ["run", "-n", "2", "--image", str(null)]):
+            assert _call(capsys, *args)[0] == 0, args
+            assert stat.S_ISCHR(os.lstat(null).st_mode), args
+    assert not [p for p in tmp_path.rglob(".*")], list(tmp_path.rglob("*"))
 
 
 # --- 2. the emulators' own failures, and runs that share --image --------------------------------

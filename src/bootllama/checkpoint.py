@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import stat
 import struct
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -395,17 +397,44 @@ def refuse_inputs(output: StrPath, inputs: Mapping[str, StrPath | None]) -> None
                                  "choose another output path")
 
 
+def is_special(path: StrPath) -> bool:
+    """Whether ``path`` exists (links followed) as something other than a regular file or a
+    directory: a character or block device, a FIFO, a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 @contextmanager
 def atomic_write(path: StrPath, inputs: Mapping[str, StrPath | None] | None = None) -> Iterator[BinaryIO]:
-    """Write a file through a temporary sibling that replaces ``path`` only on success.
+    """Write a file through a temporary sibling that replaces ``path`` only on success (through
+    a symbolic link: its file is replaced; a device or a FIFO is written into: see is_special).
 
     ``inputs`` (what -> path): refuse, before anything is written, a ``path`` that is one of
     them. Nothing is left behind if the body raises or a signal comes (bootllama.interrupts).
     Failures to create, write or rename the file are BootllamaError naming ``path`` (never the
     temporary name); other OSErrors from the body propagate.
     """
-    target = Path(path)
-    refuse_inputs(target, inputs or {})
+    refuse_inputs(path, inputs or {})
+    # a symbolic link is written through, as open() would (the link stays, its file gets the
+    # bytes): /dev/stdout, or an image link the user keeps; /proc's fd links resolve too
+    target = Path(os.path.realpath(path))
+    if is_special(path):
+        # a device or a FIFO (/dev/null, /dev/stdout, a USB stick's /dev/sdX, a pipe): the bytes
+        # go into it, as cp and dd do, once they are whole (the body may seek: they are gathered
+        # in an unnamed temporary file first); a rename would put a regular file in the node's
+        # place (as root, /dev/null itself)
+        with tempfile.TemporaryFile() as f:
+            yield f
+            f.seek(0)
+            try:
+                with open(path, "wb") as out:  # (path: a pipe's /proc link names no file)
+                    shutil.copyfileobj(f, out, 1 << 20)
+            except OSError as e:
+                raise BootllamaError(f"cannot write {os.fspath(path)}: {e.strerror or e}") from None
+        return
     tmp: str | None = None
     stage = "create"
     try:
