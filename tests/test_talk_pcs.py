@@ -98,10 +98,8 @@ def test_input_file_object(echo_image: Path) -> None:
     assert result.text == b"abc\ndef\n"
 
 
-# Behind slow: QMP's keystrokes go into QEMU's PS/2 queue (16 bytes) at once; a guest starved
-# of the CPU (make test's second worker running Chromium) overflows it and loses scancodes, so
-# this fails there and passes alone (make test-slow runs one file at a time)
-@pytest.mark.slow
+# (once behind slow: keystrokes sent at a fixed gap overflowed QEMU's 16-byte PS/2 queue when
+# the guest was starved of the CPU; QMP.type_text now waits for the BIOS to take each one)
 def test_keyboard_typing(echo_image: Path) -> None:
     """Text typed as keystrokes (QMP.type_text, shift for capitals and symbols) reaches int 16h;
     Ctrl-D is EOT."""

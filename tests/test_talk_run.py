@@ -71,10 +71,8 @@ def test_run_chat_piped_bochs() -> None:
     assert done.stdout == reference(*args, stdin=CHAT_LINES)
 
 
-# Behind slow: QMP's keystrokes go into QEMU's PS/2 queue (16 bytes) at once; a guest starved
-# of the CPU (make test's second worker running Chromium) overflows it and loses scancodes, so
-# this fails there and passes alone (make test-slow runs one file at a time)
-@pytest.mark.slow
+# (once behind slow: keystrokes sent at a fixed gap overflowed QEMU's 16-byte PS/2 queue when
+# the guest was starved of the CPU; QMP.type_text now waits for the BIOS to take each one)
 def test_keyboard_prompt_is_the_run_i_story(tmp_path: Path) -> None:
     """A prompt typed on QEMU's keyboard (QMP.type_text, shift for the capitals) at the story
     machine's "Prompt: ", then Ctrl-D: the story is the one `run -i` with that prompt prints."""
