@@ -432,6 +432,9 @@ def atomic_write(path: StrPath, inputs: Mapping[str, StrPath | None] | None = No
             try:
                 with open(path, "wb") as out:  # (path: a pipe's /proc link names no file)
                     shutil.copyfileobj(f, out, 1 << 20)
+                    if stat.S_ISBLK(os.fstat(out.fileno()).st_mode):
+                        out.flush()
+                        os.fsync(out.fileno())  # a disk (a USB stick): on it before we say so
             except OSError as e:
                 raise BootllamaError(f"cannot write {os.fspath(path)}: {e.strerror or e}") from None
         return
