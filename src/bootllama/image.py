@@ -13,6 +13,8 @@ Disk layout (512-byte sectors)::
     ...              the prompt's token ids (int32, after the BOS, 0-terminated)
     ...              the address table: per layer, the addresses of its weight slices (and of
                      its k in the KV cache) in the order the engine uses them
+    ...              the piece directory: each token's piece address in tokenizer.bin (its
+                     length is the dword before it), what the engine's print reads
     ...              the RoPE rotation values run.c computes ([seq_len][head_size/2] pairs of
                      float32: cosf, sinf; see rope_region)
     ...              zero padding: the loader reads whole chunks, Bochs wants whole cylinders
@@ -446,6 +448,7 @@ class Layout:
         return Volume(((DATA_FILE, self.data_bytes), (EFI_FILE, self.efi_size)), self.esp_lba)
     talk_addr: int = 0  # the talk block (talkblock.py: top-p, typed input), after the RoPE values
     ram_addr: int = 0  # the talk block's buffers (and top-p's scratch), after the KV cache
+    pdir_addr: int = 0  # the piece directory (see piece_directory()), after the address table
 
     @property
     def rope_row_bytes(self) -> int:
@@ -480,7 +483,8 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     tok = ckpt + _pad(checkpoint_size)
     prompt = tok + _pad(tokenizer_size)
     table = prompt + _pad(4 * (n_prompt + 1))
-    rope = table + _pad(4 * table_entries(config))
+    pdir = table + _pad(4 * table_entries(config))
+    rope = pdir + _pad(4 * config.vocab_size)
     talk = rope + _pad(rope_bytes(config))
     data_end = talk + _pad(talk_bytes)
     logits = _pad(data_end, 4096)
@@ -498,7 +502,7 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     read_end = data_lba + ((last_lba - data_lba) // CHUNK + 1) * CHUNK
     disk = _pad(read_end, CYLINDER)
     return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk, table, rope,
-                  talk_addr=talk if talk_bytes else 0, ram_addr=ram if ram_bytes else 0)
+                  talk_addr=talk if talk_bytes else 0, ram_addr=ram if ram_bytes else 0, pdir_addr=pdir)
 
 
 def plan_esp(layout: Layout, efi_size: int) -> Layout:
@@ -597,13 +601,26 @@ def table(layout: Layout) -> bytes:
     return struct.pack(f"<{len(addrs)}I", *addrs)
 
 
+def piece_directory(tok: Tokenizer, tokenizer_addr: int) -> bytes:
+    """Each token's piece address in tokenizer.bin as loaded at ``tokenizer_addr`` (uint32 per id;
+    its length is the dword before it): the engine's print looks a piece up here instead of
+    walking the records from the first. The same kind of entry as the address table's: where
+    the builder put the model's bytes, never code or constants."""
+    addrs = []
+    off = tokenizer_addr + 4  # after max_token_length: the first record (score, len, bytes)
+    for piece in tok.pieces:
+        addrs.append(off + 8)
+        off += 8 + len(piece)
+    return struct.pack(f"<{len(addrs)}I", *addrs)
+
+
 def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: float,
              seed: int, stop_id: int = BOS, byte_base: int | None = 3) -> bytes:
     """The manifest sector (fields at its end, right before the checkpoint header).
 
     The fields are its last 128 bytes (engine.inc's M_*, [ebp-128..-1]): the dimensions the
-    engine derives from the header (head_size, head_size * 4, a RoPE row's bytes, kv_dim,
-    kv_dim * 4, a cache position's bytes, |vocab_size|, the query heads per kv head), the LBA
+    engine derives from the header (head_size, head_size * 4, a RoPE row's bytes, the piece
+    directory's address, kv_dim * 4, a cache position's bytes, |vocab_size|, a free field), the LBA
     the data area starts at (the loader reads it from there), the memory the run needs (the
     end of the KV cache and logits), the id that ends the story (run.c's BOS, or a chat
     model's end of answer), the addresses and settings (the weights' addresses are in the
@@ -615,8 +632,10 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
     lay = legacy_layout(c)
     base = layout.checkpoint_addr
     hs = c.head_size
-    fields = struct.pack("<8I", hs, 4 * hs, layout.rope_row_bytes, c.kv_dim, 4 * c.kv_dim,
-                         c.n_layers * 2 * c.kv_dim * 4, c.vocab_size, c.n_heads // c.n_kv_heads)
+    # (the field after |vocab_size|, once n_heads / n_kv_heads, is free: the address table has a
+    # k address per query head)
+    fields = struct.pack("<8I", hs, 4 * hs, layout.rope_row_bytes, layout.pdir_addr, 4 * c.kv_dim,
+                         c.n_layers * 2 * c.kv_dim * 4, c.vocab_size, 0)
     fields += struct.pack("<IIII", layout.data_lba, layout.memory_end, stop_id, layout.kv_addr)
     fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], layout.rope_addr,
                           c.n_kv_heads + c.n_heads,  # the heads RoPE rotates (k's, then q's)
@@ -741,7 +760,7 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
             parts.append(Part(name, at, n, crc))
         table_bytes = table(layout)
         for name, data in (("prompt ids", struct.pack(f"<{len(ids)}i", *ids[1:], 0)), ("address table", table_bytes),
-                           ("RoPE values", rope)):
+                           ("piece directory", piece_directory(tok, layout.tokenizer_addr)), ("RoPE values", rope)):
             parts.append(Part(name, raw.tell(), len(data), zlib.crc32(data)))
             f.write(data + bytes(_pad(len(data)) - len(data)))
         if talk_bytes:

@@ -9,7 +9,7 @@
 ; prints a message and stops), loads the data area (from the manifest's
 ; M_DLBA: the manifest, the unmodified llama2.c legacy checkpoint, the
 ; unmodified tokenizer.bin, the prompt ids, a table of per-layer addresses,
-; the RoPE values) to 1 MiB and above, switches to 32-bit protected mode and
+; the piece directory, the RoPE values) to 1 MiB and above, switches to 32-bit protected mode and
 ; runs engine.inc (llama2.c's generate loop and forward pass).
 ;
 ; Modes: the loader runs in "unreal" 16-bit real mode (ES keeps a 4 GiB
