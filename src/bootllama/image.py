@@ -767,6 +767,12 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
             block = talkblock.talk_block(tok, talk, top_p, layout.talk_addr, layout.ram_addr, layout.tokenizer_addr)
             parts.append(Part("talk block", raw.tell(), len(block), zlib.crc32(block)))
             f.write(block + bytes(_pad(len(block)) - len(block)))
+        # the loader's last chunk past the data: each dword its own address, not zeros. The data
+        # check is an additive sum, which a zero tail would make blind to the data area moved on
+        # by less than the tail (the dwords shifted out would have added nothing).
+        area = layout.data_lba * SECTOR
+        tail = DATA + raw.tell() - area
+        f.write(struct.pack(f"<{(DATA + layout.data_bytes - tail) // 4}I", *range(tail, DATA + layout.data_bytes, 4)))
         raw.truncate(layout.disk_sectors * SECTOR)  # (zeros: they add nothing to the sum)
         # the checksums go into the manifest sector's first bytes, which the engine never reads
         # (they replace zeros there, so their dwords join the sum)
