@@ -5,9 +5,13 @@ Disk layout (512-byte sectors)::
     LBA 0            the MBR: the engine's boot code (440 bytes at most), the disk signature,
                      partition entry 0 (active, type 0xDA) over the data area, 0x55AA
     LBA 1..          the engine's other sectors, then zeros
-    LBA D = 10       the manifest: the verify record (CRC32s of the parts, for `bootllama verify`;
+    LBA 10, 11       copies of the manifest sector and of the checkpoint header, with the
+                     engine's exp constants after the header (its sector at VARS), for the
+                     boot read (LBA 1..32 to 0x7E00: LBA 10 lands at 0x9000, the 4 KiB page
+                     after the engine's code; an engine without a sector at VARS reads its
+                     manifest and header in place, at LBA D = 10)
+    LBA D = 12       the manifest: the verify record (CRC32s of the parts, for `bootllama verify`;
                      the engine never reads it) and zeros to byte 384, then 128 bytes of fields
-                     (LBA 10 puts it at 0x9000, the 4 KiB page after the engine's code, in the boot read)
     LBA D+1          the legacy checkpoint, byte for byte, zero-padded to a sector
     ...              tokenizer.bin, byte for byte, zero-padded to a sector
     ...              the prompt's token ids (int32, after the BOS, 0-terminated)
@@ -24,8 +28,7 @@ boots both ways, legacy BIOS and UEFI (plan_esp)::
 
     LBA 0            the MBR as above, partition entry 0 (active, type 0xEF) over the ESP
     LBA 1..9         the engine's other sectors, then zeros
-    LBA 10, 11       copies of the manifest sector and of the checkpoint's first sector, for
-                     the legacy engine's boot read (LBA 1..32 to 0x7E00)
+    LBA 10, 11       as above: the manifest's copy, the header and the exp constants
     LBA ESP_LBA = 64 the EFI System Partition (bootllama.fat: FAT16, or FAT32 past 2 GiB):
                      LLAMA.BIN, the data area above (manifest first) as one contiguous file
                      of whole loader chunks, at LBA M_DLBA; EFI/BOOT/BOOTX64.EFI, the UEFI
@@ -115,6 +118,10 @@ class Engine:
     sizes: list[tuple[str, int]]
     defines: tuple[str, ...]
     symbols: dict[str, int] = field(default_factory=dict)  # label -> address (org 0x7C00)
+    # the sector the boot read puts at VARS (LBA MANIFEST_LBA + 1) as sector.asm assembles it:
+    # exp's constants after the checkpoint header's place (HEADER_BYTES, which the builder fills);
+    # empty for an engine without one (the floor, older engines)
+    vars_sector: bytes = b""
 
     @property
     def sectors(self) -> int:
@@ -173,7 +180,14 @@ def assemble(defines: tuple[str, ...] = (), source: Path | None = None) -> Engin
         sizes = size_table(listing, len(code), symbols)
     if len(code) % SECTOR or code[510:512] != b"\x55\xaa":
         raise BootllamaError("assembled engine is not a boot sector (no 0x55AA at byte 510)")
-    return Engine(code, sizes, defines, symbols)
+    vars_sector = b""
+    end = symbols.get("engine_end", ORG + len(code)) - ORG
+    if len(code) > end:  # sector.asm's sector at VARS, after zeros (the manifest's sector)
+        vars_sector = code[(MANIFEST_LBA + 1) * SECTOR:]
+        if len(vars_sector) != SECTOR or any(code[end:(MANIFEST_LBA + 1) * SECTOR]) or any(vars_sector[:HEADER_BYTES]):
+            raise BootllamaError("the engine's sector at VARS is not one sector after zeros (header's place: zero)")
+        code = code[:end]
+    return Engine(code, sizes, defines, symbols, vars_sector)
 
 
 @dataclass(frozen=True)
@@ -326,6 +340,7 @@ _MAP_LABEL = re.compile(r"\s+([0-9A-F]+)\s+[0-9A-F]+\s+([A-Za-z_]\w*)$", re.M)  
 
 
 ORG = 0x7C00
+HEADER_BYTES = 28  # the legacy checkpoint header (7 int32), which the engine reads at VARS
 
 
 def label_offsets(listing: str, symbols: dict[str, int] | None = None) -> list[tuple[int, str]]:
@@ -385,7 +400,9 @@ PARTS = {
     "generate loop": ("gen", "done"),
     "printing": ("print", "putc", "rputc"),
     "forward pass": ("forward", "layer", "exptab", "exp", "consts", "rmsnorm", "mvw", "mvwn", "mv",
-                     "tox", "softmax", "divmax"),
+                     "tox", "softmax", "divmax",
+                     # EXPCONSTS's labels (the UEFI engine's map names them apart from consts)
+                     "eps", "xlo", "xhi", "exhi", "cw53", "two_m24", "invln2n", "c0", "c2", "c1", "exlo", "cw24"),
     "sampling": ("sample",),
     "top-p": ("topp",),
     "encoder": ("encode", "enc_done", "enc_lookup", "enc_concat", "enc_none", "enc_delete", "enc_bpe",
@@ -719,7 +736,12 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         ram = talkblock.ram_bytes(tok, talk, top_p is not None)
     app = assemble_uefi(engine.defines, engine.symbols.get(engine_first_label())) if uefi is True else uefi or None
     efi = app.code if isinstance(app, UefiEngine) else app
-    layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba, talk_bytes, ram)
+    if engine.vars_sector and manifest_lba != MANIFEST_LBA:
+        raise BootllamaError(f"this engine reads its manifest's copy at LBA {MANIFEST_LBA}")
+    # an engine with a sector at VARS owns LBA MANIFEST_LBA + 1 (the manifest's copy before it): the
+    # data area starts after both, in the legacy-only layout too
+    engine_lbas = MANIFEST_LBA + 2 if engine.vars_sector else engine.sectors
+    layout = plan(config, engine_lbas, ckpt_size, tok_size, len(ids) - 1, manifest_lba, talk_bytes, ram)
     if efi is not None:
         if manifest_lba != MANIFEST_LBA or engine.sectors > MANIFEST_LBA:
             raise BootllamaError("an image with an EFI System Partition needs the manifest's copy at LBA "
@@ -734,14 +756,19 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         boot = mbr(engine.code, layout, zlib.crc32(man))
         raw.write(boot)
         parts = [Part("engine", 0, len(boot), zlib.crc32(boot))]
-        if efi is not None:
+        copies = efi is not None or bool(engine.vars_sector)
+        if copies:
             # the legacy boot read's copies: the manifest sector (rewritten below with the record
-            # and the fix-up) and the checkpoint's first sector
+            # and the fix-up), then the sector at VARS: the checkpoint header and the engine's
+            # exp constants after it (an older engine: the checkpoint's first sector)
             raw.write(bytes(MANIFEST_LBA * SECTOR - len(engine.code)))
             raw.write(man)
             with open(checkpoint, "rb") as src:
                 first = src.read(SECTOR)
+            if engine.vars_sector:
+                first = first[:HEADER_BYTES] + engine.vars_sector[HEADER_BYTES:]
             raw.write(first + bytes(SECTOR - len(first)))
+        if efi is not None:
             vol = layout.volume()
             for offset, data in vol.metadata():
                 raw.seek(layout.esp_lba * SECTOR + offset)
@@ -782,7 +809,7 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         # the very last step: the fix-up that makes the engine's sum over DATA..M_END come out 0
         # (in the data area's manifest, and, with the record, in its copy at LBA MANIFEST_LBA for the
         # boot read)
-        for at in {man_at, MANIFEST_LBA * SECTOR if efi is not None else man_at}:
+        for at in {man_at, MANIFEST_LBA * SECTOR if copies else man_at}:
             raw.seek(at)
             raw.write(record)
             raw.seek(at + FIX_AT)
