@@ -41,27 +41,27 @@ STEPS = 24
 
 # the size decision (README, "Size"): code bytes per build, the guards and glibc's exp inside;
 # a change that grows the engine fails here
-BUDGETS = {(): 1087, ("SAMPLING",): 1189, ("CPU486",): 1088, ("CPU486", "SAMPLING"): 1215}
+BUDGETS = {(): 1085, ("SAMPLING",): 1187, ("CPU486",): 1086, ("CPU486", "SAMPLING"): 1213}
 
 
 # the builds with top-p (-DTOPP) and typed input (-DTALK, with one encoder kind: ENC_BPE=0 for a
 # llama2.c tokenizer, ENC_RUNC=0 for byte-level BPE), measured (issue 16); the plain builds above
 # keep their budgets
 INTERACTIVE_BUDGETS = {
-    ("SAMPLING", "TOPP"): 1449,
-    ("TALK", "ENC_BPE=0"): 2412,
-    ("TALK", "ENC_RUNC=0"): 2591,
-    ("SAMPLING", "TALK", "ENC_BPE=0"): 2507,
-    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2686,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2767,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 2946,
-    ("SAMPLING", "TOPP", "CPU486"): 1475,
-    ("TALK", "ENC_BPE=0", "CPU486"): 2413,
-    ("TALK", "ENC_RUNC=0", "CPU486"): 2592,
-    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2533,
-    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2712,
-    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2793,
-    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 2972,
+    ("SAMPLING", "TOPP"): 1447,
+    ("TALK", "ENC_BPE=0"): 2410,
+    ("TALK", "ENC_RUNC=0"): 2589,
+    ("SAMPLING", "TALK", "ENC_BPE=0"): 2505,
+    ("SAMPLING", "TALK", "ENC_RUNC=0"): 2684,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0"): 2765,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0"): 2944,
+    ("SAMPLING", "TOPP", "CPU486"): 1473,
+    ("TALK", "ENC_BPE=0", "CPU486"): 2411,
+    ("TALK", "ENC_RUNC=0", "CPU486"): 2590,
+    ("SAMPLING", "TALK", "ENC_BPE=0", "CPU486"): 2531,
+    ("SAMPLING", "TALK", "ENC_RUNC=0", "CPU486"): 2710,
+    ("SAMPLING", "TOPP", "TALK", "ENC_BPE=0", "CPU486"): 2791,
+    ("SAMPLING", "TOPP", "TALK", "ENC_RUNC=0", "CPU486"): 2970,
 }
 
 
