@@ -988,7 +988,15 @@ def check_byte_pieces(tok: Tokenizer) -> int | None:
 
     The engine prints ids 3..258 as the raw bytes 0..255, which is what run.c's decode does
     exactly when those ids hold <0x00>..<0xFF> and no other piece reads as a byte to sscanf;
-    a tokenizer with no piece that reads as a byte (byte-level BPE) needs no such ids."""
+    a tokenizer with no piece that reads as a byte (byte-level BPE) needs no such ids.
+
+    The engine's test is 16-bit (id - base has a zero high byte), so it would read ids from
+    0x10000 + 3 on (from NO_BYTE_PIECES on, without byte pieces) as raw bytes too: a larger
+    vocabulary is refused."""
+    first = NO_BYTE_PIECES if tok.byte_piece_base is None else 3 + 0x10000  # the first id it misreads
+    if tok.vocab_size > first:
+        raise BootllamaError(f"tokenizer has {tok.vocab_size} pieces: the engine would print ids from {first} on "
+                             "as raw bytes (its byte-piece test is 16-bit)")
     if tok.byte_piece_base is None:
         for i, piece in enumerate(tok.pieces[: tok.vocab_size]):
             if scan_byte_piece(piece) is not None:
