@@ -365,13 +365,13 @@ def test_verify_passes_an_intact_image(built: image.Image, capsys: pytest.Captur
     assert main(["verify", str(built.path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{built.path}: intact (engine, UEFI engine, manifest, checkpoint, tokenizer, "
-                          "prompt ids, address table, RoPE values")
+                          "prompt ids, address table, piece directory, RoPE values")
 
 
 def test_verify_names_the_part_a_flipped_bit_is_in(built: image.Image, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     parts, damaged = verify(built.path)
-    assert damaged == [] and len(parts) == 8
+    assert damaged == [] and len(parts) == 9
     data = built.path.read_bytes()
     rng = random.Random(int(time.time()))
     damaged_file = tmp_path / "d.img"

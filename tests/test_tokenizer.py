@@ -177,3 +177,19 @@ def test_byte_fallback_outside_a_small_vocabulary_is_an_error() -> None:
 def test_missing_dummy_prefix_piece_is_an_error() -> None:
     with pytest.raises(BootllamaError, match="dummy prefix"):
         Tokenizer([b"a", b"b", b"c"], [0.0] * 3, 1).encode("a")
+
+
+def test_vocabulary_past_the_engines_byte_test_is_refused() -> None:
+    # the engine tells a byte piece by id - 3 having a zero high byte (16 bits): from id 65539 on
+    # it would print pieces as raw bytes, so the builder refuses such a vocabulary
+    from bootllama import image
+
+    head = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{i:02X}>".encode() for i in range(256)]
+
+    def tok(n: int) -> Tokenizer:
+        pieces = head + [b"p%d" % i for i in range(n - len(head))]
+        return Tokenizer(pieces, [0.0] * n, 8)
+
+    assert image.check_byte_pieces(tok(65539)) == 3
+    with pytest.raises(BootllamaError, match="16-bit"):
+        image.check_byte_pieces(tok(65540))

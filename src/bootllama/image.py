@@ -5,14 +5,20 @@ Disk layout (512-byte sectors)::
     LBA 0            the MBR: the engine's boot code (440 bytes at most), the disk signature,
                      partition entry 0 (active, type 0xDA) over the data area, 0x55AA
     LBA 1..          the engine's other sectors, then zeros
-    LBA D = 10       the manifest: the verify record (CRC32s of the parts, for `bootllama verify`;
+    LBA 10, 11       copies of the manifest sector and of the checkpoint header, with the
+                     engine's exp constants after the header (its sector at VARS), for the
+                     boot read (LBA 1..32 to 0x7E00: LBA 10 lands at 0x9000, the 4 KiB page
+                     after the engine's code; an engine without a sector at VARS reads its
+                     manifest and header in place, at LBA D = 10)
+    LBA D = 12       the manifest: the verify record (CRC32s of the parts, for `bootllama verify`;
                      the engine never reads it) and zeros to byte 384, then 128 bytes of fields
-                     (LBA 10 puts it at 0x9000, the 4 KiB page after the engine's code, in the boot read)
     LBA D+1          the legacy checkpoint, byte for byte, zero-padded to a sector
     ...              tokenizer.bin, byte for byte, zero-padded to a sector
     ...              the prompt's token ids (int32, after the BOS, 0-terminated)
     ...              the address table: per layer, the addresses of its weight slices (and of
                      its k in the KV cache) in the order the engine uses them
+    ...              the piece directory: each token's piece address in tokenizer.bin (its
+                     length is the dword before it), what the engine's print reads
     ...              the RoPE rotation values run.c computes ([seq_len][head_size/2] pairs of
                      float32: cosf, sinf; see rope_region)
     ...              zero padding: the loader reads whole chunks, Bochs wants whole cylinders
@@ -22,8 +28,7 @@ boots both ways, legacy BIOS and UEFI (plan_esp)::
 
     LBA 0            the MBR as above, partition entry 0 (active, type 0xEF) over the ESP
     LBA 1..9         the engine's other sectors, then zeros
-    LBA 10, 11       copies of the manifest sector and of the checkpoint's first sector, for
-                     the legacy engine's boot read (LBA 1..32 to 0x7E00)
+    LBA 10, 11       as above: the manifest's copy, the header and the exp constants
     LBA ESP_LBA = 64 the EFI System Partition (bootllama.fat: FAT16, or FAT32 past 2 GiB):
                      LLAMA.BIN, the data area above (manifest first) as one contiguous file
                      of whole loader chunks, at LBA M_DLBA; EFI/BOOT/BOOTX64.EFI, the UEFI
@@ -113,6 +118,10 @@ class Engine:
     sizes: list[tuple[str, int]]
     defines: tuple[str, ...]
     symbols: dict[str, int] = field(default_factory=dict)  # label -> address (org 0x7C00)
+    # the sector the boot read puts at VARS (LBA MANIFEST_LBA + 1) as sector.asm assembles it:
+    # exp's constants after the checkpoint header's place (HEADER_BYTES, which the builder fills);
+    # empty for an engine without one (the floor, older engines)
+    vars_sector: bytes = b""
 
     @property
     def sectors(self) -> int:
@@ -171,7 +180,14 @@ def assemble(defines: tuple[str, ...] = (), source: Path | None = None) -> Engin
         sizes = size_table(listing, len(code), symbols)
     if len(code) % SECTOR or code[510:512] != b"\x55\xaa":
         raise BootllamaError("assembled engine is not a boot sector (no 0x55AA at byte 510)")
-    return Engine(code, sizes, defines, symbols)
+    vars_sector = b""
+    end = symbols.get("engine_end", ORG + len(code)) - ORG
+    if len(code) > end:  # sector.asm's sector at VARS, after zeros (the manifest's sector)
+        vars_sector = code[(MANIFEST_LBA + 1) * SECTOR:]
+        if len(vars_sector) != SECTOR or any(code[end:(MANIFEST_LBA + 1) * SECTOR]) or any(vars_sector[:HEADER_BYTES]):
+            raise BootllamaError("the engine's sector at VARS is not one sector after zeros (header's place: zero)")
+        code = code[:end]
+    return Engine(code, sizes, defines, symbols, vars_sector)
 
 
 @dataclass(frozen=True)
@@ -324,6 +340,7 @@ _MAP_LABEL = re.compile(r"\s+([0-9A-F]+)\s+[0-9A-F]+\s+([A-Za-z_]\w*)$", re.M)  
 
 
 ORG = 0x7C00
+HEADER_BYTES = 28  # the legacy checkpoint header (7 int32), which the engine reads at VARS
 
 
 def label_offsets(listing: str, symbols: dict[str, int] | None = None) -> list[tuple[int, str]]:
@@ -383,7 +400,9 @@ PARTS = {
     "generate loop": ("gen", "done"),
     "printing": ("print", "putc", "rputc"),
     "forward pass": ("forward", "layer", "exptab", "exp", "consts", "rmsnorm", "mvw", "mvwn", "mv",
-                     "tox", "softmax", "divmax"),
+                     "tox", "softmax", "divmax",
+                     # EXPCONSTS's labels (the UEFI engine's map names them apart from consts)
+                     "eps", "xlo", "xhi", "exhi", "cw53", "two_m24", "invln2n", "c0", "c2", "c1", "exlo", "cw24"),
     "sampling": ("sample",),
     "top-p": ("topp",),
     "encoder": ("encode", "enc_done", "enc_lookup", "enc_concat", "enc_none", "enc_delete", "enc_bpe",
@@ -446,6 +465,7 @@ class Layout:
         return Volume(((DATA_FILE, self.data_bytes), (EFI_FILE, self.efi_size)), self.esp_lba)
     talk_addr: int = 0  # the talk block (talkblock.py: top-p, typed input), after the RoPE values
     ram_addr: int = 0  # the talk block's buffers (and top-p's scratch), after the KV cache
+    pdir_addr: int = 0  # the piece directory (see piece_directory()), after the address table
 
     @property
     def rope_row_bytes(self) -> int:
@@ -480,7 +500,8 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     tok = ckpt + _pad(checkpoint_size)
     prompt = tok + _pad(tokenizer_size)
     table = prompt + _pad(4 * (n_prompt + 1))
-    rope = table + _pad(4 * table_entries(config))
+    pdir = table + _pad(4 * table_entries(config))
+    rope = pdir + _pad(4 * config.vocab_size)
     talk = rope + _pad(rope_bytes(config))
     data_end = talk + _pad(talk_bytes)
     logits = _pad(data_end, 4096)
@@ -498,7 +519,7 @@ def plan(config: Config, engine_sectors: int, checkpoint_size: int, tokenizer_si
     read_end = data_lba + ((last_lba - data_lba) // CHUNK + 1) * CHUNK
     disk = _pad(read_end, CYLINDER)
     return Layout(config, data_lba, ckpt, tok, prompt, logits, kv, memory_end, last_lba, disk, table, rope,
-                  talk_addr=talk if talk_bytes else 0, ram_addr=ram if ram_bytes else 0)
+                  talk_addr=talk if talk_bytes else 0, ram_addr=ram if ram_bytes else 0, pdir_addr=pdir)
 
 
 def plan_esp(layout: Layout, efi_size: int) -> Layout:
@@ -597,13 +618,26 @@ def table(layout: Layout) -> bytes:
     return struct.pack(f"<{len(addrs)}I", *addrs)
 
 
+def piece_directory(tok: Tokenizer, tokenizer_addr: int) -> bytes:
+    """Each token's piece address in tokenizer.bin as loaded at ``tokenizer_addr`` (uint32 per id;
+    its length is the dword before it): the engine's print looks a piece up here instead of
+    walking the records from the first. The same kind of entry as the address table's: where
+    the builder put the model's bytes, never code or constants."""
+    addrs = []
+    off = tokenizer_addr + 4  # after max_token_length: the first record (score, len, bytes)
+    for piece in tok.pieces:
+        addrs.append(off + 8)
+        off += 8 + len(piece)
+    return struct.pack(f"<{len(addrs)}I", *addrs)
+
+
 def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: float,
              seed: int, stop_id: int = BOS, byte_base: int | None = 3) -> bytes:
     """The manifest sector (fields at its end, right before the checkpoint header).
 
     The fields are its last 128 bytes (engine.inc's M_*, [ebp-128..-1]): the dimensions the
-    engine derives from the header (head_size, head_size * 4, a RoPE row's bytes, kv_dim,
-    kv_dim * 4, a cache position's bytes, |vocab_size|, the query heads per kv head), the LBA
+    engine derives from the header (head_size, head_size * 4, a RoPE row's bytes, the piece
+    directory's address, kv_dim * 4, a cache position's bytes, |vocab_size|, a free field), the LBA
     the data area starts at (the loader reads it from there), the memory the run needs (the
     end of the KV cache and logits), the id that ends the story (run.c's BOS, or a chat
     model's end of answer), the addresses and settings (the weights' addresses are in the
@@ -615,8 +649,10 @@ def manifest(layout: Layout, prompt_ids: list[int], steps: int, temperature: flo
     lay = legacy_layout(c)
     base = layout.checkpoint_addr
     hs = c.head_size
-    fields = struct.pack("<8I", hs, 4 * hs, layout.rope_row_bytes, c.kv_dim, 4 * c.kv_dim,
-                         c.n_layers * 2 * c.kv_dim * 4, c.vocab_size, c.n_heads // c.n_kv_heads)
+    # (the field after |vocab_size|, once n_heads / n_kv_heads, is free: the address table has a
+    # k address per query head)
+    fields = struct.pack("<8I", hs, 4 * hs, layout.rope_row_bytes, layout.pdir_addr, 4 * c.kv_dim,
+                         c.n_layers * 2 * c.kv_dim * 4, c.vocab_size, 0)
     fields += struct.pack("<IIII", layout.data_lba, layout.memory_end, stop_id, layout.kv_addr)
     fields += struct.pack("<IIIIIIIfQI", base + lay["token_embedding_table"][0], layout.rope_addr,
                           c.n_kv_heads + c.n_heads,  # the heads RoPE rotates (k's, then q's)
@@ -700,7 +736,12 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         ram = talkblock.ram_bytes(tok, talk, top_p is not None)
     app = assemble_uefi(engine.defines, engine.symbols.get(engine_first_label())) if uefi is True else uefi or None
     efi = app.code if isinstance(app, UefiEngine) else app
-    layout = plan(config, engine.sectors, ckpt_size, tok_size, len(ids) - 1, manifest_lba, talk_bytes, ram)
+    if engine.vars_sector and manifest_lba != MANIFEST_LBA:
+        raise BootllamaError(f"this engine reads its manifest's copy at LBA {MANIFEST_LBA}")
+    # an engine with a sector at VARS owns LBA MANIFEST_LBA + 1 (the manifest's copy before it): the
+    # data area starts after both, in the legacy-only layout too
+    engine_lbas = MANIFEST_LBA + 2 if engine.vars_sector else engine.sectors
+    layout = plan(config, engine_lbas, ckpt_size, tok_size, len(ids) - 1, manifest_lba, talk_bytes, ram)
     if efi is not None:
         if manifest_lba != MANIFEST_LBA or engine.sectors > MANIFEST_LBA:
             raise BootllamaError("an image with an EFI System Partition needs the manifest's copy at LBA "
@@ -715,14 +756,19 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         boot = mbr(engine.code, layout, zlib.crc32(man))
         raw.write(boot)
         parts = [Part("engine", 0, len(boot), zlib.crc32(boot))]
-        if efi is not None:
+        copies = efi is not None or bool(engine.vars_sector)
+        if copies:
             # the legacy boot read's copies: the manifest sector (rewritten below with the record
-            # and the fix-up) and the checkpoint's first sector
+            # and the fix-up), then the sector at VARS: the checkpoint header and the engine's
+            # exp constants after it (an older engine: the checkpoint's first sector)
             raw.write(bytes(MANIFEST_LBA * SECTOR - len(engine.code)))
             raw.write(man)
             with open(checkpoint, "rb") as src:
                 first = src.read(SECTOR)
+            if engine.vars_sector:
+                first = first[:HEADER_BYTES] + engine.vars_sector[HEADER_BYTES:]
             raw.write(first + bytes(SECTOR - len(first)))
+        if efi is not None:
             vol = layout.volume()
             for offset, data in vol.metadata():
                 raw.seek(layout.esp_lba * SECTOR + offset)
@@ -741,13 +787,19 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
             parts.append(Part(name, at, n, crc))
         table_bytes = table(layout)
         for name, data in (("prompt ids", struct.pack(f"<{len(ids)}i", *ids[1:], 0)), ("address table", table_bytes),
-                           ("RoPE values", rope)):
+                           ("piece directory", piece_directory(tok, layout.tokenizer_addr)), ("RoPE values", rope)):
             parts.append(Part(name, raw.tell(), len(data), zlib.crc32(data)))
             f.write(data + bytes(_pad(len(data)) - len(data)))
         if talk_bytes:
             block = talkblock.talk_block(tok, talk, top_p, layout.talk_addr, layout.ram_addr, layout.tokenizer_addr)
             parts.append(Part("talk block", raw.tell(), len(block), zlib.crc32(block)))
             f.write(block + bytes(_pad(len(block)) - len(block)))
+        # the loader's last chunk past the data: each dword its own address, not zeros. The data
+        # check is an additive sum, which a zero tail would make blind to the data area moved on
+        # by less than the tail (the dwords shifted out would have added nothing).
+        area = layout.data_lba * SECTOR
+        tail = DATA + raw.tell() - area
+        f.write(struct.pack(f"<{(DATA + layout.data_bytes - tail) // 4}I", *range(tail, DATA + layout.data_bytes, 4)))
         raw.truncate(layout.disk_sectors * SECTOR)  # (zeros: they add nothing to the sum)
         # the checksums go into the manifest sector's first bytes, which the engine never reads
         # (they replace zeros there, so their dwords join the sum)
@@ -757,7 +809,7 @@ def build_image(checkpoint: str | os.PathLike[str], tokenizer_path: str | os.Pat
         # the very last step: the fix-up that makes the engine's sum over DATA..M_END come out 0
         # (in the data area's manifest, and, with the record, in its copy at LBA MANIFEST_LBA for the
         # boot read)
-        for at in {man_at, MANIFEST_LBA * SECTOR if efi is not None else man_at}:
+        for at in {man_at, MANIFEST_LBA * SECTOR if copies else man_at}:
             raw.seek(at)
             raw.write(record)
             raw.seek(at + FIX_AT)
@@ -936,7 +988,15 @@ def check_byte_pieces(tok: Tokenizer) -> int | None:
 
     The engine prints ids 3..258 as the raw bytes 0..255, which is what run.c's decode does
     exactly when those ids hold <0x00>..<0xFF> and no other piece reads as a byte to sscanf;
-    a tokenizer with no piece that reads as a byte (byte-level BPE) needs no such ids."""
+    a tokenizer with no piece that reads as a byte (byte-level BPE) needs no such ids.
+
+    The engine's test is 16-bit (id - base has a zero high byte), so it would read ids from
+    0x10000 + 3 on (from NO_BYTE_PIECES on, without byte pieces) as raw bytes too: a larger
+    vocabulary is refused."""
+    first = NO_BYTE_PIECES if tok.byte_piece_base is None else 3 + 0x10000  # the first id it misreads
+    if tok.vocab_size > first:
+        raise BootllamaError(f"tokenizer has {tok.vocab_size} pieces: the engine would print ids from {first} on "
+                             "as raw bytes (its byte-piece test is 16-bit)")
     if tok.byte_piece_base is None:
         for i, piece in enumerate(tok.pieces[: tok.vocab_size]):
             if scan_byte_piece(piece) is not None:

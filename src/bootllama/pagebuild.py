@@ -25,6 +25,7 @@ ENGINES = {"greedy": (), "sampling": ("SAMPLING",)}
 def engine_spec(engine: image.Engine, file: str) -> dict[str, object]:
     """What ``load_engine`` needs to rebuild an Engine: every field but its bytes (in ``file``)."""
     spec: dict[str, object] = {f.name: getattr(engine, f.name) for f in dataclasses.fields(engine) if f.name != "code"}
+    spec["vars_sector"] = engine.vars_sector.hex()  # (JSON has no bytes)
     return {"file": file, **spec}
 
 
@@ -35,6 +36,8 @@ def load_engine(site: Path, spec: dict[str, object]) -> image.Engine:
         fields["sizes"] = [(str(n), int(s)) for n, s in fields["sizes"]]  # type: ignore[attr-defined]
     if "defines" in fields:
         fields["defines"] = tuple(fields["defines"])  # type: ignore[call-overload]
+    if "vars_sector" in fields:
+        fields["vars_sector"] = bytes.fromhex(str(fields["vars_sector"]))
     return image.Engine(code=(site / str(spec["file"])).read_bytes(), **fields)  # type: ignore[arg-type]
 
 

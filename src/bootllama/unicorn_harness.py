@@ -68,6 +68,7 @@ class Machine:
         uc = m.uc
         # what engine.inc does after its data check: exp's constants and table, the x87 at
         # 24-bit precision (a small header, which a test may overwrite); it stops at gen
+        uc.mem_write(engine.vars_at, engine.vars_sector)  # exp's constants (the boot read's)
         uc.mem_write(engine.vars_at, struct.pack("<7i", 64, 128, 2, 4, 2, 512, 32))
         uc.reg_write(UC_X86_REG_EBP, engine.vars_at)
         uc.reg_write(UC_X86_REG_ECX, 0)

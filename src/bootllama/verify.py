@@ -34,6 +34,7 @@ _ADDRESS_FIELDS = (
     (444, "tokenizer", 4),  # its pieces, after max_token_length
     (452, "prompt ids", 0),
     (476, "address table", 0),
+    (396, "piece directory", 0),  # M_PDIR: each piece's address, for print
 )
 
 

@@ -2,14 +2,15 @@
 ;
 ; The BIOS loads sector 0, an MBR (boot code in its first 440 bytes, one
 ; partition entry that the builder fills in, 0x55AA), at 0x7C00 and jumps to it
-; in 16-bit real mode.  Sector 0 reads 64 sectors from LBA 1 to 0x7E00: the
-; engine's tail sectors, the manifest (LBA MLBA) and the start of the
-; checkpoint, so the manifest's fields and the checkpoint header are used in
-; place (BP = VARS).  Then it checks the PC (CPU, A20, memory: each failure
+; in 16-bit real mode.  Sector 0 reads 32 sectors from LBA 1 to 0x7E00: the
+; engine's tail sectors, the manifest's copy (LBA MLBA) and the sector at VARS
+; (LBA MLBA + 1: the checkpoint header, which the builder writes, then exp's
+; constants, assembled below), so the manifest's fields, the header and the
+; constants are used in place (BP = VARS).  Then it checks the PC (CPU, A20, memory: each failure
 ; prints a message and stops), loads the data area (from the manifest's
 ; M_DLBA: the manifest, the unmodified llama2.c legacy checkpoint, the
 ; unmodified tokenizer.bin, the prompt ids, a table of per-layer addresses,
-; the RoPE values) to 1 MiB and above, switches to 32-bit protected mode and
+; the piece directory, the RoPE values) to 1 MiB and above, switches to 32-bit protected mode and
 ; runs engine.inc (llama2.c's generate loop and forward pass).
 ;
 ; Modes: the loader runs in "unreal" 16-bit real mode (ES keeps a 4 GiB
@@ -416,6 +417,15 @@ bits 32
     align 512, db 0
 engine_end:
 TAIL    equ (engine_end - $$) / 512 - 1   ; sectors after this one
+; ---- the sector at VARS (LBA MLBA + 1 in the boot read) ---------------------
+; The builder writes LBA MLBA (the manifest's copy) and this sector's first 28
+; bytes (the checkpoint header); the rest is assembled here: exp's constants
+; at [ebp+K], so that engine_start copies nothing (image.assemble keeps these
+; bytes apart from the code sectors)
+    times (MLBA + 1) * 512 - ($ - $$) db 0  ; (zeros: the manifest's sector)
+    times K db 0                ; the header's place (and SSE sampling's pad)
+    EXPCONSTS
+    align 512, db 0
 %if PRE + TAIL*512 > 0x7C00 + MLBA*512
   %error "the engine's tail sectors run into the manifest's sector"
 %endif

@@ -833,6 +833,13 @@ uefi_entry:                     ; from efi_main's far return: bx = data sel
     mov ss, bx
     mov esp, STACK              ; the legacy engine's stack
     mov ebp, VARS
+%ifndef TESTPAYLOAD
+    mov esi, consts             ; exp's constants to [ebp+K], where the legacy
+    lea edi, [ebp+K]            ; engine's boot read puts them (engine.inc's
+    push byte (consts_end - consts) / 4 ; contract)
+    pop ecx
+    rep movsd
+%endif
     jmp datacheck               ; (engine.inc: the data check, then the engine)
 
 putc:                           ; al: every register and the FPU/SSE state
@@ -849,6 +856,9 @@ getc:                           ; al = the next input byte, ah = 1 from a
 echo:                           ; al to the screen only (thunk_echo)
     call far [dword FAR_ECHO]
     ret
+%endif
+%ifndef TESTPAYLOAD
+    EXPCONSTS                   ; (engine.inc's: copied to [ebp+K] above)
 %endif
 eng_end:
 
