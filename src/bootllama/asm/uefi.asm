@@ -20,10 +20,12 @@
 ;   4. AllocatePages below 4 GiB for M_NEED bytes at B; none: "!RAM", exit 5.
 ;   5. Read the file to B + DATA, 16 KiB at a time, a '.' per read (the
 ;      legacy loader's progress protocol); a short read: "!disk", exit 2.
-;   6. Place what the legacy boot read would: the manifest sector and the
-;      checkpoint's first sector at B + VARS - 512; the engine's 32-bit bytes
-;      at B + their org (section eng, assembled with vstart=ENGINE_ORG); the
-;      64-bit thunks (section thunk) at B + THUNK.
+;   6. Place what the legacy boot read would: the engine's 32-bit bytes at
+;      B + their org (section eng, assembled with vstart=ENGINE_ORG, runs on
+;      in zeros to exp's constants at VARS + K, as sector.asm's sector at
+;      VARS has them); the 64-bit thunks (section thunk) at B + THUNK; then
+;      the manifest sector and the checkpoint header's 28 bytes at
+;      B + VARS - 512, over section eng's zeros.
 ;   7. A GDT of its own: the firmware's descriptors at their selectors (its
 ;      CS stays valid), then a 32-bit code and a data descriptor, base B.
 ;   8. Interrupts off, far return into compatibility mode: uefi_entry loads
@@ -347,10 +349,8 @@ efi_main:
     mov rdi, [rsp+L_B]          ; zeros below DATA, as a PC's low memory
     mov ecx, DATA / 8
     xor eax, eax
-    rep stosq
-    mov rdi, [rsp+L_B]          ; the manifest sector to DATA, and on:
-    lea rsi, [rsp+L_BUF]
-    add rdi, DATA
+    rep stosq                   ; (rdi = B + DATA)
+    lea rsi, [rsp+L_BUF]        ; the manifest sector to DATA, and on:
     mov ecx, SECT / 8
     rep movsq
     mov ecx, CHUNKB - SECT      ; the rest of the first chunk
@@ -374,18 +374,17 @@ efi_main:
     jmp .load
 .loaded:
     mov rbx, [rsp+L_B]
-    lea rsi, [rbx+DATA]         ; the boot read's manifest sector and header
-    lea rdi, [rbx+VARS-SECT]
-    mov ecx, 2*SECT/8
+    lea rsi, [eng_image]        ; the engine's 32-bit bytes at B + their org,
+    lea rdi, [rbx+ENGINE_ORG]   ; on to exp's constants at VARS + K (zeros
+    mov ecx, eng_padded         ; before them); rsi = thunk_image after
+    rep movsb
+    lea rdi, [rbx+THUNK]        ; the thunks at B + THUNK
+    mov cl, thunk_qwords        ; (ecx = 0 after a rep)
     rep movsq
-    lea rsi, [eng_image]        ; the engine's 32-bit bytes at B + their org
-    lea rdi, [rbx+ENGINE_ORG]
-    mov ecx, eng_size
-    rep movsb
-    lea rsi, [thunk_image]      ; the thunks at B + THUNK
-    lea rdi, [rbx+THUNK]
-    mov ecx, thunk_size
-    rep movsb
+    lea rsi, [rbx+DATA]         ; the boot read's manifest sector and header
+    lea rdi, [rbx+VARS-SECT]    ; (its 28 bytes: the constants after them
+    mov cl, (SECT + 28) / 4     ; stay)
+    rep movsd
     mov [rbx+THUNK+t_base-thunk_start], rbx
     lea rax, [emit]
     mov [rbx+THUNK+t_emit-thunk_start], rax
@@ -833,13 +832,6 @@ uefi_entry:                     ; from efi_main's far return: bx = data sel
     mov ss, bx
     mov esp, STACK              ; the legacy engine's stack
     mov ebp, VARS
-%ifndef TESTPAYLOAD
-    mov esi, consts             ; exp's constants to [ebp+K], where the legacy
-    lea edi, [ebp+K]            ; engine's boot read puts them (engine.inc's
-    push byte (consts_end - consts) / 4 ; contract)
-    pop ecx
-    rep movsd
-%endif
     jmp datacheck               ; (engine.inc: the data check, then the engine)
 
 putc:                           ; al: every register and the FPU/SSE state
@@ -857,8 +849,16 @@ echo:                           ; al to the screen only (thunk_echo)
     call far [dword FAR_ECHO]
     ret
 %endif
+stubs_end:
 %ifndef TESTPAYLOAD
-    EXPCONSTS                   ; (engine.inc's: copied to [ebp+K] above)
+; exp's constants where engine.inc finds them, at [ebp+K] (VARS + K), as
+; sector.asm's sector at VARS has them: zeros up to there (the manifest's and
+; the header's places: the loader copies those over them, and no code)
+%if VARS + K - ENGINE_ORG < stubs_end - eng_start
+  %error "section eng's code runs past VARS + K"
+%endif
+    times VARS + K - ENGINE_ORG - ($ - $$) db 0
+    EXPCONSTS                   ; (engine.inc's)
 %endif
 eng_end:
 
@@ -950,6 +950,7 @@ eng_size   equ eng_end - eng_start
 thunk_size equ thunk_end - thunk_start
 ; the section's bytes in the file, whole 512-byte units (the builder pads)
 eng_padded equ (eng_size + 15) & ~15
+thunk_qwords equ (thunk_size + 7) / 8 ; (the loader copies whole qwords)
 thunk_image equ eng_image + eng_padded
-text_file_size equ ((eng_image - text_start) + eng_padded + thunk_size + SECT - 1) & ~(SECT - 1)
+text_file_size equ ((eng_image - text_start) + eng_padded + 8 * thunk_qwords + SECT - 1) & ~(SECT - 1)
 text_mem_size equ (text_file_size + 0xfff) & ~0xfff
