@@ -57,7 +57,7 @@ MAN_NEED equ SECT + M_NEED      ; the manifest's fields (engine.inc's M_*:
 MAN_END equ SECT + M_END        ; offsets from VARS, the sector's end)
 CTX     equ 0xE000              ; emit's context (see emit)
 FAR_PUTC equ CTX + 64           ; m16:32 far pointers for compatibility mode
-FAR_EXIT equ CTX + 72
+FAR_EXIT equ CTX + 72           ; (8 bytes apart: the loader's FARPTR)
 FAR_GETC equ CTX + 80           ; (-DTALK: typed input, talk.inc's contract)
 FAR_ECHO equ CTX + 88
 THUNK   equ 0xF000
@@ -179,6 +179,16 @@ FRAME   equ L_BUF + SECT + 8    ; rsp 16-aligned after 8 pushes and this
     cmp edi, CON_MAX
     jb %%handle
 %%done:
+%endmacro
+
+; FARPTR thunk: at rdi, the far pointer (m16:32) to the thunk at B + THUNK
+; (its linear address fits 32 bits), the firmware's 64-bit code selector;
+; rdi on by 8 (the last 2 bytes: the selector's high bits, unused)
+%macro FARPTR 1
+    lea eax, [rbx+THUNK+%1-thunk_start]
+    stosd
+    mov eax, cs
+    stosd
 %endmacro
 
 ; ==== the PE32+ header (file offset = RVA) =================================
@@ -385,42 +395,37 @@ efi_main:
     lea rdi, [rbx+VARS-SECT]    ; (its 28 bytes: the constants after them
     mov cl, (SECT + 28) / 4     ; stay)
     rep movsd
-    mov [rbx+THUNK+t_base-thunk_start], rbx
+    lea rdi, [rbx+THUNK+t_base-thunk_start] ; the thunks' variables, in order:
+    mov rax, rbx
+    stosq                       ; t_base: B
     lea rax, [emit]
-    mov [rbx+THUNK+t_emit-thunk_start], rax
+    stosq                       ; t_emit
     lea rax, [finish]
-    mov [rbx+THUNK+t_finish-thunk_start], rax
+    stosq                       ; t_finish
+    mov eax, cs                 ; t_fwsel: the firmware's selectors (the
+    stosw                       ; high bits of mov r32, sreg: not stored)
+    mov eax, ds
+    stosw
+    mov eax, ss
+    stosw
+    mov eax, es
+    stosw
 %ifdef TALK
     lea rax, [echo64]
-    mov [rbx+THUNK+t_echo-thunk_start], rax
+    stosq                       ; t_echo
     lea rax, [getc64]
-    mov [rbx+THUNK+t_getc-thunk_start], rax
-    lea eax, [rbx+THUNK+thunk_getc-thunk_start]
-    mov [rbx+FAR_GETC], eax
-    lea eax, [rbx+THUNK+thunk_echo-thunk_start]
-    mov [rbx+FAR_ECHO], eax
-    mov ax, cs
-    mov [rbx+FAR_GETC+4], ax
-    mov [rbx+FAR_ECHO+4], ax
+    stosq                       ; t_getc
 %endif
     lea rsi, [rsp+L_CTX]        ; putc's context: the consoles, UTF-8 state
-    lea rdi, [rbx+CTX]
-    mov ecx, CTX_SIZE / 8
-    rep movsq
-    lea eax, [rbx+THUNK+thunk_putc-thunk_start]
-    mov [rbx+FAR_PUTC], eax     ; (the thunks' linear addresses fit 32 bits)
-    lea eax, [rbx+THUNK+thunk_exit-thunk_start]
-    mov [rbx+FAR_EXIT], eax
-    mov ax, cs
-    mov [rbx+FAR_PUTC+4], ax    ; the firmware's 64-bit code selector
-    mov [rbx+FAR_EXIT+4], ax
-    mov [rbx+THUNK+t_fwsel-thunk_start], ax
-    mov ax, ds
-    mov [rbx+THUNK+t_fwsel-thunk_start+2], ax
-    mov ax, ss
-    mov [rbx+THUNK+t_fwsel-thunk_start+4], ax
-    mov ax, es
-    mov [rbx+THUNK+t_fwsel-thunk_start+6], ax
+    lea rdi, [rbx+CTX]          ; (and without -DTALK the 24 bytes after it
+    mov ecx, (FAR_PUTC - CTX) / 8 ; in efi_main's frame: unused there), so
+    rep movsq                   ; that rdi = B + FAR_PUTC
+    FARPTR thunk_putc           ; FAR_PUTC, FAR_EXIT (and FAR_GETC,
+    FARPTR thunk_exit           ; FAR_ECHO) in a row
+%ifdef TALK
+    FARPTR thunk_getc
+    FARPTR thunk_echo
+%endif
 
     ; the GDT: the firmware's, then code32 and data with base B
     sgdt [rsp+L_GDTR]
@@ -933,18 +938,23 @@ thunk_exit:
     jmp [rel t_finish]
 
     align 8
-t_base:   dq 0                  ; B
-t_fwrsp:  dq 0                  ; efi_main's rsp
-t_emit:   dq 0                  ; emit's and finish's addresses in the image
-t_finish: dq 0
-t_echo:   dq 0                  ; (-DTALK) echo64's and getc64's
+t_base:   dq 0                  ; B (t_base..t_getc: the loader writes
+t_emit:   dq 0                  ; them in this order) emit's and finish's
+t_finish: dq 0                  ; addresses in the image
+t_fwsel:  dw 0, 0, 0, 0         ; the firmware's CS, DS, SS, ES
+%ifdef TALK
+t_echo:   dq 0                  ; echo64's and getc64's
 t_getc:   dq 0
+%endif
+t_fwrsp:  dq 0                  ; efi_main's rsp
 t_csel:   dq 0                  ; the code32 and data selectors
 t_dsel:   dq 0
-t_fwsel:  dw 0, 0, 0, 0         ; the firmware's CS, DS, SS, ES
 t_fwgdtr: dw 0
           dq 0
 thunk_end:
+%if t_emit - t_base != 8 || t_finish - t_emit != 8 || t_fwsel - t_finish != 8
+  %error "the thunks' variables are not in the loader's order"
+%endif
 
 eng_size   equ eng_end - eng_start
 thunk_size equ thunk_end - thunk_start
