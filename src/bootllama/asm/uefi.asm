@@ -114,8 +114,7 @@ L_FILE  equ L_ROOT + 8
 L_B     equ L_FILE + 8          ; the region (0: not allocated)
 L_PAGES equ L_B + 8
 L_SIZE  equ L_PAGES + 8         ; Read's in/out size
-L_GDTR  equ L_SIZE + 8          ; the firmware's GDTR (10 bytes)
-L_KEY   equ L_GDTR + 16
+L_KEY   equ L_SIZE + 8
 L_N     equ L_KEY + 16          ; LocateHandleBuffer's count, buffer
 L_HANDLES equ L_N + 8
 L_DP    equ L_HANDLES + 8
@@ -428,43 +427,37 @@ efi_main:
 %endif
 
     ; the GDT: the firmware's, then code32 and data with base B
-    sgdt [rsp+L_GDTR]
-    mov rsi, [rsp+L_GDTR+2]
-    movzx ecx, word [rsp+L_GDTR]
-    inc ecx                     ; its size in bytes
-    add ecx, 7
-    and ecx, ~7                 ; whole descriptors
+    sgdt [rbx+THUNK+t_fwgdtr-thunk_start] ; (the firmware's, for thunk_exit)
+    mov rsi, [rbx+THUNK+t_fwgdtr-thunk_start+2]
+    movzx ecx, word [rbx+THUNK+t_fwgdtr-thunk_start]
+    add ecx, 8                  ; its size in bytes (limit + 1), in whole
+    and ecx, ~7                 ; descriptors
     lea rdi, [rbx+GDT_AT]
     push rcx
     rep movsb
     pop rcx                     ; ecx = the code32 selector
     mov eax, ebx                ; descriptor bytes: limit 0xFFFFF (4 KiB
     shl eax, 16                 ; units), base B, present, ring 0
-    or ax, 0xffff
+    dec ax                      ; (ax = 0 after the shift: 0xFFFF)
     stosd                       ; limit 15:0, base 15:0
-    mov eax, ebx
-    shr eax, 16                 ; base 23:16 in al, base 31:24 in ah
-    movzx edx, ah
-    shl edx, 24
-    mov dl, al
-    or edx, 0x00cf9a00          ; G=1, D=1, L=0, limit 19:16; code, readable
+    mov edx, ebx                ; the high dword's bytes, from B's (high
+    mov dx, 0x9acf              ; byte first): b3 b2 9a cf,
+    rol edx, 8                  ; b2 9a cf b3,
+    bswap edx                   ; b3 cf 9a b2: base 31:24, G=1 D=1 L=0 and
+                                ; limit 19:16, code readable, base 23:16
+    xchg eax, edx
+    stosd                       ; (the code descriptor's high dword)
+    xchg eax, edx
+    stosd                       ; the data descriptor: the same, ...
+    mov dh, 0x92                ; ... type writable data
     mov [rdi], edx
-    mov eax, [rdi-4]
-    mov [rdi+4], eax            ; the data descriptor: the same, ...
-    and dh, 0xf0
-    or dh, 0x02                 ; ... type writable data (0x92)
-    mov [rdi+8], edx
     lea eax, [rcx+8]            ; the data selector
     mov [rbx+THUNK+t_csel-thunk_start], ecx
     mov [rbx+THUNK+t_dsel-thunk_start], eax
-    mov rdx, [rsp+L_GDTR+2]     ; the firmware's GDTR, for thunk_exit
-    mov [rbx+THUNK+t_fwgdtr-thunk_start+2], rdx
-    mov dx, [rsp+L_GDTR]
-    mov [rbx+THUNK+t_fwgdtr-thunk_start], dx
-    lea edx, [rcx+16-1]         ; the new GDTR: limit, base B + GDT_AT
-    mov [rsp+L_KEY], dx
+    lea edx, [rcx+16-1]         ; the new GDTR after the GDT: limit, base
+    mov [rdi+4], dx             ; B + GDT_AT (rdi: kept by the firmware)
     lea rdx, [rbx+GDT_AT]
-    mov [rsp+L_KEY+2], rdx
+    mov [rdi+6], rdx
 %ifdef TALK
     ; TPL_NOTIFY for the whole run: the firmware's serial terminal polls
     ; COM1 from a timer event and would take typed bytes before getc; at
@@ -481,7 +474,7 @@ efi_main:
     pop rcx
 %endif
     cli                         ; interrupts stay off in the engine
-    lgdt [rsp+L_KEY]
+    lgdt [rdi+4]
     mov [rbx+THUNK+t_fwrsp-thunk_start], rsp ; the thunks' stack: below the frame
     mov ebx, eax                ; uefi_entry's data selector
     push rcx                    ; far return to code32:uefi_entry
