@@ -102,11 +102,13 @@ CTX_SIZE equ 64
 %else
 CTX_SIZE equ 40                 ; (efi_main's frame offsets stay short)
 %endif
-; efi_main's frame (rsp-relative, the same in finish)
-L_IMAGE equ 0x30
-L_ST    equ 0x38
-L_BS    equ 0x40
-L_CTX   equ 0x48                ; emit's context while B does not exist
+; efi_main's frame: rbp = rsp + FB there (and in finish), so that the
+; offsets from rbp fit a byte (rsp's 0x00..0x2F: the calls' arguments)
+FB      equ 0x80
+L_IMAGE equ 0x30 - FB
+L_ST    equ L_IMAGE + 8
+L_BS    equ L_ST + 8
+L_CTX   equ L_BS + 8            ; emit's context while B does not exist
 L_LI    equ L_CTX + CTX_SIZE    ; (protocol pointers, each written by a call)
 L_FS    equ L_LI + 8
 L_ROOT  equ L_FS + 8
@@ -120,7 +122,10 @@ L_HANDLES equ L_N + 8
 L_DP    equ L_HANDLES + 8
 L_TPL   equ L_DP + 8            ; -DTALK: the TPL before RaiseTPL (-1: none)
 L_BUF   equ L_TPL + 8           ; the manifest sector while B does not exist
-FRAME   equ L_BUF + SECT + 8    ; rsp 16-aligned after 8 pushes and this
+FRAME   equ FB + L_BUF + SECT + 8 ; rsp 16-aligned after 8 pushes and this
+%if L_IMAGE < -128 || L_TPL > 127
+  %error "efi_main's frame offsets past a byte"
+%endif
 
 ; CONSOLES guid, skip1, skip2, dest: the handles of protocol guid (the system
 ; table's handles at skip1 and skip2 apart, and any whose device path holds a
@@ -129,33 +134,31 @@ FRAME   equ L_BUF + SECT + 8    ; rsp 16-aligned after 8 pushes and this
     mov ecx, 2                  ; LocateHandleBuffer(ByProtocol, the protocol,
     lea rdx, [%1]               ; NULL, &n, &handles)
     xor r8d, r8d
-    lea r9, [rsp+L_N]
-    lea rax, [rsp+L_HANDLES]
+    lea r9, [rbp+L_N]
+    lea rax, [rbp+L_HANDLES]
     mov [rsp+0x20], rax
-    mov rax, [rsp+L_BS]
-    call [rax+BS_LOCATEBUF]
+    call [r15+BS_LOCATEBUF]
     test rax, rax
     jnz %%done
-    mov rsi, [rsp+L_HANDLES]
-    mov rbx, [rsp+L_N]
+    mov rsi, [rbp+L_HANDLES]
+    mov rbx, [rbp+L_N]
     xor edi, edi                ; consoles found
 %%handle:
     test rbx, rbx
     jz %%done
     dec rbx
     mov rcx, [rsi+rbx*8]
-    mov rax, [rsp+L_ST]
+    mov rax, [rbp+L_ST]
     cmp rcx, [rax+%2]           ; ConOut's and StdErr's own handles: the
     je %%handle                  ; splitters over all the others (some
     cmp rcx, [rax+%3]           ; firmware gives them device paths)
     je %%handle
     lea rdx, [guid_device_path]
-    lea r8, [rsp+L_DP]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_HANDLEPROT]
+    lea r8, [rbp+L_DP]
+    call [r15+BS_HANDLEPROT]
     test rax, rax
     jnz %%handle                 ; no device path: ConOut's splitter itself
-    mov rax, [rsp+L_DP]
+    mov rax, [rbp+L_DP]
 %%node:
     cmp byte [rax], 0x7f        ; the end of the path: no UART on it
     je %%console
@@ -169,9 +172,8 @@ FRAME   equ L_BUF + SECT + 8    ; rsp 16-aligned after 8 pushes and this
 %%console:
     mov rcx, [rsi+rbx*8]
     lea rdx, [%1]
-    lea r8, [rsp+%4+rdi*8]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_HANDLEPROT]
+    lea r8, [rbp+%4+rdi*8]
+    call [r15+BS_HANDLEPROT]
     test rax, rax
     jnz %%handle
     inc edi
@@ -250,26 +252,26 @@ efi_main:
     push r14
     push r15
     sub rsp, FRAME
-    mov [rsp+L_IMAGE], rcx
-    mov [rsp+L_ST], rdx
-    mov rax, [rdx+ST_BS]
-    mov [rsp+L_BS], rax
+    lea rbp, [rsp+FB]           ; (kept by the firmware)
+    mov [rbp+L_IMAGE], rcx
+    mov [rbp+L_ST], rdx
+    mov r15, [rdx+ST_BS]        ; r15 = the boot services (kept by the
+    mov [rbp+L_BS], r15         ; firmware; finish reloads it)
     xor eax, eax
-    lea rdi, [rsp+L_CTX]        ; emit's context: no consoles yet, state 0
+    lea rdi, [rbp+L_CTX]        ; emit's context: no consoles yet, state 0
     mov ecx, CTX_SIZE / 8
     rep stosq
-    mov [rsp+L_B], rax
+    mov [rbp+L_B], rax
 %ifdef TALK
     dec rax
-    mov [rsp+L_TPL], rax        ; (TPL not raised)
+    mov [rbp+L_TPL], rax        ; (TPL not raised)
     inc eax
 %endif
     xor ecx, ecx                ; SetWatchdogTimer(0, 0, 0, NULL): off
     xor edx, edx
     xor r8d, r8d
     xor r9d, r9d
-    mov rax, [rsp+L_BS]
-    call [rax+BS_WATCHDOG]
+    call [r15+BS_WATCHDOG]
 
     ; the consoles: every text output whose device path holds no UART node.
     ; ConOut would do, but its serial terminal repeats (with escapes) what
@@ -281,15 +283,15 @@ efi_main:
     CONSOLES guid_text_in, ST_CONIN_H, ST_CONIN_H, L_CTX+C_IN
 %endif
 .cons_done:
-    mov rax, [rsp+L_ST]
-    cmp qword [rsp+L_CTX], 0
+    mov rax, [rbp+L_ST]
+    cmp qword [rbp+L_CTX], 0
     jne .clear
     mov rax, [rax+ST_CONOUT]    ; none: ConOut (a PC whose only console is
-    mov [rsp+L_CTX], rax        ; a serial terminal)
+    mov [rbp+L_CTX], rax        ; a serial terminal)
 .clear:
     xor ebx, ebx
 .cls:
-    mov rcx, [rsp+L_CTX+rbx*8]
+    mov rcx, [rbp+L_CTX+rbx*8]
     jrcxz .cleared
     call [rcx+OUT_CLEAR]        ; a clear screen, as the legacy engine's mode 3
     inc ebx
@@ -300,89 +302,82 @@ efi_main:
     call com1                   ; text ends, the engine's begins (harnesses
                                 ; drop what came before it)
 
-    mov rcx, [rsp+L_IMAGE]      ; the data file: LoadedImage ...
+    mov rcx, [rbp+L_IMAGE]      ; the data file: LoadedImage ...
     lea rdx, [guid_loaded_image]
-    lea r8, [rsp+L_LI]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_HANDLEPROT]
+    lea r8, [rbp+L_LI]
+    call [r15+BS_HANDLEPROT]
     test rax, rax
-    jnz diskfail
-    mov rcx, [rsp+L_LI]         ; ... -> DeviceHandle -> SimpleFileSystem
+    jnz .diskfail
+    mov rcx, [rbp+L_LI]         ; ... -> DeviceHandle -> SimpleFileSystem
     mov rcx, [rcx+LI_DEVICE]
     lea rdx, [guid_simple_fs]
-    lea r8, [rsp+L_FS]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_HANDLEPROT]
+    lea r8, [rbp+L_FS]
+    call [r15+BS_HANDLEPROT]
     test rax, rax
-    jnz diskfail
-    mov rcx, [rsp+L_FS]         ; -> OpenVolume
-    lea rdx, [rsp+L_ROOT]
+    jnz .diskfail
+    mov rcx, [rbp+L_FS]         ; -> OpenVolume
+    lea rdx, [rbp+L_ROOT]
     call [rcx+FS_OPENVOL]
     test rax, rax
-    jnz diskfail
-    mov rcx, [rsp+L_ROOT]       ; -> Open(root, &file, name, read, 0)
-    lea rdx, [rsp+L_FILE]
+    jnz .diskfail
+    mov rcx, [rbp+L_ROOT]       ; -> Open(root, &file, name, read, 0)
+    lea rdx, [rbp+L_FILE]
     lea r8, [data_name]
     mov r9d, 1                  ; EFI_FILE_MODE_READ
     mov qword [rsp+0x20], 0
     call [rcx+F_OPEN]
     test rax, rax
-    jnz diskfail
-    lea rdx, [rsp+L_BUF]        ; the manifest sector
+    jnz .diskfail
+    lea rdx, [rbp+L_BUF]        ; the manifest sector
     mov ecx, SECT
     call read
-    mov eax, [rsp+L_BUF+MAN_END]
+    mov eax, [rbp+L_BUF+MAN_END]
     cmp eax, DATA + SECT
-    jbe diskfail                ; (not a manifest of ours)
-    mov edx, [rsp+L_BUF+MAN_NEED]
+    jbe .diskfail                ; (not a manifest of ours)
+    mov edx, [rbp+L_BUF+MAN_NEED]
     cmp edx, eax
-    jb diskfail
+    jb .diskfail
     add rdx, 0xfff
     shr rdx, 12
-    mov [rsp+L_PAGES], rdx
+    mov [rbp+L_PAGES], rdx
+    mov r8, rdx
     mov ecx, 1                  ; AllocatePages(AllocateMaxAddress,
     mov eax, 0xffffffff         ; (the max address: 4 GiB - 1)
-    mov [rsp+L_B], rax
-    mov edx, 1                  ; EfiLoaderCode, pages, &B): code runs from
-                                ; it (firmware that maps LoaderData no-execute)
-    mov r8, [rsp+L_PAGES]
-    lea r9, [rsp+L_B]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_ALLOCPAGES]
+    mov [rbp+L_B], rax
+    mov edx, ecx                ; EfiLoaderCode (1), pages, &B): code runs
+                                ; from it (firmware that maps LoaderData
+                                ; no-execute)
+    lea r9, [rbp+L_B]
+    call [r15+BS_ALLOCPAGES]
     test rax, rax
     jz .mem
-    mov qword [rsp+L_B], 0
+    mov qword [rbp+L_B], 0
     lea rsi, [m_mem]
     jmp die
+.diskfail:                      ; (in a short jump's reach of the above)
+    jmp diskfail
 .mem:
-    mov rdi, [rsp+L_B]          ; zeros below DATA, as a PC's low memory
+    mov rdi, [rbp+L_B]          ; zeros below DATA, as a PC's low memory
     mov ecx, DATA / 8
     xor eax, eax
     rep stosq                   ; (rdi = B + DATA)
-    lea rsi, [rsp+L_BUF]        ; the manifest sector to DATA, and on:
+    lea rsi, [rbp+L_BUF]        ; the manifest sector to DATA, and on:
     mov ecx, SECT / 8
     rep movsq
-    mov ecx, CHUNKB - SECT      ; the rest of the first chunk
-    mov rdx, rdi
-    call read
-    mov al, '.'
-    call emit_main
-    mov rbx, [rsp+L_B]
-    add rbx, DATA + CHUNKB
-.load:
-    mov eax, [rsp+L_BUF+MAN_END]
-    add rax, [rsp+L_B]
-    cmp rbx, rax
-    jae .loaded
+    mov rbx, rdi                ; (B + DATA + SECT)
+    mov ecx, CHUNKB - SECT      ; the rest of the first chunk, then whole
+.load:                          ; chunks to the data's end
     mov rdx, rbx
-    mov ecx, CHUNKB
+    add rbx, rcx                ; (the chunk's end)
     call read
     mov al, '.'
     call emit_main
-    add rbx, CHUNKB
-    jmp .load
-.loaded:
-    mov rbx, [rsp+L_B]
+    mov eax, [rbp+L_BUF+MAN_END]
+    add rax, [rbp+L_B]
+    mov ecx, CHUNKB
+    cmp rbx, rax
+    jb .load
+    mov rbx, [rbp+L_B]
     lea rsi, [eng_image]        ; the engine's 32-bit bytes at B + their org,
     lea rdi, [rbx+ENGINE_ORG]   ; on to exp's constants at VARS + K (zeros
     mov ecx, eng_padded         ; before them); rsi = thunk_image after
@@ -415,7 +410,7 @@ efi_main:
     lea rax, [getc64]
     stosq                       ; t_getc
 %endif
-    lea rsi, [rsp+L_CTX]        ; putc's context: the consoles, UTF-8 state
+    lea rsi, [rbp+L_CTX]        ; putc's context: the consoles, UTF-8 state
     lea rdi, [rbx+CTX]          ; (and without -DTALK the 24 bytes after it
     mov ecx, (FAR_PUTC - CTX) / 8 ; in efi_main's frame: unused there), so
     rep movsq                   ; that rdi = B + FAR_PUTC
@@ -466,9 +461,8 @@ efi_main:
     push rax
     sub rsp, 0x20
     mov ecx, TPL_NOTIFY
-    mov rax, [rsp+0x30+L_BS]
-    call [rax+BS_RAISETPL]
-    mov [rsp+0x30+L_TPL], rax
+    call [r15+BS_RAISETPL]
+    mov [rbp+L_TPL], rax
     add rsp, 0x20
     pop rax
     pop rcx
@@ -485,21 +479,19 @@ efi_main:
 read:
     mov r12, rcx                ; (r12: kept by the firmware)
     sub rsp, 0x28
-    mov [rsp+0x30+L_SIZE], rcx
+    mov [rbp+L_SIZE], rcx
     mov r8, rdx
-    lea rdx, [rsp+0x30+L_SIZE]
-    mov rcx, [rsp+0x30+L_FILE]
+    lea rdx, [rbp+L_SIZE]
+    mov rcx, [rbp+L_FILE]
     call [rcx+F_READ]
     add rsp, 0x28
     test rax, rax
     jnz .fail
-    cmp [rsp+8+L_SIZE], r12     ; all of it?
+    cmp [rbp+L_SIZE], r12       ; all of it?
     jne .fail
     ret
 .fail:
-    pop rax                     ; die with efi_main's frame
-    jmp diskfail
-
+    pop rax                     ; die with efi_main's frame: diskfail
 diskfail:
     lea rsi, [m_disk]
 ; ---- die: print the message at rsi (its code byte ends it), then finish ---
@@ -510,51 +502,42 @@ die:
     call emit_main
     jmp die
 
-emit_main:                      ; emit with efi_main's context
-    push rdi
-    lea rdi, [rsp+8+8+L_CTX]
-    call emit
-    pop rdi
-    ret
-
-; ---- finish: al = the exit code; rsp = efi_main's frame ---------------------
+; ---- finish: al = the exit code; rsp = efi_main's frame, rbp = rsp + FB ----
 finish:
     movzx ebx, al
+    mov r15, [rbp+L_BS]         ; (the engine's thunks use r15)
 %ifndef HALT                    ; (-DHALT, as the legacy engine's: no exit port)
     out 0xf4, al                ; isa-debug-exit: QEMU ends here (2*al + 1)
 %endif
 %ifdef TALK
-    mov rcx, [rsp+L_TPL]        ; the TPL as it was (raised for the engine)
+    mov rcx, [rbp+L_TPL]        ; the TPL as it was (raised for the engine)
     cmp rcx, -1
     je .tpl
-    mov rax, [rsp+L_BS]
-    call [rax+BS_RESTORETPL]
+    call [r15+BS_RESTORETPL]
 .tpl:
 %endif
     sti
-    mov rcx, [rsp+L_ST]         ; a real PC: the text stays until a key, or
+    mov rcx, [rbp+L_ST]         ; a real PC: the text stays until a key, or
     mov rcx, [rcx+ST_CONIN]     ; 5 minutes
     xor edx, edx
     call [rcx+IN_RESET]         ; (keys pressed before do not count)
     mov esi, WAIT_10MS
 .wait:
-    mov rcx, [rsp+L_ST]
+    mov rcx, [rbp+L_ST]
     mov rcx, [rcx+ST_CONIN]
-    lea rdx, [rsp+L_KEY]
+    lea rdx, [rbp+L_KEY]
     call [rcx+IN_READKEY]
     test rax, rax
     jz .key
     mov ecx, 10000              ; Stall(10 ms)
-    mov rax, [rsp+L_BS]
-    call [rax+BS_STALL]
+    call [r15+BS_STALL]
     dec esi
     jnz .wait
 .key:
-    mov rcx, [rsp+L_B]
+    mov rcx, [rbp+L_B]
     jrcxz .freed
-    mov rdx, [rsp+L_PAGES]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_FREEPAGES]
+    mov rdx, [rbp+L_PAGES]
+    call [r15+BS_FREEPAGES]
 .freed:
     xor eax, eax                ; EFI_SUCCESS after a story, else EFI_ABORTED
     test ebx, ebx
@@ -578,6 +561,8 @@ finish:
 ; continuation bytes still due).  Keeps rbx, rsi, rdi, rbp, r12-r15 (the
 ; firmware's calls keep them too); the consoles are called with interrupts
 ; on, and IF is as it was after.
+emit_main:                      ; emit with efi_main's context (rdi: its
+    lea rdi, [rbp+L_CTX]        ; callers keep nothing there)
 emit:
     call com1
 ; echo64: emit without its COM1 byte (the screen only: talk.inc's echo)
@@ -923,7 +908,8 @@ thunk_call:
 
 ; exit's far jump lands here: al = the code
 thunk_exit:
-    mov rsp, [rel t_fwrsp]      ; efi_main's frame again
+    mov rsp, [rel t_fwrsp]      ; efi_main's frame again (and its rbp: the
+    lea rbp, [rsp+FB]           ; engine's ebp is VARS)
     mov ds, [rel t_fwsel+2]
     mov ss, [rel t_fwsel+4]
     mov es, [rel t_fwsel+6]
