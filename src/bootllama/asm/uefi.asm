@@ -323,8 +323,9 @@ efi_main:
     mov rcx, [rbp+L_ROOT]       ; -> Open(root, &file, name, read, 0)
     lea rdx, [rbp+L_FILE]
     lea r8, [data_name]
-    mov r9d, 1                  ; EFI_FILE_MODE_READ
-    mov qword [rsp+0x20], 0
+    push 1                      ; EFI_FILE_MODE_READ
+    pop r9
+    and qword [rsp+0x20], 0
     call [rcx+F_OPEN]
     test rax, rax
     jnz .diskfail
@@ -351,7 +352,7 @@ efi_main:
     call [r15+BS_ALLOCPAGES]
     test rax, rax
     jz .mem
-    mov qword [rbp+L_B], 0
+    and qword [rbp+L_B], 0      ; (none allocated)
     lea rsi, [m_mem]
     jmp die
 .diskfail:                      ; (in a short jump's reach of the above)
@@ -614,8 +615,7 @@ echo64:
     mov [rsp+0x20], eax         ; the unit, then a 0
     cmp al, 10
     jne .out
-    mov dword [rsp+0x20], 0x000a000d ; CR before LF
-    mov word [rsp+0x24], 0
+    mov qword [rsp+0x20], 0x000a000d ; CR before LF, then a 0
 .out:
     pushfq
     sti
