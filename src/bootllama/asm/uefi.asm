@@ -20,10 +20,12 @@
 ;   4. AllocatePages below 4 GiB for M_NEED bytes at B; none: "!RAM", exit 5.
 ;   5. Read the file to B + DATA, 16 KiB at a time, a '.' per read (the
 ;      legacy loader's progress protocol); a short read: "!disk", exit 2.
-;   6. Place what the legacy boot read would: the manifest sector and the
-;      checkpoint's first sector at B + VARS - 512; the engine's 32-bit bytes
-;      at B + their org (section eng, assembled with vstart=ENGINE_ORG); the
-;      64-bit thunks (section thunk) at B + THUNK.
+;   6. Place what the legacy boot read would: the engine's 32-bit bytes at
+;      B + their org (section eng, assembled with vstart=ENGINE_ORG, runs on
+;      in zeros to exp's constants at VARS + K, as sector.asm's sector at
+;      VARS has them); the 64-bit thunks (section thunk) at B + THUNK; then
+;      the manifest sector and the checkpoint header's 28 bytes at
+;      B + VARS - 512, over section eng's zeros.
 ;   7. A GDT of its own: the firmware's descriptors at their selectors (its
 ;      CS stays valid), then a 32-bit code and a data descriptor, base B.
 ;   8. Interrupts off, far return into compatibility mode: uefi_entry loads
@@ -55,7 +57,7 @@ MAN_NEED equ SECT + M_NEED      ; the manifest's fields (engine.inc's M_*:
 MAN_END equ SECT + M_END        ; offsets from VARS, the sector's end)
 CTX     equ 0xE000              ; emit's context (see emit)
 FAR_PUTC equ CTX + 64           ; m16:32 far pointers for compatibility mode
-FAR_EXIT equ CTX + 72
+FAR_EXIT equ CTX + 72           ; (8 bytes apart: the loader's FARPTR)
 FAR_GETC equ CTX + 80           ; (-DTALK: typed input, talk.inc's contract)
 FAR_ECHO equ CTX + 88
 THUNK   equ 0xF000
@@ -100,11 +102,13 @@ CTX_SIZE equ 64
 %else
 CTX_SIZE equ 40                 ; (efi_main's frame offsets stay short)
 %endif
-; efi_main's frame (rsp-relative, the same in finish)
-L_IMAGE equ 0x30
-L_ST    equ 0x38
-L_BS    equ 0x40
-L_CTX   equ 0x48                ; emit's context while B does not exist
+; efi_main's frame: rbp = rsp + FB there (and in finish), so that the
+; offsets from rbp fit a byte (rsp's 0x00..0x2F: the calls' arguments)
+FB      equ 0x80
+L_IMAGE equ 0x30 - FB
+L_ST    equ L_IMAGE + 8
+L_BS    equ L_ST + 8
+L_CTX   equ L_BS + 8            ; emit's context while B does not exist
 L_LI    equ L_CTX + CTX_SIZE    ; (protocol pointers, each written by a call)
 L_FS    equ L_LI + 8
 L_ROOT  equ L_FS + 8
@@ -112,14 +116,16 @@ L_FILE  equ L_ROOT + 8
 L_B     equ L_FILE + 8          ; the region (0: not allocated)
 L_PAGES equ L_B + 8
 L_SIZE  equ L_PAGES + 8         ; Read's in/out size
-L_GDTR  equ L_SIZE + 8          ; the firmware's GDTR (10 bytes)
-L_KEY   equ L_GDTR + 16
+L_KEY   equ L_SIZE + 8
 L_N     equ L_KEY + 16          ; LocateHandleBuffer's count, buffer
 L_HANDLES equ L_N + 8
 L_DP    equ L_HANDLES + 8
 L_TPL   equ L_DP + 8            ; -DTALK: the TPL before RaiseTPL (-1: none)
 L_BUF   equ L_TPL + 8           ; the manifest sector while B does not exist
-FRAME   equ L_BUF + SECT + 8    ; rsp 16-aligned after 8 pushes and this
+FRAME   equ FB + L_BUF + SECT + 8 ; rsp 16-aligned after 8 pushes and this
+%if L_IMAGE < -128 || L_TPL > 127
+  %error "efi_main's frame offsets past a byte"
+%endif
 
 ; CONSOLES guid, skip1, skip2, dest: the handles of protocol guid (the system
 ; table's handles at skip1 and skip2 apart, and any whose device path holds a
@@ -128,33 +134,31 @@ FRAME   equ L_BUF + SECT + 8    ; rsp 16-aligned after 8 pushes and this
     mov ecx, 2                  ; LocateHandleBuffer(ByProtocol, the protocol,
     lea rdx, [%1]               ; NULL, &n, &handles)
     xor r8d, r8d
-    lea r9, [rsp+L_N]
-    lea rax, [rsp+L_HANDLES]
+    lea r9, [rbp+L_N]
+    lea rax, [rbp+L_HANDLES]
     mov [rsp+0x20], rax
-    mov rax, [rsp+L_BS]
-    call [rax+BS_LOCATEBUF]
+    call [r15+BS_LOCATEBUF]
     test rax, rax
     jnz %%done
-    mov rsi, [rsp+L_HANDLES]
-    mov rbx, [rsp+L_N]
+    mov rsi, [rbp+L_HANDLES]
+    mov rbx, [rbp+L_N]
     xor edi, edi                ; consoles found
 %%handle:
     test rbx, rbx
     jz %%done
     dec rbx
     mov rcx, [rsi+rbx*8]
-    mov rax, [rsp+L_ST]
+    mov rax, [rbp+L_ST]
     cmp rcx, [rax+%2]           ; ConOut's and StdErr's own handles: the
     je %%handle                  ; splitters over all the others (some
     cmp rcx, [rax+%3]           ; firmware gives them device paths)
     je %%handle
     lea rdx, [guid_device_path]
-    lea r8, [rsp+L_DP]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_HANDLEPROT]
+    lea r8, [rbp+L_DP]
+    call [r15+BS_HANDLEPROT]
     test rax, rax
     jnz %%handle                 ; no device path: ConOut's splitter itself
-    mov rax, [rsp+L_DP]
+    mov rax, [rbp+L_DP]
 %%node:
     cmp byte [rax], 0x7f        ; the end of the path: no UART on it
     je %%console
@@ -168,15 +172,24 @@ FRAME   equ L_BUF + SECT + 8    ; rsp 16-aligned after 8 pushes and this
 %%console:
     mov rcx, [rsi+rbx*8]
     lea rdx, [%1]
-    lea r8, [rsp+%4+rdi*8]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_HANDLEPROT]
+    lea r8, [rbp+%4+rdi*8]
+    call [r15+BS_HANDLEPROT]
     test rax, rax
     jnz %%handle
     inc edi
     cmp edi, CON_MAX
     jb %%handle
 %%done:
+%endmacro
+
+; FARPTR thunk: at rdi, the far pointer (m16:32) to the thunk at B + THUNK
+; (its linear address fits 32 bits), the firmware's 64-bit code selector;
+; rdi on by 8 (the last 2 bytes: the selector's high bits, unused)
+%macro FARPTR 1
+    lea eax, [rbx+THUNK+%1-thunk_start]
+    stosd
+    mov eax, cs
+    stosd
 %endmacro
 
 ; ==== the PE32+ header (file offset = RVA) =================================
@@ -239,26 +252,26 @@ efi_main:
     push r14
     push r15
     sub rsp, FRAME
-    mov [rsp+L_IMAGE], rcx
-    mov [rsp+L_ST], rdx
-    mov rax, [rdx+ST_BS]
-    mov [rsp+L_BS], rax
+    lea rbp, [rsp+FB]           ; (kept by the firmware)
+    mov [rbp+L_IMAGE], rcx
+    mov [rbp+L_ST], rdx
+    mov r15, [rdx+ST_BS]        ; r15 = the boot services (kept by the
+    mov [rbp+L_BS], r15         ; firmware; finish reloads it)
     xor eax, eax
-    lea rdi, [rsp+L_CTX]        ; emit's context: no consoles yet, state 0
+    lea rdi, [rbp+L_CTX]        ; emit's context: no consoles yet, state 0
     mov ecx, CTX_SIZE / 8
     rep stosq
-    mov [rsp+L_B], rax
+    mov [rbp+L_B], rax
 %ifdef TALK
     dec rax
-    mov [rsp+L_TPL], rax        ; (TPL not raised)
+    mov [rbp+L_TPL], rax        ; (TPL not raised)
     inc eax
 %endif
     xor ecx, ecx                ; SetWatchdogTimer(0, 0, 0, NULL): off
     xor edx, edx
     xor r8d, r8d
     xor r9d, r9d
-    mov rax, [rsp+L_BS]
-    call [rax+BS_WATCHDOG]
+    call [r15+BS_WATCHDOG]
 
     ; the consoles: every text output whose device path holds no UART node.
     ; ConOut would do, but its serial terminal repeats (with escapes) what
@@ -270,15 +283,15 @@ efi_main:
     CONSOLES guid_text_in, ST_CONIN_H, ST_CONIN_H, L_CTX+C_IN
 %endif
 .cons_done:
-    mov rax, [rsp+L_ST]
-    cmp qword [rsp+L_CTX], 0
+    mov rax, [rbp+L_ST]
+    cmp qword [rbp+L_CTX], 0
     jne .clear
     mov rax, [rax+ST_CONOUT]    ; none: ConOut (a PC whose only console is
-    mov [rsp+L_CTX], rax        ; a serial terminal)
+    mov [rbp+L_CTX], rax        ; a serial terminal)
 .clear:
     xor ebx, ebx
 .cls:
-    mov rcx, [rsp+L_CTX+rbx*8]
+    mov rcx, [rbp+L_CTX+rbx*8]
     jrcxz .cleared
     call [rcx+OUT_CLEAR]        ; a clear screen, as the legacy engine's mode 3
     inc ebx
@@ -289,178 +302,158 @@ efi_main:
     call com1                   ; text ends, the engine's begins (harnesses
                                 ; drop what came before it)
 
-    mov rcx, [rsp+L_IMAGE]      ; the data file: LoadedImage ...
+    mov rcx, [rbp+L_IMAGE]      ; the data file: LoadedImage ...
     lea rdx, [guid_loaded_image]
-    lea r8, [rsp+L_LI]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_HANDLEPROT]
+    lea r8, [rbp+L_LI]
+    call [r15+BS_HANDLEPROT]
     test rax, rax
-    jnz diskfail
-    mov rcx, [rsp+L_LI]         ; ... -> DeviceHandle -> SimpleFileSystem
+    jnz .diskfail
+    mov rcx, [rbp+L_LI]         ; ... -> DeviceHandle -> SimpleFileSystem
     mov rcx, [rcx+LI_DEVICE]
     lea rdx, [guid_simple_fs]
-    lea r8, [rsp+L_FS]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_HANDLEPROT]
+    lea r8, [rbp+L_FS]
+    call [r15+BS_HANDLEPROT]
     test rax, rax
-    jnz diskfail
-    mov rcx, [rsp+L_FS]         ; -> OpenVolume
-    lea rdx, [rsp+L_ROOT]
+    jnz .diskfail
+    mov rcx, [rbp+L_FS]         ; -> OpenVolume
+    lea rdx, [rbp+L_ROOT]
     call [rcx+FS_OPENVOL]
     test rax, rax
-    jnz diskfail
-    mov rcx, [rsp+L_ROOT]       ; -> Open(root, &file, name, read, 0)
-    lea rdx, [rsp+L_FILE]
+    jnz .diskfail
+    mov rcx, [rbp+L_ROOT]       ; -> Open(root, &file, name, read, 0)
+    lea rdx, [rbp+L_FILE]
     lea r8, [data_name]
-    mov r9d, 1                  ; EFI_FILE_MODE_READ
-    mov qword [rsp+0x20], 0
+    push 1                      ; EFI_FILE_MODE_READ
+    pop r9
+    and qword [rsp+0x20], 0
     call [rcx+F_OPEN]
     test rax, rax
-    jnz diskfail
-    lea rdx, [rsp+L_BUF]        ; the manifest sector
+    jnz .diskfail
+    lea rdx, [rbp+L_BUF]        ; the manifest sector
     mov ecx, SECT
     call read
-    mov eax, [rsp+L_BUF+MAN_END]
+    mov eax, [rbp+L_BUF+MAN_END]
     cmp eax, DATA + SECT
-    jbe diskfail                ; (not a manifest of ours)
-    mov edx, [rsp+L_BUF+MAN_NEED]
+    jbe .diskfail                ; (not a manifest of ours)
+    mov edx, [rbp+L_BUF+MAN_NEED]
     cmp edx, eax
-    jb diskfail
+    jb .diskfail
     add rdx, 0xfff
     shr rdx, 12
-    mov [rsp+L_PAGES], rdx
+    mov [rbp+L_PAGES], rdx
+    mov r8, rdx
     mov ecx, 1                  ; AllocatePages(AllocateMaxAddress,
     mov eax, 0xffffffff         ; (the max address: 4 GiB - 1)
-    mov [rsp+L_B], rax
-    mov edx, 1                  ; EfiLoaderCode, pages, &B): code runs from
-                                ; it (firmware that maps LoaderData no-execute)
-    mov r8, [rsp+L_PAGES]
-    lea r9, [rsp+L_B]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_ALLOCPAGES]
+    mov [rbp+L_B], rax
+    mov edx, ecx                ; EfiLoaderCode (1), pages, &B): code runs
+                                ; from it (firmware that maps LoaderData
+                                ; no-execute)
+    lea r9, [rbp+L_B]
+    call [r15+BS_ALLOCPAGES]
     test rax, rax
     jz .mem
-    mov qword [rsp+L_B], 0
+    and qword [rbp+L_B], 0      ; (none allocated)
     lea rsi, [m_mem]
     jmp die
+.diskfail:                      ; (in a short jump's reach of the above)
+    jmp diskfail
 .mem:
-    mov rdi, [rsp+L_B]          ; zeros below DATA, as a PC's low memory
+    mov rdi, [rbp+L_B]          ; zeros below DATA, as a PC's low memory
     mov ecx, DATA / 8
     xor eax, eax
-    rep stosq
-    mov rdi, [rsp+L_B]          ; the manifest sector to DATA, and on:
-    lea rsi, [rsp+L_BUF]
-    add rdi, DATA
+    rep stosq                   ; (rdi = B + DATA)
+    lea rsi, [rbp+L_BUF]        ; the manifest sector to DATA, and on:
     mov ecx, SECT / 8
     rep movsq
-    mov ecx, CHUNKB - SECT      ; the rest of the first chunk
-    mov rdx, rdi
-    call read
-    mov al, '.'
-    call emit_main
-    mov rbx, [rsp+L_B]
-    add rbx, DATA + CHUNKB
-.load:
-    mov eax, [rsp+L_BUF+MAN_END]
-    add rax, [rsp+L_B]
-    cmp rbx, rax
-    jae .loaded
+    mov rbx, rdi                ; (B + DATA + SECT)
+    mov ecx, CHUNKB - SECT      ; the rest of the first chunk, then whole
+.load:                          ; chunks to the data's end
     mov rdx, rbx
-    mov ecx, CHUNKB
+    add rbx, rcx                ; (the chunk's end)
     call read
     mov al, '.'
     call emit_main
-    add rbx, CHUNKB
-    jmp .load
-.loaded:
-    mov rbx, [rsp+L_B]
-    lea rsi, [rbx+DATA]         ; the boot read's manifest sector and header
-    lea rdi, [rbx+VARS-SECT]
-    mov ecx, 2*SECT/8
+    mov eax, [rbp+L_BUF+MAN_END]
+    add rax, [rbp+L_B]
+    mov ecx, CHUNKB
+    cmp rbx, rax
+    jb .load
+    mov rbx, [rbp+L_B]
+    lea rsi, [eng_image]        ; the engine's 32-bit bytes at B + their org,
+    lea rdi, [rbx+ENGINE_ORG]   ; on to exp's constants at VARS + K (zeros
+    mov ecx, eng_padded         ; before them); rsi = thunk_image after
+    rep movsb
+    lea rdi, [rbx+THUNK]        ; the thunks at B + THUNK
+    mov cl, thunk_qwords        ; (ecx = 0 after a rep)
     rep movsq
-    lea rsi, [eng_image]        ; the engine's 32-bit bytes at B + their org
-    lea rdi, [rbx+ENGINE_ORG]
-    mov ecx, eng_size
-    rep movsb
-    lea rsi, [thunk_image]      ; the thunks at B + THUNK
-    lea rdi, [rbx+THUNK]
-    mov ecx, thunk_size
-    rep movsb
-    mov [rbx+THUNK+t_base-thunk_start], rbx
+    lea rsi, [rbx+DATA]         ; the boot read's manifest sector and header
+    lea rdi, [rbx+VARS-SECT]    ; (its 28 bytes: the constants after them
+    mov cl, (SECT + 28) / 4     ; stay)
+    rep movsd
+    lea rdi, [rbx+THUNK+t_base-thunk_start] ; the thunks' variables, in order:
+    mov rax, rbx
+    stosq                       ; t_base: B
     lea rax, [emit]
-    mov [rbx+THUNK+t_emit-thunk_start], rax
+    stosq                       ; t_emit
     lea rax, [finish]
-    mov [rbx+THUNK+t_finish-thunk_start], rax
+    stosq                       ; t_finish
+    mov eax, cs                 ; t_fwsel: the firmware's selectors (the
+    stosw                       ; high bits of mov r32, sreg: not stored)
+    mov eax, ds
+    stosw
+    mov eax, ss
+    stosw
+    mov eax, es
+    stosw
 %ifdef TALK
     lea rax, [echo64]
-    mov [rbx+THUNK+t_echo-thunk_start], rax
+    stosq                       ; t_echo
     lea rax, [getc64]
-    mov [rbx+THUNK+t_getc-thunk_start], rax
-    lea eax, [rbx+THUNK+thunk_getc-thunk_start]
-    mov [rbx+FAR_GETC], eax
-    lea eax, [rbx+THUNK+thunk_echo-thunk_start]
-    mov [rbx+FAR_ECHO], eax
-    mov ax, cs
-    mov [rbx+FAR_GETC+4], ax
-    mov [rbx+FAR_ECHO+4], ax
+    stosq                       ; t_getc
 %endif
-    lea rsi, [rsp+L_CTX]        ; putc's context: the consoles, UTF-8 state
-    lea rdi, [rbx+CTX]
-    mov ecx, CTX_SIZE / 8
-    rep movsq
-    lea eax, [rbx+THUNK+thunk_putc-thunk_start]
-    mov [rbx+FAR_PUTC], eax     ; (the thunks' linear addresses fit 32 bits)
-    lea eax, [rbx+THUNK+thunk_exit-thunk_start]
-    mov [rbx+FAR_EXIT], eax
-    mov ax, cs
-    mov [rbx+FAR_PUTC+4], ax    ; the firmware's 64-bit code selector
-    mov [rbx+FAR_EXIT+4], ax
-    mov [rbx+THUNK+t_fwsel-thunk_start], ax
-    mov ax, ds
-    mov [rbx+THUNK+t_fwsel-thunk_start+2], ax
-    mov ax, ss
-    mov [rbx+THUNK+t_fwsel-thunk_start+4], ax
-    mov ax, es
-    mov [rbx+THUNK+t_fwsel-thunk_start+6], ax
+    lea rsi, [rbp+L_CTX]        ; putc's context: the consoles, UTF-8 state
+    lea rdi, [rbx+CTX]          ; (and without -DTALK the 24 bytes after it
+    mov ecx, (FAR_PUTC - CTX) / 8 ; in efi_main's frame: unused there), so
+    rep movsq                   ; that rdi = B + FAR_PUTC
+    FARPTR thunk_putc           ; FAR_PUTC, FAR_EXIT (and FAR_GETC,
+    FARPTR thunk_exit           ; FAR_ECHO) in a row
+%ifdef TALK
+    FARPTR thunk_getc
+    FARPTR thunk_echo
+%endif
 
     ; the GDT: the firmware's, then code32 and data with base B
-    sgdt [rsp+L_GDTR]
-    mov rsi, [rsp+L_GDTR+2]
-    movzx ecx, word [rsp+L_GDTR]
-    inc ecx                     ; its size in bytes
-    add ecx, 7
-    and ecx, ~7                 ; whole descriptors
+    sgdt [rbx+THUNK+t_fwgdtr-thunk_start] ; (the firmware's, for thunk_exit)
+    mov rsi, [rbx+THUNK+t_fwgdtr-thunk_start+2]
+    movzx ecx, word [rbx+THUNK+t_fwgdtr-thunk_start]
+    add ecx, 8                  ; its size in bytes (limit + 1), in whole
+    and ecx, ~7                 ; descriptors
     lea rdi, [rbx+GDT_AT]
     push rcx
     rep movsb
     pop rcx                     ; ecx = the code32 selector
     mov eax, ebx                ; descriptor bytes: limit 0xFFFFF (4 KiB
     shl eax, 16                 ; units), base B, present, ring 0
-    or ax, 0xffff
+    dec ax                      ; (ax = 0 after the shift: 0xFFFF)
     stosd                       ; limit 15:0, base 15:0
-    mov eax, ebx
-    shr eax, 16                 ; base 23:16 in al, base 31:24 in ah
-    movzx edx, ah
-    shl edx, 24
-    mov dl, al
-    or edx, 0x00cf9a00          ; G=1, D=1, L=0, limit 19:16; code, readable
+    mov edx, ebx                ; the high dword's bytes, from B's (high
+    mov dx, 0x9acf              ; byte first): b3 b2 9a cf,
+    rol edx, 8                  ; b2 9a cf b3,
+    bswap edx                   ; b3 cf 9a b2: base 31:24, G=1 D=1 L=0 and
+                                ; limit 19:16, code readable, base 23:16
+    xchg eax, edx
+    stosd                       ; (the code descriptor's high dword)
+    xchg eax, edx
+    stosd                       ; the data descriptor: the same, ...
+    mov dh, 0x92                ; ... type writable data
     mov [rdi], edx
-    mov eax, [rdi-4]
-    mov [rdi+4], eax            ; the data descriptor: the same, ...
-    and dh, 0xf0
-    or dh, 0x02                 ; ... type writable data (0x92)
-    mov [rdi+8], edx
     lea eax, [rcx+8]            ; the data selector
     mov [rbx+THUNK+t_csel-thunk_start], ecx
     mov [rbx+THUNK+t_dsel-thunk_start], eax
-    mov rdx, [rsp+L_GDTR+2]     ; the firmware's GDTR, for thunk_exit
-    mov [rbx+THUNK+t_fwgdtr-thunk_start+2], rdx
-    mov dx, [rsp+L_GDTR]
-    mov [rbx+THUNK+t_fwgdtr-thunk_start], dx
-    lea edx, [rcx+16-1]         ; the new GDTR: limit, base B + GDT_AT
-    mov [rsp+L_KEY], dx
+    lea edx, [rcx+16-1]         ; the new GDTR after the GDT: limit, base
+    mov [rdi+4], dx             ; B + GDT_AT (rdi: kept by the firmware)
     lea rdx, [rbx+GDT_AT]
-    mov [rsp+L_KEY+2], rdx
+    mov [rdi+6], rdx
 %ifdef TALK
     ; TPL_NOTIFY for the whole run: the firmware's serial terminal polls
     ; COM1 from a timer event and would take typed bytes before getc; at
@@ -469,15 +462,14 @@ efi_main:
     push rax
     sub rsp, 0x20
     mov ecx, TPL_NOTIFY
-    mov rax, [rsp+0x30+L_BS]
-    call [rax+BS_RAISETPL]
-    mov [rsp+0x30+L_TPL], rax
+    call [r15+BS_RAISETPL]
+    mov [rbp+L_TPL], rax
     add rsp, 0x20
     pop rax
     pop rcx
 %endif
     cli                         ; interrupts stay off in the engine
-    lgdt [rsp+L_KEY]
+    lgdt [rdi+4]
     mov [rbx+THUNK+t_fwrsp-thunk_start], rsp ; the thunks' stack: below the frame
     mov ebx, eax                ; uefi_entry's data selector
     push rcx                    ; far return to code32:uefi_entry
@@ -488,21 +480,19 @@ efi_main:
 read:
     mov r12, rcx                ; (r12: kept by the firmware)
     sub rsp, 0x28
-    mov [rsp+0x30+L_SIZE], rcx
+    mov [rbp+L_SIZE], rcx
     mov r8, rdx
-    lea rdx, [rsp+0x30+L_SIZE]
-    mov rcx, [rsp+0x30+L_FILE]
+    lea rdx, [rbp+L_SIZE]
+    mov rcx, [rbp+L_FILE]
     call [rcx+F_READ]
     add rsp, 0x28
     test rax, rax
     jnz .fail
-    cmp [rsp+8+L_SIZE], r12     ; all of it?
+    cmp [rbp+L_SIZE], r12       ; all of it?
     jne .fail
     ret
 .fail:
-    pop rax                     ; die with efi_main's frame
-    jmp diskfail
-
+    pop rax                     ; die with efi_main's frame: diskfail
 diskfail:
     lea rsi, [m_disk]
 ; ---- die: print the message at rsi (its code byte ends it), then finish ---
@@ -513,51 +503,42 @@ die:
     call emit_main
     jmp die
 
-emit_main:                      ; emit with efi_main's context
-    push rdi
-    lea rdi, [rsp+8+8+L_CTX]
-    call emit
-    pop rdi
-    ret
-
-; ---- finish: al = the exit code; rsp = efi_main's frame ---------------------
+; ---- finish: al = the exit code; rsp = efi_main's frame, rbp = rsp + FB ----
 finish:
     movzx ebx, al
+    mov r15, [rbp+L_BS]         ; (the engine's thunks use r15)
 %ifndef HALT                    ; (-DHALT, as the legacy engine's: no exit port)
     out 0xf4, al                ; isa-debug-exit: QEMU ends here (2*al + 1)
 %endif
 %ifdef TALK
-    mov rcx, [rsp+L_TPL]        ; the TPL as it was (raised for the engine)
+    mov rcx, [rbp+L_TPL]        ; the TPL as it was (raised for the engine)
     cmp rcx, -1
     je .tpl
-    mov rax, [rsp+L_BS]
-    call [rax+BS_RESTORETPL]
+    call [r15+BS_RESTORETPL]
 .tpl:
 %endif
     sti
-    mov rcx, [rsp+L_ST]         ; a real PC: the text stays until a key, or
+    mov rcx, [rbp+L_ST]         ; a real PC: the text stays until a key, or
     mov rcx, [rcx+ST_CONIN]     ; 5 minutes
     xor edx, edx
     call [rcx+IN_RESET]         ; (keys pressed before do not count)
     mov esi, WAIT_10MS
 .wait:
-    mov rcx, [rsp+L_ST]
+    mov rcx, [rbp+L_ST]
     mov rcx, [rcx+ST_CONIN]
-    lea rdx, [rsp+L_KEY]
+    lea rdx, [rbp+L_KEY]
     call [rcx+IN_READKEY]
     test rax, rax
     jz .key
     mov ecx, 10000              ; Stall(10 ms)
-    mov rax, [rsp+L_BS]
-    call [rax+BS_STALL]
+    call [r15+BS_STALL]
     dec esi
     jnz .wait
 .key:
-    mov rcx, [rsp+L_B]
+    mov rcx, [rbp+L_B]
     jrcxz .freed
-    mov rdx, [rsp+L_PAGES]
-    mov rax, [rsp+L_BS]
-    call [rax+BS_FREEPAGES]
+    mov rdx, [rbp+L_PAGES]
+    call [r15+BS_FREEPAGES]
 .freed:
     xor eax, eax                ; EFI_SUCCESS after a story, else EFI_ABORTED
     test ebx, ebx
@@ -581,6 +562,8 @@ finish:
 ; continuation bytes still due).  Keeps rbx, rsi, rdi, rbp, r12-r15 (the
 ; firmware's calls keep them too); the consoles are called with interrupts
 ; on, and IF is as it was after.
+emit_main:                      ; emit with efi_main's context (rdi: its
+    lea rdi, [rbp+L_CTX]        ; callers keep nothing there)
 emit:
     call com1
 ; echo64: emit without its COM1 byte (the screen only: talk.inc's echo)
@@ -632,8 +615,7 @@ echo64:
     mov [rsp+0x20], eax         ; the unit, then a 0
     cmp al, 10
     jne .out
-    mov dword [rsp+0x20], 0x000a000d ; CR before LF
-    mov word [rsp+0x24], 0
+    mov qword [rsp+0x20], 0x000a000d ; CR before LF, then a 0
 .out:
     pushfq
     sti
@@ -833,13 +815,6 @@ uefi_entry:                     ; from efi_main's far return: bx = data sel
     mov ss, bx
     mov esp, STACK              ; the legacy engine's stack
     mov ebp, VARS
-%ifndef TESTPAYLOAD
-    mov esi, consts             ; exp's constants to [ebp+K], where the legacy
-    lea edi, [ebp+K]            ; engine's boot read puts them (engine.inc's
-    push byte (consts_end - consts) / 4 ; contract)
-    pop ecx
-    rep movsd
-%endif
     jmp datacheck               ; (engine.inc: the data check, then the engine)
 
 putc:                           ; al: every register and the FPU/SSE state
@@ -857,8 +832,16 @@ echo:                           ; al to the screen only (thunk_echo)
     call far [dword FAR_ECHO]
     ret
 %endif
+stubs_end:
 %ifndef TESTPAYLOAD
-    EXPCONSTS                   ; (engine.inc's: copied to [ebp+K] above)
+; exp's constants where engine.inc finds them, at [ebp+K] (VARS + K), as
+; sector.asm's sector at VARS has them: zeros up to there (the manifest's and
+; the header's places: the loader copies those over them, and no code)
+%if VARS + K - ENGINE_ORG < stubs_end - eng_start
+  %error "section eng's code runs past VARS + K"
+%endif
+    times VARS + K - ENGINE_ORG - ($ - $$) db 0
+    EXPCONSTS                   ; (engine.inc's)
 %endif
 eng_end:
 
@@ -925,7 +908,8 @@ thunk_call:
 
 ; exit's far jump lands here: al = the code
 thunk_exit:
-    mov rsp, [rel t_fwrsp]      ; efi_main's frame again
+    mov rsp, [rel t_fwrsp]      ; efi_main's frame again (and its rbp: the
+    lea rbp, [rsp+FB]           ; engine's ebp is VARS)
     mov ds, [rel t_fwsel+2]
     mov ss, [rel t_fwsel+4]
     mov es, [rel t_fwsel+6]
@@ -933,23 +917,29 @@ thunk_exit:
     jmp [rel t_finish]
 
     align 8
-t_base:   dq 0                  ; B
-t_fwrsp:  dq 0                  ; efi_main's rsp
-t_emit:   dq 0                  ; emit's and finish's addresses in the image
-t_finish: dq 0
-t_echo:   dq 0                  ; (-DTALK) echo64's and getc64's
+t_base:   dq 0                  ; B (t_base..t_getc: the loader writes
+t_emit:   dq 0                  ; them in this order) emit's and finish's
+t_finish: dq 0                  ; addresses in the image
+t_fwsel:  dw 0, 0, 0, 0         ; the firmware's CS, DS, SS, ES
+%ifdef TALK
+t_echo:   dq 0                  ; echo64's and getc64's
 t_getc:   dq 0
+%endif
+t_fwrsp:  dq 0                  ; efi_main's rsp
 t_csel:   dq 0                  ; the code32 and data selectors
 t_dsel:   dq 0
-t_fwsel:  dw 0, 0, 0, 0         ; the firmware's CS, DS, SS, ES
 t_fwgdtr: dw 0
           dq 0
 thunk_end:
+%if t_emit - t_base != 8 || t_finish - t_emit != 8 || t_fwsel - t_finish != 8
+  %error "the thunks' variables are not in the loader's order"
+%endif
 
 eng_size   equ eng_end - eng_start
 thunk_size equ thunk_end - thunk_start
 ; the section's bytes in the file, whole 512-byte units (the builder pads)
 eng_padded equ (eng_size + 15) & ~15
+thunk_qwords equ (thunk_size + 7) / 8 ; (the loader copies whole qwords)
 thunk_image equ eng_image + eng_padded
-text_file_size equ ((eng_image - text_start) + eng_padded + thunk_size + SECT - 1) & ~(SECT - 1)
+text_file_size equ ((eng_image - text_start) + eng_padded + 8 * thunk_qwords + SECT - 1) & ~(SECT - 1)
 text_mem_size equ (text_file_size + 0xfff) & ~0xfff
