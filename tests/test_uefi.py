@@ -230,7 +230,7 @@ def test_uefi_size_table(defines: tuple[str, ...]) -> None:
 
 # the UEFI engine's own code bytes (loader, mode switch), PE header apart: measured. 2,034 -> 1,993:
 # exp's constants are assembled at VARS + K in section eng (zeros before them, not code: the EFI
-# file 3,584 -> 8,192 bytes), as the legacy engine's sector at VARS has them, so uefi_entry copies
+# file 3,584 -> 7,680 bytes, 8,192 with -DTALK), as the legacy engine's sector at VARS has them, so uefi_entry copies
 # nothing (-13); the loader copies the engine's bytes first, then the manifest sector and the
 # header's 28 bytes over its zeros (rep movsd, cl: -4), the thunks on from where that copy ends
 # in the file (-7, whole qwords: -2), and the manifest sector's copy to DATA loses a redundant

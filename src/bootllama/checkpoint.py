@@ -407,6 +407,21 @@ def is_special(path: StrPath) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
+def write_into(path: StrPath, src: BinaryIO) -> None:
+    """Copy ``src`` (from where it stands) into ``path``, a device or a FIFO (is_special:
+    /dev/null, /dev/stdout, a USB stick's /dev/sdX, a pipe), as cp and dd write: the node stays
+    (a rename would put a regular file in its place; as root, /dev/null itself). A block device
+    is synced before this returns."""
+    try:
+        with open(path, "wb") as out:  # (path, not its realpath: a pipe's /proc link names no file)
+            shutil.copyfileobj(src, out, 1 << 20)
+            if stat.S_ISBLK(os.fstat(out.fileno()).st_mode):
+                out.flush()
+                os.fsync(out.fileno())  # a disk (a USB stick): on it before we say so
+    except OSError as e:
+        raise BootllamaError(f"cannot write {os.fspath(path)}: {e.strerror or e}") from None
+
+
 @contextmanager
 def atomic_write(path: StrPath, inputs: Mapping[str, StrPath | None] | None = None) -> Iterator[BinaryIO]:
     """Write a file through a temporary sibling that replaces ``path`` only on success (through
@@ -418,26 +433,17 @@ def atomic_write(path: StrPath, inputs: Mapping[str, StrPath | None] | None = No
     temporary name); other OSErrors from the body propagate.
     """
     refuse_inputs(path, inputs or {})
-    # a symbolic link is written through, as open() would (the link stays, its file gets the
-    # bytes): /dev/stdout, or an image link the user keeps; /proc's fd links resolve too
-    target = Path(os.path.realpath(path))
     if is_special(path):
-        # a device or a FIFO (/dev/null, /dev/stdout, a USB stick's /dev/sdX, a pipe): the bytes
-        # go into it, as cp and dd do, once they are whole (the body may seek: they are gathered
-        # in an unnamed temporary file first); a rename would put a regular file in the node's
-        # place (as root, /dev/null itself)
+        # a device or a FIFO: the bytes go into it once they are whole (the body may seek: they
+        # are gathered in an unnamed temporary file first)
         with tempfile.TemporaryFile() as f:
             yield f
             f.seek(0)
-            try:
-                with open(path, "wb") as out:  # (path: a pipe's /proc link names no file)
-                    shutil.copyfileobj(f, out, 1 << 20)
-                    if stat.S_ISBLK(os.fstat(out.fileno()).st_mode):
-                        out.flush()
-                        os.fsync(out.fileno())  # a disk (a USB stick): on it before we say so
-            except OSError as e:
-                raise BootllamaError(f"cannot write {os.fspath(path)}: {e.strerror or e}") from None
+            write_into(path, f)
         return
+    # a symbolic link is written through, as open() would (the link stays, its file gets the
+    # bytes): /dev/stdout, or an image link the user keeps; /proc's fd links resolve too
+    target = Path(os.path.realpath(path))
     tmp: str | None = None
     stage = "create"
     try:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from bootllama import image, pcs
-from bootllama.checkpoint import atomic_write, is_special, read_legacy_config, refuse_inputs
+from bootllama.checkpoint import atomic_write, is_special, read_legacy_config, refuse_inputs, write_into
 from bootllama.errors import BootllamaError
 from bootllama.interrupts import deferred, remove, temp_dir
 from bootllama.pcs import qemu
@@ -101,24 +101,28 @@ def _build(args: argparse.Namespace, out: str | os.PathLike[str], keep: str | No
 
 def publish(private: Path, dest: str | os.PathLike[str], inputs: dict[str, Path]) -> None:
     """Give ``dest`` the private image's bytes, atomically: a hard link renamed over it when both
-    are on one file system, else a copy through atomic_write. The run keeps booting its private
-    file, so a later run that replaces ``dest`` never changes what this one boots."""
+    are on one file system, else a copy through atomic_write; a device or a FIFO is written into.
+    The run keeps booting its private file, so a later run that replaces ``dest`` never changes
+    what this one boots."""
     refuse_inputs(dest, inputs)
+    if is_special(dest):  # a device or a FIFO: the private image's bytes go straight into it
+        with open(private, "rb") as src:
+            write_into(dest, src)
+        return
     target = Path(os.path.realpath(dest))  # (through a symbolic link, as atomic_write)
-    if not is_special(dest):  # (a device or a FIFO is written into below, never replaced)
-        link = target.parent / f".{target.name}.{os.getpid()}.tmp"
-        with deferred():  # the link and its rename (or removal) together
+    link = target.parent / f".{target.name}.{os.getpid()}.tmp"
+    with deferred():  # the link and its rename (or removal) together
+        try:
+            os.link(private, link)
+        except OSError:
+            pass  # another file system, or no hard links there: copy below
+        else:
             try:
-                os.link(private, link)
-            except OSError:
-                pass  # another file system, or no hard links there: copy below
-            else:
-                try:
-                    os.replace(link, target)
-                    return
-                except OSError as e:
-                    remove(link)
-                    raise BootllamaError(f"cannot write {os.fspath(dest)}: {e.strerror or e}") from None
+                os.replace(link, target)
+                return
+            except OSError as e:
+                remove(link)
+                raise BootllamaError(f"cannot write {os.fspath(dest)}: {e.strerror or e}") from None
     with atomic_write(dest, inputs) as f, open(private, "rb") as src:
         shutil.copyfileobj(src, f, 1 << 20)
 
